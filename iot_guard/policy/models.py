@@ -1,0 +1,239 @@
+"""Pydantic models of the operator's YAML policy (the format's source of truth).
+
+These models describe what an operator writes in ``device_policies/``. They are
+validated once at load time; the per-packet path never builds them (see
+``compiler.py`` for the index used per packet).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+RiskClass = Literal["low", "medium", "high", "critical"]
+RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+Verb = Literal["publish", "subscribe"]
+PayloadKind = Literal["shadow_update", "config_patch", "command", "none"]
+FieldType = Literal["number", "integer", "string", "boolean"]
+
+# A registry name is used as exactly one topic level, so it may not contain the
+# level separator or wildcards [MQTT-4.7.1-1], nor start with '$' [MQTT-4.7.2-1].
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+# Variables a topic template may use, each standing for exactly one topic level.
+TEMPLATE_VARIABLES = ("tenant", "device", "group", "command")
+_TEMPLATE_LEVEL = re.compile(r"^\{([a-z_]+)\}$")
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a policy must not silently widen it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FieldSpec(StrictModel):
+    """One field of a device type's config, or of a command's payload."""
+
+    type: FieldType
+    description: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[str] | list[int] | None = None
+    max_length: int | None = Field(default=None, ge=0)
+    risk: RiskClass = "low"
+    agent_writable: bool = True
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _bounds_fit_type(self) -> FieldSpec:
+        if (self.minimum is not None or self.maximum is not None) and self.type not in (
+            "number",
+            "integer",
+        ):
+            raise ValueError(f"minimum/maximum apply to number or integer fields, not {self.type}")
+        if (
+            self.minimum is not None
+            and self.maximum is not None
+            and self.minimum > self.maximum
+        ):
+            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        if self.enum is not None:
+            if not self.enum:
+                raise ValueError("enum must list at least one value")
+            want = str if self.type == "string" else int
+            if not all(type(v) is want for v in self.enum):
+                # YAML 1.1 reads unquoted off/on/yes/no as booleans: quote them.
+                raise ValueError(
+                    f"enum values of a {self.type} field must all be {want.__name__}s"
+                    " (quote words like 'off' and 'on', which YAML reads as booleans)"
+                )
+        return self
+
+
+class CommandSpec(StrictModel):
+    """A command a device type accepts on ``.../commands/{command}``."""
+
+    description: str | None = None
+    risk: RiskClass = "low"
+    payload: dict[Name, FieldSpec] = Field(default_factory=dict)
+
+
+class DeviceType(StrictModel):
+    description: str | None = None
+    config: dict[Name, FieldSpec] = Field(default_factory=dict)
+    commands: dict[Name, CommandSpec] = Field(default_factory=dict)
+
+
+class Device(StrictModel):
+    type: Name
+    description: str | None = None
+
+
+class Tenant(StrictModel):
+    description: str | None = None
+    devices: dict[Name, Device] = Field(default_factory=dict)
+    # group name -> member device names (devices of this tenant)
+    groups: dict[Name, list[Name]] = Field(default_factory=dict)
+
+
+class ToolConditions(StrictModel):
+    retain: bool = False
+    max_qos: int = Field(default=1, ge=0, le=2)
+    shared_subscription: bool = False
+    # Hold for human approval when the effective risk is above this class.
+    approval_above: RiskClass | None = None
+    # For payload kind "command": the commands this tool may send (default: none).
+    commands: list[Name] | None = None
+
+
+class Tool(StrictModel):
+    description: str | None = None
+    verb: Verb
+    # One or more topic templates, e.g. "tenants/{tenant}/devices/{device}/telemetry".
+    topics: list[str] = Field(min_length=1)
+    payload: PayloadKind = "none"
+    risk: RiskClass = "low"
+    conditions: ToolConditions = Field(default_factory=ToolConditions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _topic_alias(cls, data: object) -> object:
+        # Operators may write a single `topic:` instead of `topics: [...]`.
+        if isinstance(data, dict) and "topic" in data:
+            if "topics" in data:
+                raise ValueError("give either topic or topics, not both")
+            data = dict(data)
+            data["topics"] = [data.pop("topic")]
+        return data
+
+    @model_validator(mode="after")
+    def _templates_are_well_formed(self) -> Tool:
+        for template in self.topics:
+            for problem in template_problems(template, self.verb):
+                raise ValueError(f"topic template {template!r}: {problem}")
+        if self.verb == "subscribe" and self.payload != "none":
+            raise ValueError("a subscribe tool has payload kind 'none'")
+        if self.payload == "command" and not self.conditions.commands:
+            raise ValueError("a command tool must list conditions.commands")
+        return self
+
+
+class Agent(StrictModel):
+    description: str | None = None
+    tenants: list[Name] = Field(min_length=1)
+    tools: list[Name] = Field(default_factory=list)
+
+
+class PolicyDocument(StrictModel):
+    """The whole policy: the union of every YAML file in the policy directory."""
+
+    device_types: dict[Name, DeviceType] = Field(default_factory=dict)
+    tenants: dict[Name, Tenant] = Field(default_factory=dict)
+    tools: dict[Name, Tool] = Field(default_factory=dict)
+    agents: dict[Name, Agent] = Field(default_factory=dict)
+
+    def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross references that pydantic cannot see, as (path, message) pairs."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for tenant_name, tenant in self.tenants.items():
+            for device_name, device in tenant.devices.items():
+                if device.type not in self.device_types:
+                    problems.append(
+                        (
+                            ("tenants", tenant_name, "devices", device_name, "type"),
+                            f"unknown device type {device.type!r}",
+                        )
+                    )
+            for group_name, members in tenant.groups.items():
+                for i, member in enumerate(members):
+                    if member not in tenant.devices:
+                        problems.append(
+                            (
+                                ("tenants", tenant_name, "groups", group_name, i),
+                                f"{member!r} is not a device of tenant {tenant_name!r}",
+                            )
+                        )
+        for tool_name, tool in self.tools.items():
+            for i, command in enumerate(tool.conditions.commands or []):
+                if not any(command in t.commands for t in self.device_types.values()):
+                    problems.append(
+                        (
+                            ("tools", tool_name, "conditions", "commands", i),
+                            f"no device type has a command {command!r}",
+                        )
+                    )
+        for agent_name, agent in self.agents.items():
+            for i, tenant_name in enumerate(agent.tenants):
+                if tenant_name not in self.tenants:
+                    problems.append(
+                        (("agents", agent_name, "tenants", i), f"unknown tenant {tenant_name!r}")
+                    )
+            for i, tool_name in enumerate(agent.tools):
+                if tool_name not in self.tools:
+                    problems.append(
+                        (("agents", agent_name, "tools", i), f"unknown tool {tool_name!r}")
+                    )
+        return problems
+
+
+def template_problems(template: str, verb: str) -> list[str]:
+    """What is wrong with a topic template (empty list: nothing)."""
+    problems: list[str] = []
+    if not template:
+        return ["is empty"]
+    if template.startswith("$"):
+        return ["'$' topics are reserved to the broker and the guard [MQTT-4.7.2-1]"]
+    levels = template.split("/")
+    seen: set[str] = set()
+    for i, level in enumerate(levels):
+        match = _TEMPLATE_LEVEL.match(level)
+        if match:
+            name = match.group(1)
+            if name not in TEMPLATE_VARIABLES:
+                problems.append(f"unknown variable {{{name}}}; use one of {TEMPLATE_VARIABLES}")
+            elif name in seen:
+                problems.append(f"variable {{{name}}} appears twice")
+            seen.add(name)
+        elif "{" in level or "}" in level:
+            problems.append(f"level {level!r}: a variable must be a whole level")
+        elif level == "#":
+            if verb != "subscribe":
+                problems.append("'#' is only allowed in subscribe templates")
+            elif i != len(levels) - 1:
+                problems.append("'#' must be the last level [MQTT-4.7.1-2]")
+        elif level == "+":
+            if verb != "subscribe":
+                problems.append("'+' is only allowed in subscribe templates")
+        elif "#" in level or "+" in level:
+            problems.append(f"level {level!r}: a wildcard must be a whole level [MQTT-4.7.1-3]")
+    if "device" in seen and "tenant" not in seen:
+        problems.append("{device} needs {tenant} earlier in the topic")
+    if "group" in seen and "tenant" not in seen:
+        problems.append("{group} needs {tenant} earlier in the topic")
+    if "command" in seen and "device" not in seen:
+        problems.append("{command} needs {device} earlier in the topic")
+    return problems
