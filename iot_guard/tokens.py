@@ -1,0 +1,141 @@
+"""Short-lived agent tokens: HMAC-SHA256 signed claims.
+
+Wire form: ``igt1.<claims>.<signature>``, both parts unpadded base64url. The claims are
+compact JSON: ``sub`` (agent id), ``iat`` and ``exp`` (epoch seconds), ``jti`` (token
+id, for the audit log and revocation later) and optionally ``tools`` (a narrower
+allowlist than the agent's). The agent presents the token as its MQTT password; it
+never holds broker credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "igt1"
+MIN_SECRET_BYTES = 32
+MAX_TOKEN_BYTES = 4096
+
+
+class TokenError(Exception):
+    """Why a token is refused; ``kind`` is one of malformed, bad_signature, expired."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    agent_id: str
+    issued_at: float
+    expires_at: float
+    token_id: str
+    tools: frozenset[str] | None = None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(secret: bytes, signed_part: str) -> bytes:
+    return hmac.new(secret, signed_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def check_secret(secret: bytes) -> bytes:
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the token secret must be at least {MIN_SECRET_BYTES} bytes (got {len(secret)}); "
+            "make one with `iot-guard token secret > guard.secret`"
+        )
+    return secret
+
+
+def read_secret_file(path: Path | str) -> bytes:
+    """The secret file holds the key as text (surrounding whitespace ignored)."""
+    return check_secret(Path(path).read_bytes().strip())
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def issue_token(
+    secret: bytes,
+    agent_id: str,
+    ttl_s: float = 900,
+    tools: list[str] | None = None,
+    *,
+    now: float | None = None,
+) -> str:
+    """Mint a token for ``agent_id`` valid for ``ttl_s`` seconds."""
+    check_secret(secret)
+    if ttl_s <= 0:
+        raise ValueError("ttl must be positive")
+    issued = time.time() if now is None else now
+    claims: dict[str, object] = {
+        "sub": agent_id,
+        "iat": int(issued),
+        "exp": int(issued + ttl_s),
+        "jti": secrets.token_hex(8),
+    }
+    if tools is not None:
+        claims["tools"] = sorted(set(tools))
+    body = _b64encode(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    signed_part = f"{PREFIX}.{body}"
+    return f"{signed_part}.{_b64encode(_signature(secret, signed_part))}"
+
+
+def verify_token(secret: bytes, token: str | bytes, now: float) -> TokenClaims:
+    """Check signature first, then shape, then expiry; raise TokenError if refused."""
+    if isinstance(token, bytes):
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenError("malformed", "token too long")
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            raise TokenError("malformed", "token is not ASCII") from None
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise TokenError("malformed", f"not an iot-guard token (expected {PREFIX}.<claims>.<sig>)")
+    signed_part = f"{parts[0]}.{parts[1]}"
+    try:
+        signature = _b64decode(parts[2])
+    except ValueError:
+        raise TokenError("malformed", "signature is not base64url") from None
+    # Compare in constant time so the signature cannot be guessed byte by byte.
+    if not hmac.compare_digest(signature, _signature(secret, signed_part)):
+        raise TokenError("bad_signature", "token signature does not verify")
+    try:
+        claims = json.loads(_b64decode(parts[1]))
+        agent_id = claims["sub"]
+        issued_at = float(claims["iat"])
+        expires_at = float(claims["exp"])
+        token_id = str(claims["jti"])
+        tools = claims.get("tools")
+        if not isinstance(agent_id, str) or (
+            tools is not None
+            and not (isinstance(tools, list) and all(isinstance(t, str) for t in tools))
+        ):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise TokenError("malformed", "token claims are malformed") from None
+    if now >= expires_at:
+        raise TokenError("expired", f"token expired {int(now - expires_at)} s ago")
+    return TokenClaims(
+        agent_id=agent_id,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        token_id=token_id,
+        tools=frozenset(tools) if tools is not None else None,
+    )
