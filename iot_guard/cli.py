@@ -1,0 +1,296 @@
+"""The ``iot-guard`` command: run the proxy, mint tokens, check and explain policies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .policy.loader import PolicyError
+
+EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class CliError(Exception):
+    """A message for the operator; the command exits with EXIT_USAGE."""
+
+
+# ----------------------------------------------------------------------------- run
+
+RUN_SETTINGS = (
+    "policy", "listen", "upstream", "secret_file", "upstream_username",
+    "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
+    "upstream_ca", "max_packet_size",
+)
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings from --config FILE, overridden by what the command line gives."""
+    settings: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"{path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise CliError(f"{path}:1: the config file must be a mapping of settings")
+        unknown = sorted(set(k.replace("-", "_") for k in loaded) - set(RUN_SETTINGS))
+        if unknown:
+            raise CliError(f"{path}: unknown settings {unknown}; known: {list(RUN_SETTINGS)}")
+        settings.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    for name in RUN_SETTINGS:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            settings[name] = value
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .proxy.server import GuardConfig, GuardServer, new_event_loop
+    from .tokens import read_secret_file
+
+    s = _run_settings(args)
+    for required in ("policy", "upstream", "secret_file"):
+        if required not in s:
+            raise CliError(f"--{required.replace('_', '-')} is required (or set it in --config)")
+    listen = _host_port(str(s.get("listen", "127.0.0.1:1884")))
+    upstream = _host_port(str(s["upstream"]))
+    try:
+        secret = read_secret_file(s["secret_file"])
+    except (OSError, ValueError) as exc:
+        raise CliError(f"secret file: {exc}") from exc
+    username = s.get("upstream_username") or os.environ.get("IOT_GUARD_UPSTREAM_USERNAME")
+    password = os.environ.get("IOT_GUARD_UPSTREAM_PASSWORD")
+    if s.get("upstream_password_file"):
+        password = Path(s["upstream_password_file"]).read_text().strip()
+    config = GuardConfig(
+        policy_dir=Path(s["policy"]),
+        listen_host=listen[0], listen_port=listen[1],
+        upstream_host=upstream[0], upstream_port=upstream[1],
+        secret=secret, upstream_username=username, upstream_password=password,
+        audit_path=Path(s["audit_log"]) if s.get("audit_log") else None,
+        max_packet_size=int(s.get("max_packet_size", 256 * 1024)),
+        tls_cert=Path(s["tls_cert"]) if s.get("tls_cert") else None,
+        tls_key=Path(s["tls_key"]) if s.get("tls_key") else None,
+        upstream_tls=bool(s.get("upstream_tls", False)),
+        upstream_ca=Path(s["upstream_ca"]) if s.get("upstream_ca") else None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def serve() -> None:
+        server = GuardServer(config)
+        await server.start()
+        print(f"iot-guard listening on {config.listen_host}:{server.port}, upstream "
+              f"{config.upstream_host}:{config.upstream_port}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    from .tokens import issue_token, read_secret_file
+
+    try:
+        secret = read_secret_file(args.secret_file)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"secret file: {exc}") from exc
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else None
+    if args.policy:
+        from .policy.loader import load_policy
+
+        document = load_policy(args.policy)
+        agent = document.agents.get(args.agent)
+        if agent is None:
+            raise CliError(f"agent {args.agent!r} is not in the policy {args.policy}")
+        extra = sorted(set(tools or []) - set(agent.tools))
+        if extra:
+            raise CliError(f"agent {args.agent!r} has no tools {extra}")
+    print(issue_token(secret, args.agent, ttl_s=args.ttl, tools=tools))
+    return EXIT_OK
+
+
+def cmd_token_secret(args: argparse.Namespace) -> int:
+    from .tokens import new_secret
+
+    print(new_secret())
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- policy
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from .policy.compiler import CompiledPolicy
+
+    policy = CompiledPolicy.load(args.directory)
+    doc = policy.document
+    devices = sum(len(t.devices) for t in doc.tenants.values())
+    print(f"{args.directory}: ok: {len(doc.tenants)} tenants, {devices} devices, "
+          f"{len(doc.device_types)} device types, {len(doc.tools)} tools, "
+          f"{len(doc.agents)} agents")
+    return EXIT_OK
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from .policy.compiler import CompiledPolicy
+    from .policy.decision import Verdict
+
+    policy = CompiledPolicy.load(args.directory)
+    tools = [t.strip() for t in args.tools.split(",")] if args.tools else None
+    agent = policy.for_agent(args.agent, frozenset(tools) if tools is not None else None)
+    if agent is None:
+        print(f"deny: agent {args.agent!r} is not in the policy (every action is denied)")
+        return EXIT_DENIED
+    if args.publish is not None:
+        payload = (args.payload or "").encode()
+        decision = agent.decide_publish(args.publish, payload, args.qos, args.retain)
+        what = f"publish {args.publish}"
+    elif args.subscribe is not None:
+        decision = agent.decide_subscribe(args.subscribe, args.qos)
+        what = f"subscribe {args.subscribe}"
+    else:
+        decision = agent.decide_receive(args.receive)
+        what = f"receive {args.receive}"
+    if args.json:
+        print(json.dumps({
+            "agent": args.agent, "request": what, "decision": decision.verdict.value,
+            "reason": decision.reason, "reason_code": decision.reason_code,
+            "tool": decision.tool, "rule": decision.rule, "risk": decision.risk,
+            "resource": decision.resource, "action_type": decision.action_type,
+        }, indent=2))
+    else:
+        print(f"{decision.verdict.value}: {args.agent} may{'' if decision.allowed else ' not'} "
+              f"{what}")
+        print(f"  reason:      {decision.reason}")
+        print(f"  reason code: 0x{decision.reason_code:02X}")
+        for label, value in (("tool", decision.tool), ("rule", decision.rule),
+                             ("risk", decision.risk), ("resource", decision.resource)):
+            if value:
+                print(f"  {label + ':':<12} {value}")
+    return EXIT_OK if decision.verdict is Verdict.ALLOW else EXIT_DENIED
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    from .policy.schema import policy_json_schema
+
+    print(json.dumps(policy_json_schema(), indent=2))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iot-guard",
+        description="An MQTT guard between AI ops agents and a device fleet's broker.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the guard proxy")
+    run.add_argument("--config", help="YAML file with any of the settings below")
+    run.add_argument("--policy", help="policy directory (YAML files)")
+    run.add_argument("--listen", help="HOST:PORT agents connect to (default 127.0.0.1:1884)")
+    run.add_argument("--upstream", help="HOST:PORT of the broker")
+    run.add_argument("--secret-file", help="file holding the token signing secret")
+    run.add_argument("--upstream-username", help="broker account (or IOT_GUARD_UPSTREAM_USERNAME)")
+    run.add_argument("--upstream-password-file",
+                     help="file with the broker password (or IOT_GUARD_UPSTREAM_PASSWORD)")
+    run.add_argument("--audit-log", help="append audit JSON lines here (default: stderr)")
+    run.add_argument("--tls-cert", help="certificate (PEM) for TLS on the listener")
+    run.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
+    run.add_argument("--upstream-tls", action="store_true", help="connect to the broker over TLS")
+    run.add_argument("--upstream-ca", help="CA bundle to verify the broker's certificate")
+    run.add_argument("--max-packet-size", type=int, help="largest packet an agent may send")
+    run.set_defaults(handler=cmd_run)
+
+    token = commands.add_parser("token", help="agent tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    issue = token.add_parser("issue", help="print a signed, short-lived token for an agent")
+    issue.add_argument("--agent", required=True)
+    issue.add_argument("--secret-file", required=True)
+    issue.add_argument("--ttl", type=float, default=900, help="seconds (default 900)")
+    issue.add_argument("--tools", help="comma-separated narrower tool list")
+    issue.add_argument("--policy", help="check the agent and tools against this policy")
+    issue.set_defaults(handler=cmd_token_issue)
+    secret = token.add_parser("secret", help="print a new random signing secret")
+    secret.set_defaults(handler=cmd_token_secret)
+
+    policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(
+        dest="policy_command", required=True
+    )
+    check = policy.add_parser("check", help="validate a policy directory")
+    check.add_argument("directory")
+    check.set_defaults(handler=cmd_policy_check)
+    explain = policy.add_parser("explain", help="decide one request exactly as the proxy would")
+    explain.add_argument("directory")
+    explain.add_argument("--agent", required=True)
+    what = explain.add_mutually_exclusive_group(required=True)
+    what.add_argument("--publish", metavar="TOPIC")
+    what.add_argument("--subscribe", metavar="FILTER")
+    what.add_argument("--receive", metavar="TOPIC")
+    explain.add_argument("--payload", help="publish payload (JSON text)")
+    explain.add_argument("--qos", type=int, default=0, choices=(0, 1, 2))
+    explain.add_argument("--retain", action="store_true")
+    explain.add_argument("--tools", help="comma-separated narrower tool list (as in a token)")
+    explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.set_defaults(handler=cmd_policy_explain)
+    schema = policy.add_parser("schema", help="print the policy format's JSON Schema")
+    schema.set_defaults(handler=cmd_policy_schema)
+
+    try:
+        from simulator.cli import register
+    except ImportError:  # the simulator ships in the same distribution; keep the CLI usable
+        pass
+    else:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except PolicyError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"policy refused: {len(err.problems)} problem(s)", file=sys.stderr)
+        return EXIT_DENIED
+    except CliError as err:
+        print(f"iot-guard: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
