@@ -1,0 +1,183 @@
+"""The listener: accepts agent connections (TCP or TLS) and gives each a Link.
+
+``GuardServer`` runs inside an event loop; ``GuardThread`` runs one in a thread of its
+own (for synchronous tests and the simulator's fixtures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..audit import AuditLog
+from ..policy.compiler import CompiledPolicy
+from ..session import GuardSession, SessionSettings
+from ..tokens import check_secret
+from .link import AgentProtocol, Link
+
+log = logging.getLogger("iot_guard.proxy")
+
+
+@dataclass
+class GuardConfig:
+    policy_dir: Path
+    upstream_host: str = "127.0.0.1"
+    upstream_port: int = 1883
+    secret: bytes = b""
+    upstream_username: str | None = None
+    upstream_password: str | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 1884
+    audit_path: Path | None = None
+    max_packet_size: int = 256 * 1024
+    connect_timeout: float = 10.0
+    # Listener TLS (agents connect with TLS) and upstream TLS (to the broker).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    upstream_tls: bool = False
+    upstream_ca: Path | None = None
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed: its transports cut the proxy's per-packet overhead."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class GuardServer:
+    def __init__(self, config: GuardConfig, policy: CompiledPolicy | None = None) -> None:
+        check_secret(config.secret)
+        self.config = config
+        # Fail closed: a policy that does not load stops the guard from starting.
+        self.policy = policy if policy is not None else CompiledPolicy.load(config.policy_dir)
+        self.audit = AuditLog(config.audit_path)
+        self.settings = SessionSettings(
+            secret=config.secret,
+            upstream_username=config.upstream_username,
+            upstream_password=(
+                config.upstream_password.encode() if config.upstream_password is not None
+                else None
+            ),
+            max_packet_size=config.max_packet_size,
+        )
+        self.links: set[Link] = set()
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(3)
+        self._upstream_ssl = self._upstream_context()
+
+    def _listener_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or ""))
+        return context
+
+    def _upstream_context(self) -> ssl.SSLContext | None:
+        if not self.config.upstream_tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.config.upstream_ca) if self.config.upstream_ca else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def _new_link(self) -> Link:
+        session_id = f"{self._prefix}-{next(self._ids)}"
+        session = GuardSession(self.policy, self.settings, session_id)
+        link = Link(session, self.config, self.audit, self._upstream_ssl, self.links.discard)
+        self.links.add(link)
+        return link
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AgentProtocol(self._new_link),
+            self.config.listen_host,
+            self.config.listen_port,
+            ssl=self._listener_context(),
+            reuse_address=True,
+        )
+        log.info("iot-guard listening on %s:%d -> upstream %s:%d", self.config.listen_host,
+                 self.port, self.config.upstream_host, self.config.upstream_port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self.links):
+            link.close("guard shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.audit.close()
+
+
+class GuardThread:
+    """A GuardServer on its own event loop in a daemon thread."""
+
+    def __init__(self, config: GuardConfig, policy: CompiledPolicy | None = None) -> None:
+        self.server = GuardServer(config, policy)
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="iot-guard", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    def start(self, timeout: float = 10.0) -> GuardThread:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"guard did not start within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(f"guard failed to start: {self._error}") from self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.server.policy
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop)
+        future.result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> GuardThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
