@@ -38,15 +38,32 @@ class StrictModel(BaseModel):
 class FieldSpec(StrictModel):
     """One field of a device type's config, or of a command's payload."""
 
-    type: FieldType
-    description: str | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    enum: list[str] | list[int] | None = None
-    max_length: int | None = Field(default=None, ge=0)
-    risk: RiskClass = "low"
-    agent_writable: bool = True
-    required: bool = False
+    type: FieldType = Field(description="JSON type of the value (integer excludes 1.5).")
+    description: str | None = Field(default=None, description="What the field means.")
+    minimum: float | None = Field(
+        default=None, description="Smallest allowed value (number and integer fields)."
+    )
+    maximum: float | None = Field(
+        default=None, description="Largest allowed value (number and integer fields)."
+    )
+    enum: list[str] | list[int] | None = Field(
+        default=None,
+        description="The only allowed values. Quote words like 'off' and 'on', which YAML "
+        "reads as booleans.",
+    )
+    max_length: int | None = Field(
+        default=None, ge=0, description="Longest allowed string, in characters."
+    )
+    risk: RiskClass = Field(
+        default="low",
+        description="Risk class of changing this field; it raises a payload's effective risk.",
+    )
+    agent_writable: bool = Field(
+        default=True, description="false: no agent may ever write this field."
+    )
+    required: bool = Field(
+        default=False, description="Command payloads: the field must be present."
+    )
 
     @model_validator(mode="after")
     def _bounds_fit_type(self) -> FieldSpec:
@@ -77,47 +94,96 @@ class FieldSpec(StrictModel):
 class CommandSpec(StrictModel):
     """A command a device type accepts on ``.../commands/{command}``."""
 
-    description: str | None = None
-    risk: RiskClass = "low"
-    payload: dict[Name, FieldSpec] = Field(default_factory=dict)
+    description: str | None = Field(default=None, description="What the command does.")
+    risk: RiskClass = Field(default="low", description="Risk class of sending the command.")
+    payload: dict[Name, FieldSpec] = Field(
+        default_factory=dict,
+        description="The command's JSON payload: field name -> field spec ({} for none).",
+    )
 
 
 class DeviceType(StrictModel):
-    description: str | None = None
-    config: dict[Name, FieldSpec] = Field(default_factory=dict)
-    commands: dict[Name, CommandSpec] = Field(default_factory=dict)
+    """A kind of device: the config fields an agent may change and the commands it takes."""
+
+    description: str | None = Field(default=None, description="What the device is.")
+    config: dict[Name, FieldSpec] = Field(
+        default_factory=dict, description="Config fields: name -> field spec."
+    )
+    commands: dict[Name, CommandSpec] = Field(
+        default_factory=dict, description="Commands: name -> command spec."
+    )
 
 
 class Device(StrictModel):
-    type: Name
-    description: str | None = None
+    """One registered device of a tenant."""
+
+    type: Name = Field(description="Name of its device type (a key of device_types).")
+    description: str | None = Field(default=None, description="Where or what it is.")
 
 
 class Tenant(StrictModel):
-    description: str | None = None
-    devices: dict[Name, Device] = Field(default_factory=dict)
+    """A customer: its devices and groups. {tenant} in a topic matches only tenant names."""
+
+    description: str | None = Field(default=None, description="Who the tenant is.")
+    devices: dict[Name, Device] = Field(
+        default_factory=dict, description="Devices: name (one topic level) -> device."
+    )
     # group name -> member device names (devices of this tenant)
-    groups: dict[Name, list[Name]] = Field(default_factory=dict)
+    groups: dict[Name, list[Name]] = Field(
+        default_factory=dict, description="Groups: name -> member devices of this tenant."
+    )
 
 
 class ToolConditions(StrictModel):
-    retain: bool = False
-    max_qos: int = Field(default=1, ge=0, le=2)
-    shared_subscription: bool = False
+    """Conditions on a tool's use."""
+
+    retain: bool = Field(default=False, description="May a publish set the retain flag?")
+    max_qos: int = Field(
+        default=1,
+        ge=0,
+        le=2,
+        description="Highest QoS: a publish above it is refused; a subscription is granted "
+        "at most this QoS.",
+    )
+    shared_subscription: bool = Field(
+        default=False, description="May the agent subscribe through $share/{name}/...?"
+    )
     # Hold for human approval when the effective risk is above this class.
-    approval_above: RiskClass | None = None
+    approval_above: RiskClass | None = Field(
+        default=None,
+        description="Hold for human approval when the effective risk (the tool's or the "
+        "payload's, whichever is higher) is above this class.",
+    )
     # For payload kind "command": the commands this tool may send (default: none).
-    commands: list[Name] | None = None
+    commands: list[Name] | None = Field(
+        default=None,
+        description="The commands {command} may name (required for payload kind command; "
+        "when absent, every command of the device's type).",
+    )
 
 
 class Tool(StrictModel):
-    description: str | None = None
-    verb: Verb
+    """One allowed action: a verb on topic templates, with a payload kind and a risk class."""
+
+    description: str | None = Field(default=None, description="What the tool is for.")
+    verb: Verb = Field(description="publish or subscribe.")
     # One or more topic templates, e.g. "tenants/{tenant}/devices/{device}/telemetry".
-    topics: list[str] = Field(min_length=1)
-    payload: PayloadKind = "none"
-    risk: RiskClass = "low"
-    conditions: ToolConditions = Field(default_factory=ToolConditions)
+    topics: list[str] = Field(
+        min_length=1,
+        description="Topic templates, e.g. tenants/{tenant}/devices/{device}/telemetry. A "
+        "variable ({tenant}, {device}, {group}, {command}) is one whole level and matches "
+        "only registry names. '+' and '#' only in subscribe tools. `topic: T` is short for "
+        "`topics: [T]`.",
+    )
+    payload: PayloadKind = Field(
+        default="none",
+        description="How a publish payload is validated: shadow_update, config_patch, "
+        "command, or none (the payload must be empty).",
+    )
+    risk: RiskClass = Field(default="low", description="The tool's own risk class.")
+    conditions: ToolConditions = Field(
+        default_factory=ToolConditions, description="Retain, QoS, $share, approval, commands."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -143,18 +209,29 @@ class Tool(StrictModel):
 
 
 class Agent(StrictModel):
-    description: str | None = None
-    tenants: list[Name] = Field(min_length=1)
-    tools: list[Name] = Field(default_factory=list)
+    """An identity that connects through the guard; everything not granted is denied."""
+
+    description: str | None = Field(default=None, description="Who or what the agent is.")
+    tenants: list[Name] = Field(
+        min_length=1, description="The tenants whose names {tenant} may take for this agent."
+    )
+    tools: list[Name] = Field(
+        default_factory=list,
+        description="Allowlisted tools, in order: when several match a topic, the first wins.",
+    )
 
 
 class PolicyDocument(StrictModel):
     """The whole policy: the union of every YAML file in the policy directory."""
 
-    device_types: dict[Name, DeviceType] = Field(default_factory=dict)
-    tenants: dict[Name, Tenant] = Field(default_factory=dict)
-    tools: dict[Name, Tool] = Field(default_factory=dict)
-    agents: dict[Name, Agent] = Field(default_factory=dict)
+    device_types: dict[Name, DeviceType] = Field(
+        default_factory=dict, description="Device types by name."
+    )
+    tenants: dict[Name, Tenant] = Field(
+        default_factory=dict, description="The fleet registry: tenants by name."
+    )
+    tools: dict[Name, Tool] = Field(default_factory=dict, description="Tools by name.")
+    agents: dict[Name, Agent] = Field(default_factory=dict, description="Agents by id.")
 
     def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Cross references that pydantic cannot see, as (path, message) pairs."""

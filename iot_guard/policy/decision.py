@@ -1,0 +1,65 @@
+"""What the policy says about one packet: allow, deny or hold, and why.
+
+A :class:`Decision` is immutable so the compiled policy can build the topic-level
+ones once and hand out the same object per packet (see ``compiler.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    HOLD = "hold"  # needs a human's approval before it may go
+
+
+# MQTT 5 reason codes a decision carries (MQTT 5.0 section 2.4, table 2-6).
+SUCCESS = 0x00
+NOT_AUTHORIZED = 0x87
+TOPIC_FILTER_INVALID = 0x8F
+TOPIC_NAME_INVALID = 0x90
+PAYLOAD_FORMAT_INVALID = 0x99
+SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
+
+# action_type values (the audit log's vocabulary)
+READ = "read"  # subscribe, receive
+WRITE = "write"  # publish of data or config
+INVOKE = "invoke"  # publish of a command
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    # One sentence an LLM can act on; for an allow: "allowed by tool X".
+    reason: str
+    reason_code: int
+    action_type: str
+    tool: str | None = None
+    # Where the matched rule lives: "device_policies/tools.yaml:23 (tools.shadow_update)".
+    rule: str | None = None
+    # "acme/therm-001" for a device, "acme/groups/floor-1" for a group ('+' where a
+    # subscription leaves a level open).
+    resource: str | None = None
+    risk: str | None = None  # effective risk class
+    max_qos: int | None = None  # subscribe/receive: the QoS the guard grants at most
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+def deny(
+    reason: str,
+    action_type: str,
+    reason_code: int = NOT_AUTHORIZED,
+    tool: str | None = None,
+    rule: str | None = None,
+    resource: str | None = None,
+    risk: str | None = None,
+) -> Decision:
+    return Decision(
+        Verdict.DENY, reason, reason_code, action_type, tool, rule, resource, risk, None
+    )
