@@ -279,6 +279,7 @@ class MosquittoBroker:
             port = self.port or free_port(self.host)
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(self._config(port, str(self.workdir), str(self.log_path)))
+            self._rotate_log()
             self._proc = subprocess.Popen(
                 [self.binary, "-c", str(conf)],
                 stdin=subprocess.DEVNULL,
@@ -289,7 +290,9 @@ class MosquittoBroker:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     break
-                if _port_accepts(self.host, port):
+                # "running" is logged once the listeners are open; the port check then
+                # proves it is this broker (not something else) that accepts.
+                if self._log_says_running() and _port_accepts(self.host, port):
                     self.port = port
                     return
                 time.sleep(0.02)  # polling a port that is not open yet
@@ -302,6 +305,17 @@ class MosquittoBroker:
             )
             self._proc = None
         raise BrokerStartError(f"{last_error}\n--- {self.log_path} ---\n{self.log_tail()}")
+
+    def _rotate_log(self) -> None:
+        # Keep the previous run's log for post-mortems; the new one starts empty.
+        if self.log_path.exists():
+            self.log_path.replace(self.log_path.with_suffix(".log.1"))
+
+    def _log_says_running(self) -> bool:
+        try:
+            return " running" in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
 
     def _start_container(self) -> None:
         from testcontainers.community.mqtt import MosquittoContainer

@@ -9,6 +9,7 @@ one fleet-wide timer calls ``loop_misc`` (keepalive) for every client. This is w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -162,35 +163,23 @@ class LoopClient:
         sock = self._sock
         if sock is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        # paho sees EOF on its next read and closes the socket through its hooks.
+        # paho reads EOF (after any packets still buffered) and closes through its hooks.
         self._read_until_closed()
 
     def _drain(self) -> None:
         for _ in range(10):
-            if self._sock is None:
-                return
-            if self.client.want_write():
-                self.client.loop_write()
-            else:
+            if self._sock is None or not self.client.want_write():
                 break
+            self.client.loop_write()
         self._read_until_closed()
 
     def _read_until_closed(self) -> None:
-        if self._sock is None:
-            return
-        try:
-            self.client.loop_read()
-        except OSError:
-            pass
-        if self._sock is not None:
-            # Still open (nothing to read yet): close it ourselves, the hooks clean up.
-            sock = self._sock
-            self._socket_close(self.client, None, sock)
+        for _ in range(1000):
+            if self._sock is None:
+                return
             try:
-                sock.close()
+                self.client.loop_read()
             except OSError:
-                pass
+                return
