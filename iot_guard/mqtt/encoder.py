@@ -88,7 +88,8 @@ def _connect(p: Connect, level: int) -> bytes:
 def _connack(p: Connack, level: int) -> bytes:
     code = p.reason_code
     if level == 5:
-        body = bytes((1 if p.session_present else 0, code))
+        # Session Present is 0 with a failure reason code [MQTT-3.2.2-6].
+        body = bytes((1 if p.session_present and code < 0x80 else 0, code))
         return _frame(0x20, body + encode_properties(p.properties, PacketType.CONNACK))
     if code > 5:
         if code not in CONNACK_V5_TO_V3:
