@@ -1,0 +1,195 @@
+"""A flat JSON object of declared fields, compiled once into a strict pydantic validator.
+
+A device type's config and a command's payload are both flat objects whose keys are
+declared by ``FieldSpec``s. ``FieldSet`` checks the keys itself (so that a refusal can
+say *why* a key is refused: unknown, or not writable by an agent) and hands the values
+to a pydantic ``TypeAdapter`` built once per field set. Pydantic runs in strict mode: no
+"21" for a number, no ``true`` for a number, no 4.5 for an integer. Pydantic's own
+messages are not shown: on a refusal ``field_problem`` re-derives the reason from the
+spec, so every reason has the same shape ("<path>: <value> <rule>").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, NotRequired, Required
+
+from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+
+# pydantic needs typing_extensions.TypedDict before Python 3.12.
+from typing_extensions import TypedDict
+
+from iot_guard.policy.models import NAME_PATTERN, RISK_ORDER, FieldSpec
+
+from .jsondoc import kind_name, show
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def key_text(key: str) -> str:
+    """A key for a reason string: as is when it is a plain name, else quoted ASCII JSON."""
+    return key if _NAME.match(key) else show(key)
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def field_problem(spec: FieldSpec, value: object, *, nullable: bool) -> str | None:
+    """What is wrong with ``value`` for ``spec`` (None: nothing). Mirrors ``value_type``."""
+    if value is None:
+        return None if nullable else "null is not allowed"
+    want = spec.type
+    vtype = type(value)
+    if want == "number":
+        if vtype is not int and vtype is not float:
+            return f"{show(value)} is {kind_name(value)}, not a number"
+        try:
+            float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            return f"{show(value)} is too large for a number"
+    elif want == "integer":
+        if vtype is float:
+            return f"{show(value)} is not an integer"
+        if vtype is not int:
+            return f"{show(value)} is {kind_name(value)}, not an integer"
+    elif want == "string":
+        if vtype is not str:
+            return f"{show(value)} is {kind_name(value)}, not a string"
+    elif vtype is not bool:
+        return f"{show(value)} is {kind_name(value)}, not a boolean"
+    if spec.enum is not None and value not in spec.enum:
+        return f"{show(value)} is not one of {', '.join(show(v) for v in spec.enum)}"
+    if spec.minimum is not None and value < spec.minimum:  # type: ignore[operator]
+        return f"{show(value)} is below the minimum {_bound(spec.minimum)}"
+    if spec.maximum is not None and value > spec.maximum:  # type: ignore[operator]
+        return f"{show(value)} is above the maximum {_bound(spec.maximum)}"
+    if spec.max_length is not None and len(value) > spec.max_length:  # type: ignore[arg-type]
+        return f"{show(value)} is longer than {spec.max_length} characters"
+    return None
+
+
+def _member_of(allowed: frozenset[object]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError("not one of the allowed values")
+        return value
+
+    return check
+
+
+def value_type(spec: FieldSpec) -> Any:
+    """The strict pydantic type of one field's value (never None; see FieldSet)."""
+    enum_done = False
+    if spec.type == "number":
+        base: Any = Annotated[
+            float, Strict(), Field(ge=spec.minimum, le=spec.maximum, allow_inf_nan=False)
+        ]
+    elif spec.type == "integer":
+        # pydantic wants integer bounds on an int; for integers, v >= 1.5 is v >= 2.
+        low = None if spec.minimum is None else math.ceil(spec.minimum)
+        high = None if spec.maximum is None else math.floor(spec.maximum)
+        base = Annotated[int, Strict(), Field(ge=low, le=high)]
+    elif spec.type == "string":
+        if spec.enum is not None and spec.max_length is None:
+            # Literal is validated in Rust; the usual case (an enum of words) stays fast.
+            base = Literal[tuple(spec.enum)]
+            enum_done = True
+        else:
+            base = Annotated[str, Strict(), Field(max_length=spec.max_length)]
+    else:
+        base = Annotated[bool, Strict()]
+    if spec.enum is not None and not enum_done:
+        # Not Literal: pydantic's Literal[1, 2] would accept true and 1.0 even in strict mode.
+        base = Annotated[base, AfterValidator(_member_of(frozenset(spec.enum)))]
+    return base
+
+
+class FieldSet:
+    """The declared fields of one flat object, with a validator built once.
+
+    ``nullable``: a JSON null is a valid value (config: null removes a desired key or
+    resets a config field, RFC 7396). ``agent``: fields with ``agent_writable: false``
+    are refused by name instead of validated.
+    """
+
+    __slots__ = ("owner", "what", "specs", "readonly", "required", "nullable", "_rank", "_adapter")
+
+    def __init__(
+        self,
+        owner: str,
+        what: str,
+        specs: Mapping[str, FieldSpec],
+        *,
+        agent: bool,
+        nullable: bool,
+        honour_required: bool,
+    ) -> None:
+        self.owner = owner  # e.g. "device type thermostat", "command reboot"
+        self.what = what  # e.g. "config field", "payload field"
+        self.specs: dict[str, FieldSpec] = {
+            name: spec for name, spec in specs.items() if spec.agent_writable or not agent
+        }
+        self.readonly = frozenset(specs) - frozenset(self.specs)
+        self.required: tuple[str, ...] = (
+            tuple(name for name, spec in self.specs.items() if spec.required)
+            if honour_required
+            else ()
+        )
+        self.nullable = nullable
+        self._rank = {name: RISK_ORDER[spec.risk] for name, spec in self.specs.items()}
+        members: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            vtype = value_type(spec)
+            if nullable:
+                vtype = vtype | None
+            members[name] = Required[vtype] if name in self.required else NotRequired[vtype]
+        # Called through Any: the field names are only known at run time.
+        make_typed_dict: Any = TypedDict
+        shape = make_typed_dict("FieldSetShape", members)
+        shape.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)
+        self._adapter: TypeAdapter[Any] = TypeAdapter(shape)
+
+    def check(self, obj: dict[str, object], prefix: str) -> tuple[str, int]:
+        """(reason, highest risk rank of the keys): reason is "" when the object is valid.
+
+        ``prefix`` is the path of ``obj`` in the payload, e.g. "state.desired.".
+        """
+        rank = 0
+        ranks = self._rank
+        for key in obj:
+            key_rank = ranks.get(key)
+            if key_rank is None:
+                return self._explain(obj, prefix, None), 0
+            if key_rank > rank:
+                rank = key_rank
+        try:
+            # Values, and required fields (Required[...] in the shape).
+            self._adapter.validate_python(obj)
+        except ValidationError as exc:
+            return self._explain(obj, prefix, exc), 0
+        return "", rank
+
+    def _explain(self, obj: dict[str, object], prefix: str, exc: ValidationError | None) -> str:
+        """The reason for a refusal (slow path): the first refused key in payload order."""
+        errors = [] if exc is None else exc.errors(include_url=False)
+        for key, value in obj.items():
+            spec = self.specs.get(key)
+            if spec is None:
+                if key in self.readonly:
+                    return f"{prefix}{key}: {key} is not writable by an agent"
+                return f"{prefix}{key_text(key)}: not a {self.what} of {self.owner}"
+            problem = field_problem(spec, value, nullable=self.nullable)
+            if problem is None:
+                # field_problem mirrors value_type; should they ever differ, pydantic's
+                # verdict stands and its message is shown.
+                problem = next((e["msg"] for e in errors if e["loc"][:1] == (key,)), None)
+            if problem:
+                return f"{prefix}{key}: {problem}"
+        for name in self.required:
+            if name not in obj:
+                return f"{prefix}{name}: required by {self.owner} but missing"
+        message = errors[0]["msg"] if errors else "refused"
+        return f"{prefix.rstrip('.') or 'payload'}: {message}"

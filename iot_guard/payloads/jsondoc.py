@@ -1,0 +1,146 @@
+"""Strict parsing of a JSON payload (bytes) into a plain Python object.
+
+A payload comes from an untrusted agent and goes on to devices whose JSON parsers
+we do not know, so anything two parsers might read differently is refused:
+duplicate keys (RFC 8259 section 4 leaves their meaning open), NaN/Infinity (not
+JSON), numbers that overflow a double, lone surrogates (not Unicode), a byte order
+mark, invalid UTF-8. Size and nesting are bounded before and after parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+# AWS IoT caps a shadow document at 8 KB; we use the same bound for every JSON payload.
+MAX_DOCUMENT_BYTES = 8192
+# Counted so that {"state": {"desired": {...}}} is depth 3 (every object or array is one level).
+MAX_DEPTH = 6
+# AWS IoT: "clientToken ... must be no more than 64 bytes" (UTF-8 encoded).
+MAX_CLIENT_TOKEN_BYTES = 64
+
+_KIND_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+class JsonRefused(ValueError):
+    """Raised inside the decoder's hooks; carries the one-line reason."""
+
+
+def _pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonRefused(f"duplicate key {show(key)}")
+            seen.add(key)
+    return obj
+
+
+def _constant_hook(name: str) -> object:
+    # json accepts NaN, Infinity and -Infinity by default; RFC 8259 section 6 does not.
+    raise JsonRefused(f"{name} is not a JSON number")
+
+
+def _float_hook(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        # e.g. 1e400: Python reads it as inf, another parser may refuse or clamp it.
+        raise JsonRefused(f"number {text[:40]} is out of range")
+    return value
+
+
+# One decoder, built once: json.loads(..., hooks) would build a new one per call.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs_hook, parse_constant=_constant_hook, parse_float=_float_hook
+)
+
+
+def show(value: object, limit: int = 40) -> str:
+    """A value as short ASCII JSON for a reason string.
+
+    ASCII keeps the reason valid UTF-8 without U+0000 whatever the agent sent, as an
+    MQTT 5 reason string must be [MQTT-1.5.4-1] [MQTT-1.5.4-2].
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError):  # pragma: no cover - parsed JSON always dumps
+        text = ascii(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def kind_name(value: object) -> str:
+    return _KIND_NAMES.get(type(value), "a value")
+
+
+def _deep_problem(value: object, depth: int) -> str | None:
+    """Nesting and lone surrogates, walking only as deep as the limit allows."""
+    if isinstance(value, dict):
+        depth += 1
+        if depth > MAX_DEPTH:
+            return f"payload nests deeper than {MAX_DEPTH} levels"
+        for key, item in value.items():
+            if _has_surrogate(key):
+                return f"key {show(key)} is not valid Unicode (lone surrogate)"
+            problem = _deep_problem(item, depth)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        depth += 1
+        if depth > MAX_DEPTH:
+            return f"payload nests deeper than {MAX_DEPTH} levels"
+        for item in value:
+            problem = _deep_problem(item, depth)
+            if problem:
+                return problem
+    elif isinstance(value, str) and _has_surrogate(value):
+        return f"string {show(value)} is not valid Unicode (lone surrogate)"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def parse_object(payload: bytes) -> tuple[dict[str, object] | None, str]:
+    """Parse a payload that must be one JSON object: (object, "") or (None, reason)."""
+    size = len(payload)
+    if size > MAX_DOCUMENT_BYTES:
+        return None, f"payload is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}"
+    try:
+        # Explicit UTF-8: json.loads(bytes) would also guess UTF-16/32 (RFC 8259 section 8.1).
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"payload is not valid UTF-8 (byte {exc.start})"
+    try:
+        value = _DECODER.decode(text)
+    except JsonRefused as exc:
+        return None, f"payload is not valid JSON: {exc}"
+    except RecursionError:
+        return None, f"payload nests deeper than {MAX_DEPTH} levels"
+    except ValueError as exc:
+        # JSONDecodeError, or int() refusing a number with more than 4300 digits.
+        return None, f"payload is not valid JSON: {str(exc)[:80]}"
+    if type(value) is not dict:
+        return None, f"payload must be a JSON object, not {kind_name(value)}"
+    # Fast path: with at most MAX_DEPTH brackets the depth cannot exceed it, and without
+    # a \u escape valid UTF-8 input cannot produce a lone surrogate.
+    if payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or b"\\u" in payload:
+        problem = _deep_problem(value, 0)
+        if problem:
+            return None, problem
+    return value, ""

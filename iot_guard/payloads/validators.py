@@ -1,0 +1,271 @@
+"""Payload validators built once per policy from its device types.
+
+The per-packet path is: strict JSON parse (``jsondoc.parse_object``), a few dict
+lookups for the envelope, and one call into a prebuilt pydantic validator
+(``fields.FieldSet``). Nothing is built per packet, and no method raises on bad input:
+every outcome is a ``PayloadVerdict``.
+
+Shadow documents follow AWS IoT device shadow semantics (see DESIGN.md):
+``{"state": {"desired": {...}}, "version": N, "clientToken": "..."}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iot_guard.policy.models import RISK_ORDER, PolicyDocument
+
+from .fields import FieldSet, key_text
+from .jsondoc import MAX_CLIENT_TOKEN_BYTES, kind_name, parse_object, show
+
+# Shadow versions are 64-bit longs in AWS IoT; a larger number may not survive a device.
+MAX_VERSION = 2**63 - 1
+_RISK_NAMES: tuple[str, ...] = tuple(sorted(RISK_ORDER, key=RISK_ORDER.__getitem__))
+_SHADOW_KEYS = ("state", "version", "clientToken")
+CLIENT_TOKEN = "clientToken"
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadVerdict:
+    ok: bool
+    # "" when ok; otherwise names the field and the rule, e.g.
+    # "state.desired.target_temp_c: 45 is above the maximum 30"
+    reason: str
+    # Highest RiskClass among the fields / command touched ("low" when none).
+    risk: str = "low"
+    # Config fields the payload touches, sorted (null removals included).
+    fields: tuple[str, ...] = ()
+    # The parsed JSON object when ok, so callers don't parse twice.
+    document: object = None
+
+
+_EMPTY_OK = PayloadVerdict(ok=True, reason="")
+
+
+def _refused(reason: str) -> PayloadVerdict:
+    return PayloadVerdict(ok=False, reason=reason)
+
+
+def _client_token_problem(doc: dict[str, object]) -> str:
+    token = doc[CLIENT_TOKEN]
+    if type(token) is not str:
+        return f"clientToken: {kind_name(token)}, not a string"
+    # Lone surrogates were refused by the parser; surrogatepass only keeps this total.
+    size = len(token.encode("utf-8", "surrogatepass"))
+    if size > MAX_CLIENT_TOKEN_BYTES:
+        return f"clientToken: {size} bytes; the limit is {MAX_CLIENT_TOKEN_BYTES} bytes"
+    return ""
+
+
+class _DeviceTypeValidators:
+    __slots__ = ("name", "config", "commands", "command_risk")
+
+    def __init__(
+        self,
+        name: str,
+        config: FieldSet,
+        commands: dict[str, FieldSet],
+        command_risk: dict[str, int],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.commands = commands
+        self.command_risk = command_risk
+
+
+class PayloadValidators:
+    """Validators for every payload kind of every device type of one policy.
+
+    ``agent=True`` (the guard): config fields with ``agent_writable: false`` are refused
+    and a shadow update may only write ``state.desired``. ``agent=False`` (a device's own
+    view, used by the simulator's devices): every config field is writable and a shadow
+    update may also carry ``state.reported``, as the AWS shadow service accepts from a device.
+    """
+
+    __slots__ = ("agent", "_types")
+
+    def __init__(self, types: dict[str, _DeviceTypeValidators], agent: bool) -> None:
+        self.agent = agent
+        self._types = types
+
+    @classmethod
+    def build(cls, doc: PolicyDocument, *, agent: bool = True) -> PayloadValidators:
+        types: dict[str, _DeviceTypeValidators] = {}
+        for type_name, device_type in doc.device_types.items():
+            if CLIENT_TOKEN in device_type.config:
+                # A config patch's clientToken is metadata; a field of that name could not
+                # be patched, so refuse the policy rather than silently shadow the field.
+                raise ValueError(
+                    f"device type {type_name!r}: a config field may not be named {CLIENT_TOKEN!r}"
+                )
+            config = FieldSet(
+                f"device type {type_name}",
+                "config field",
+                device_type.config,
+                agent=agent,
+                nullable=True,
+                honour_required=False,  # a patch or desired update names only what changes
+            )
+            commands = {
+                command_name: FieldSet(
+                    f"command {command_name}",
+                    "payload field",
+                    command.payload,
+                    agent=agent,
+                    nullable=False,
+                    honour_required=True,
+                )
+                for command_name, command in device_type.commands.items()
+            }
+            command_risk = {
+                command_name: RISK_ORDER[command.risk]
+                for command_name, command in device_type.commands.items()
+            }
+            types[type_name] = _DeviceTypeValidators(type_name, config, commands, command_risk)
+        return cls(types, agent)
+
+    # -- shadow/update ----------------------------------------------------------------
+
+    def shadow_update(self, device_type: str, payload: bytes) -> PayloadVerdict:
+        validators = self._types.get(device_type)
+        if validators is None:
+            return _refused(f"unknown device type {show(device_type)}")
+        doc, problem = parse_object(payload)
+        if doc is None:
+            return _refused(problem)
+        for key in doc:
+            if key not in _SHADOW_KEYS:
+                return _refused(
+                    f"{key_text(key)}: unknown key; a shadow update has only"
+                    " state, version and clientToken"
+                )
+        if "version" in doc:
+            version = doc["version"]
+            # type() is int: a JSON true must not pass as version 1.
+            if type(version) is not int or not 0 <= version <= MAX_VERSION:
+                return _refused(
+                    f"version: {show(version)} is not an integer from 0 to {MAX_VERSION}"
+                )
+        if CLIENT_TOKEN in doc:
+            problem = _client_token_problem(doc)
+            if problem:
+                return _refused(problem)
+        if "state" not in doc:
+            return _refused("state: required in a shadow update")
+        state = doc["state"]
+        if type(state) is not dict:
+            return _refused(f"state: {kind_name(state)}, not an object")
+        sections = ("desired",) if self.agent else ("desired", "reported")
+        for key in state:
+            if key not in sections:
+                if key == "reported":
+                    return _refused("state.reported: an agent may not write reported state")
+                return _refused(
+                    f"state.{key_text(key)}: unknown key; "
+                    + (
+                        "an agent may only write state.desired"
+                        if self.agent
+                        else "state has only desired and reported"
+                    )
+                )
+        if not state:
+            return _refused("state: changes nothing (no desired state)")
+        rank = 0
+        touched: set[str] = set()
+        for section in sections:
+            if section not in state:
+                continue
+            values = state[section]
+            # AWS reads "desired": null as "delete all desired state"; an agent wiping
+            # every desired key at once is refused: it should name the keys it removes.
+            if type(values) is not dict:
+                return _refused(f"state.{section}: {kind_name(values)}, not an object")
+            # AWS accepts an empty desired object as a no-op; we refuse it so that a
+            # confused agent learns that its update did nothing (and no approval is
+            # spent on, or audit line written for, a change that is not one).
+            if not values:
+                return _refused(f"state.{section}: changes nothing (empty object)")
+            problem, section_rank = validators.config.check(values, f"state.{section}.")
+            if problem:
+                return _refused(problem)
+            rank = max(rank, section_rank)
+            touched.update(values)
+        return PayloadVerdict(
+            ok=True,
+            reason="",
+            risk=_RISK_NAMES[rank],
+            fields=tuple(sorted(touched)),
+            document=doc,
+        )
+
+    # -- config/patch and group config/push -------------------------------------------
+
+    def config_patch(self, device_type: str, payload: bytes) -> PayloadVerdict:
+        validators = self._types.get(device_type)
+        if validators is None:
+            return _refused(f"unknown device type {show(device_type)}")
+        doc, problem = parse_object(payload)
+        if doc is None:
+            return _refused(problem)
+        patch = doc
+        if CLIENT_TOKEN in doc:
+            # Metadata, not a field: the device echoes it on config/result.
+            problem = _client_token_problem(doc)
+            if problem:
+                return _refused(problem)
+            patch = {key: value for key, value in doc.items() if key != CLIENT_TOKEN}
+        if not patch:
+            return _refused("payload: changes nothing (empty merge patch)")
+        problem, rank = validators.config.check(patch, "")
+        if problem:
+            return _refused(problem)
+        return PayloadVerdict(
+            ok=True, reason="", risk=_RISK_NAMES[rank], fields=tuple(sorted(patch)), document=doc
+        )
+
+    # -- commands/{command} ------------------------------------------------------------
+
+    def command(self, device_type: str, command: str, payload: bytes) -> PayloadVerdict:
+        validators = self._types.get(device_type)
+        if validators is None:
+            return _refused(f"unknown device type {show(device_type)}")
+        fields = validators.commands.get(command)
+        if fields is None:
+            return _refused(
+                f"command {key_text(command)}: not a command of device type {validators.name}"
+            )
+        if payload:
+            doc, problem = parse_object(payload)
+            if doc is None:
+                return _refused(problem)
+        else:
+            # An empty payload is an empty object, so `identify` takes b"" as well as b"{}".
+            doc = {}
+        problem, rank = fields.check(doc, f"{command}.")
+        if problem:
+            return _refused(problem)
+        rank = max(rank, validators.command_risk[command])
+        return PayloadVerdict(ok=True, reason="", risk=_RISK_NAMES[rank], document=doc)
+
+    # -- payload kind "none" (e.g. shadow/get) -------------------------------------------
+
+    def empty(self, payload: bytes) -> PayloadVerdict:
+        if payload:
+            return _refused(f"payload: must be empty, got {len(payload)} bytes")
+        return _EMPTY_OK
+
+    def for_kind(
+        self, kind: str, device_type: str, payload: bytes, command: str | None = None
+    ) -> PayloadVerdict:
+        """Dispatch on a tool's PayloadKind."""
+        if kind == "shadow_update":
+            return self.shadow_update(device_type, payload)
+        if kind == "config_patch":
+            return self.config_patch(device_type, payload)
+        if kind == "command":
+            if command is None:
+                return _refused("payload kind 'command' needs a command name")
+            return self.command(device_type, command, payload)
+        if kind == "none":
+            return self.empty(payload)
+        return _refused(f"unknown payload kind {show(kind)}")
