@@ -13,7 +13,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 
 class AuditError(Exception):
@@ -27,32 +27,40 @@ def utc_iso(timestamp: float) -> str:
 
 
 class AuditLog:
-    """Appends JSON lines to a file (or stderr when no path is given)."""
+    """Appends JSON lines to a file (or stderr when no path is given).
+
+    Each record is one ``os.write`` on an O_APPEND descriptor: no user-space buffer
+    that could hold a record the guard believes written, and whole lines even when
+    several guards share a file.
+    """
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
-        self._stream: IO[str]
-        if self.path is None:
-            self._stream = sys.stderr
-        else:
+        self._fd: int | None = None
+        if self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.parent != Path("/dev"):
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                 # Owner-only: the log names agents, devices and reasons.
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                self._stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 16)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise AuditError(f"cannot open audit log {self.path}: {exc}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         try:
             with self._lock:
-                self._stream.write(line + "\n")
-                self._stream.flush()
+                if self._fd is None:
+                    sys.stderr.write(line.decode())
+                    sys.stderr.flush()
+                elif os.write(self._fd, line) != len(line):
+                    raise OSError("short write")
         except (OSError, ValueError) as exc:
             raise AuditError(f"cannot write audit log: {exc}") from exc
 
     def close(self) -> None:
-        if self.path is not None:
-            self._stream.close()
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -54,6 +54,7 @@ class Link:
         self._to_broker_backlog: list[bytes] = []  # written once the upstream is open
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = False
+        self.backpressured = False  # the agent reads slower than the broker sends
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------ carrying out actions
@@ -190,10 +191,12 @@ class AgentProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The agent reads slowly: stop reading from the broker until it catches up.
         if self.link is not None and self.link.upstream is not None:
+            self.link.backpressured = True
             self.link.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         if self.link is not None and self.link.upstream is not None:
+            self.link.backpressured = False
             self.link.upstream.resume_reading()
 
 

@@ -12,8 +12,10 @@ import logging
 import secrets
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..audit import AuditLog
 from ..policy.compiler import CompiledPolicy
@@ -22,6 +24,7 @@ from ..tokens import check_secret
 from .link import AgentProtocol, Link
 
 log = logging.getLogger("iot_guard.proxy")
+T = TypeVar("T")
 
 
 @dataclass
@@ -167,6 +170,14 @@ class GuardThread:
     @property
     def policy(self) -> CompiledPolicy:
         return self.server.policy
+
+    def call(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
+        """Run ``fn`` on the guard's loop thread (to inspect live state safely)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self._thread.is_alive():

@@ -1,54 +1,41 @@
-"""A locked-down broker (device accounts + ACL) with the guard in front, for attack tests."""
+"""Attack tests run against the plugin's locked-down broker (device accounts + ACL) and guard."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from iot_guard.policy.loader import load_policy
-from iot_guard.proxy.server import GuardConfig, GuardThread
+from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.broker import MosquittoBroker
-from simulator.registry import registry_devices
-
-POLICY_DIR = Path(__file__).parents[2] / "device_policies"
-SECRET = b"security-suite-secret-security-suite-01"
-
 
 @dataclass
 class Guarded:
+    """The plugin's broker and guard, with what attack tests need of them."""
+
     broker: MosquittoBroker
     guard: GuardThread
-    audit_path: Path
+    secret: bytes
 
     @property
     def port(self) -> int:
         return self.guard.port
 
     def token(self, agent: str = "ops-agent", **kw: object) -> str:
-        return issue_token(SECRET, agent, **kw)  # type: ignore[arg-type]
+        return issue_token(self.secret, agent, **kw)  # type: ignore[arg-type]
 
     def audit(self) -> list[dict]:
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+        path = self.guard.server.config.audit_path
+        assert path is not None
+        return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
-    devices = registry_devices(load_policy(POLICY_DIR))
-    with MosquittoBroker(devices) as broker:
-        audit_path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
-        config = GuardConfig(
-            policy_dir=POLICY_DIR, upstream_host=broker.host, upstream_port=broker.port,
-            secret=SECRET, upstream_username=broker.guard_account.username,
-            upstream_password=broker.guard_account.password, listen_port=0,
-            audit_path=audit_path, max_packet_size=64 * 1024,
-        )
-        with GuardThread(config) as guard:
-            yield Guarded(broker, guard, audit_path)
+@pytest.fixture
+def guarded(mosquitto: MosquittoBroker, guard: GuardThread, guard_secret: bytes) -> Guarded:
+    return Guarded(mosquitto, guard, guard_secret)
 
 
 class BrokerSpy:
@@ -64,7 +51,10 @@ class BrokerSpy:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="security-spy")
         account = broker.guard_account
         self.client.username_pw_set(account.username, account.password)
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
+        # Retained replays (device status left by earlier fleets) are old state, not something
+        # the guard let through now; a live message arrives with retain 0 [MQTT-3.3.1-9].
+        self.client.on_message = lambda c, u, m: (
+            None if m.retain else self.messages.put((m.topic, m.payload, m.retain)))
         subscribed = __import__("threading").Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(broker.host, broker.port)

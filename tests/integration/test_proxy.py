@@ -1,0 +1,224 @@
+"""The guard with stock clients (paho v3.1.1 and v5, aiomqtt, mosquitto_pub/sub) in front
+of a real Mosquitto and the simulated fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from iot_guard.mqtt import Connect, Disconnect, PubAck, Publish, PubRec, Subscribe, Subscription
+from iot_guard.proxy.server import GuardConfig, GuardThread
+from iot_guard.tokens import issue_token
+from simulator.agent import ConnectRefused
+from simulator.broker import MosquittoBroker
+from tests.rawmqtt import RawMqtt
+
+DEVICE = "tenants/acme/devices/therm-001"
+POLICY_DIR = Path(__file__).parents[2] / "device_policies"
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_agent_reads_telemetry_and_updates_a_shadow_the_device_applies(
+    agent_client, fleet, protocol: int
+) -> None:
+    agent = agent_client("ops-agent", protocol=protocol)
+    assert agent.subscribe("tenants/acme/devices/+/telemetry", f"{DEVICE}/shadow/update/accepted",
+                           qos=1) == [1, 1]
+    reading = agent.expect(f"{DEVICE}/telemetry", timeout=5).json()
+    assert "temperature_c" in json.dumps(reading) or reading  # a real device reading arrived
+    result = agent.publish(f"{DEVICE}/shadow/update", {
+        "state": {"desired": {"target_temp_c": 22.5}}, "clientToken": f"t-{protocol}"})
+    assert result.ok
+    accepted = agent.expect(f"{DEVICE}/shadow/update/accepted",
+                            where=lambda m: m.json().get("clientToken") == f"t-{protocol}").json()
+    assert accepted["state"]["desired"]["target_temp_c"] == 22.5
+    device = fleet.device("acme", "therm-001")
+    device.wait_until(lambda d: d.state.reported.get("target_temp_c") == 22.5, 5,
+                      "reported target_temp_c 22.5")
+
+
+def test_v5_refusals_carry_reason_codes_and_strings(agent_client, fleet) -> None:
+    agent = agent_client("ops-agent", protocol=5)
+    out_of_range = agent.publish(f"{DEVICE}/shadow/update",
+                                 {"state": {"desired": {"target_temp_c": 45}}})
+    assert out_of_range.reason_code == 0x99
+    assert "target_temp_c" in (out_of_range.reason_string or "")
+    cross_tenant = agent.publish("tenants/globex/devices/therm-101/config/patch", {"mode": "heat"})
+    assert cross_tenant.reason_code == 0x87
+    # The device never saw either.
+    assert fleet.device("acme", "therm-001").state.desired.get("target_temp_c") != 45
+
+
+def test_v3_clients_learn_why_through_guard_events(agent_client) -> None:
+    agent = agent_client("observer", protocol=4)
+    assert agent.subscribe("$guard/events", qos=0) == [0]
+    assert agent.publish(f"{DEVICE}/shadow/update",
+                         {"state": {"desired": {"mode": "heat"}}}).reason_code == 0  # v3: acked
+    event = agent.guard_event(where=lambda e: e["topic"] == f"{DEVICE}/shadow/update")
+    assert event["decision"] == "deny" and "observer" in event["reason"]
+
+
+def test_qos2_publish_passes_through_exactly_once(agent_client, fleet) -> None:
+    agent = agent_client("ops-agent", protocol=5)
+    agent.subscribe(f"{DEVICE}/config/result", qos=2)
+    assert agent.publish(f"{DEVICE}/config/patch", {"mode": "cool", "clientToken": "q2"},
+                         qos=2).ok
+    result = agent.expect(f"{DEVICE}/config/result",
+                          where=lambda m: "q2" in m.payload.decode()).json()
+    assert result.get("ok", result.get("status")) not in (False, "rejected")
+    fleet.device("acme", "therm-001").wait_until(lambda d: d.config.get("mode") == "cool", 5,
+                                                 "mode cool")
+
+
+def test_qos_above_the_tools_maximum_is_refused(guard, guard_secret) -> None:
+    client = RawMqtt(guard.port)
+    assert client.connect("ops-agent", issue_token(guard_secret, "ops-agent")).reason_code == 0
+    # shadow_update allows QoS 1 at most.
+    client.send_packet(Publish(f"{DEVICE}/shadow/update", b'{"state":{"desired":{"mode":"heat"}}}',
+                               qos=2, packet_id=3))
+    rec = client.read()
+    assert isinstance(rec, PubRec) and rec.reason_code == 0x87
+
+
+def test_aiomqtt_agent(guard, guard_secret, fleet) -> None:
+    async def scenario() -> dict:
+        token = issue_token(guard_secret, "ops-agent")
+        async with aiomqtt.Client("127.0.0.1", guard.port, username="ops-agent", password=token,
+                                  protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe(f"{DEVICE}/shadow/get/accepted", qos=1)
+            await client.publish(f"{DEVICE}/shadow/get", b"", qos=1)
+            async with asyncio.timeout(5):
+                async for message in client.messages:
+                    return json.loads(message.payload)
+        raise AssertionError("no shadow document")
+
+    document = asyncio.run(scenario())
+    assert "state" in document and "version" in document
+
+
+def test_mosquitto_pub_and_sub_through_the_guard(guard, guard_secret, fleet) -> None:
+    assert shutil.which("mosquitto_sub"), "mosquitto-clients is required (apt-get install)"
+    token = issue_token(guard_secret, "observer")
+    common = ["-h", "127.0.0.1", "-p", str(guard.port), "-u", "observer", "-P", token]
+    sub = subprocess.run(
+        ["mosquitto_sub", *common, "-V", "mqttv311", "-t", f"{DEVICE}/telemetry", "-C", "1",
+         "-W", "10"], capture_output=True, text=True, timeout=20)
+    assert sub.returncode == 0, sub.stderr
+    assert json.loads(sub.stdout)  # one telemetry reading
+    pub = subprocess.run(
+        ["mosquitto_pub", *common, "-V", "mqttv5", "-q", "1", "-t", f"{DEVICE}/shadow/update",
+         "-m", '{"state":{"desired":{"mode":"heat"}}}'], capture_output=True, text=True,
+        timeout=20)
+    # mosquitto_pub reports the refused PUBACK (0x87) on stderr.
+    assert "not authorized" in (pub.stderr + pub.stdout).lower() or pub.returncode != 0
+
+
+def test_refused_token_through_a_stock_client(guard) -> None:
+    from simulator.agent import AgentClient
+
+    client = AgentClient("127.0.0.1", guard.port, username="ops-agent", password="igt1.x.y",
+                         protocol=5)
+    with pytest.raises(ConnectRefused) as refused:
+        client.connect()
+    assert refused.value.reason_code == 0x86
+
+
+def test_token_expiry_ends_the_session(guard, guard_secret) -> None:
+    client = RawMqtt(guard.port)
+    assert client.connect("ops-agent", issue_token(guard_secret, "ops-agent", ttl_s=1.5)
+                          ).reason_code == 0
+    farewell = client.wait_closed(timeout=5)
+    assert isinstance(farewell[-1], Disconnect) and farewell[-1].reason_code == 0xA0
+
+
+# ----------------------------------------------------------------- broker failure, audit
+
+
+@pytest.fixture
+def own_broker() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(auth=False) as broker:
+        yield broker
+
+
+def start_guard(broker: MosquittoBroker, audit_path: Path, secret: bytes) -> GuardThread:
+    return GuardThread(GuardConfig(
+        policy_dir=POLICY_DIR, upstream_host=broker.host, upstream_port=broker.port,
+        secret=secret, listen_port=0, audit_path=audit_path))
+
+
+def test_broker_going_away_disconnects_agents_cleanly_and_the_guard_recovers(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    secret = b"broker-failure-secret-broker-failure-00"
+    with start_guard(own_broker, tmp_path / "audit.jsonl", secret) as guard:
+        client = RawMqtt(guard.port)
+        assert client.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+        own_broker.stop()
+        farewell = client.wait_closed(timeout=10)
+        assert isinstance(farewell[-1], Disconnect) and farewell[-1].reason_code >= 0x80
+        refused = RawMqtt(guard.port)
+        # While the broker is down, new agents get "server unavailable", not a hang.
+        assert refused.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0x88
+        own_broker.start()
+        again = RawMqtt(guard.port)
+        assert again.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+
+
+def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker) -> None:
+    secret = b"audit-failure-secret-audit-failure-000"
+    # /dev/full accepts the open and fails every write (ENOSPC): fail closed.
+    with start_guard(own_broker, Path("/dev/full"), secret) as guard:
+        client = RawMqtt(guard.port)
+        client.send_packet(Connect(
+            client_id="c", protocol_level=5, username="ops-agent",
+            password=issue_token(secret, "ops-agent").encode()))
+        client.send_packet(Publish(f"{DEVICE}/shadow/get", b"", qos=1, packet_id=1))
+        got = client.wait_closed(timeout=5)
+        assert not any(isinstance(p, PubAck) for p in got)
+
+
+def test_slow_agent_keeps_guard_memory_bounded(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """An agent that stops reading: the guard stops reading from the broker instead of
+    buffering everything the broker sends."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    secret = b"backpressure-secret-backpressure-00000"
+    with start_guard(own_broker, tmp_path / "audit.jsonl", secret) as guard:
+        client = RawMqtt(guard.port, level=4)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert client.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+        client.send_packet(Subscribe(1, [Subscription(f"{DEVICE}/telemetry", 0)]))
+        client.read()  # SUBACK; from here on the agent reads nothing
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
+        publisher.connect(own_broker.host, own_broker.port)
+        payload = b"x" * 16_384
+        for _ in range(2_000):  # 32 MB
+            publisher.publish(f"{DEVICE}/telemetry", payload, qos=0)
+            publisher.loop_write()
+        publisher.disconnect()
+        (link,) = list(guard.server.links)
+        assert link.agent is not None
+        # The flood reaches the guard, the agent's buffer fills, the guard pauses the broker.
+        wait_for(lambda: guard.call(lambda: link.backpressured), 10, "backpressure")
+        # The agent transport's buffer stays near its high-water mark (64 KiB by default).
+        buffered = guard.call(link.agent.get_write_buffer_size)
+        assert buffered < 1024 * 1024, f"guard buffered {buffered} bytes for a slow agent"
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
