@@ -351,7 +351,7 @@ class VirtualDevice:
         self._ctx.loop.call_soon_threadsafe(self._apply_fault, name)
 
     def _apply_fault(self, name: str) -> None:
-        self._record("fault", name=name, value=getattr(self.faults, name))
+        self._record("fault", fault=name, value=getattr(self.faults, name))
         if name == "offline":
             if self.faults.offline:
                 self._go_down("crash", "fault: offline", None)
