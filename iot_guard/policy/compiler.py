@@ -167,10 +167,10 @@ class _Node:
                     node.variables.append((slot, child))
                     node = child
             else:
-                child = node.literals.get(level)
-                if child is None:
-                    child = node.literals[level] = _Node()
-                node = child
+                literal = node.literals.get(level)
+                if literal is None:
+                    literal = node.literals[level] = _Node()
+                node = literal
         node.ends.append(end)
 
 
@@ -693,18 +693,18 @@ class AgentPolicy:
                     # templates, so each kind must cover the rest on its own.
                     all_ends: list[_End] = []
                     for group in kinds.values():
-                        ends, why, _ = self._cover(plus + group, levels, i + 1, shared_only)
-                        if ends is None:
+                        part, why, _ = self._cover(plus + group, levels, i + 1, shared_only)
+                        if part is None:
                             return None, why, states[0][1]
-                        all_ends.extend(ends)
+                        all_ends.extend(part)
                     return all_ends, "", states[0][1]
             else:
                 nxt: list[tuple[_Node, Bindings]] = []
                 refused = ""
                 for node, b in states:
-                    child = node.literals.get(level)
-                    if child is not None:
-                        nxt.append((child, b))
+                    literal = node.literals.get(level)
+                    if literal is not None:
+                        nxt.append((literal, b))
                     for slot, vchild in node.variables:
                         if self._accepts(slot, level, b):
                             nxt.append((vchild, _bind(b, slot, level)))

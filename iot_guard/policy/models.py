@@ -72,11 +72,7 @@ class FieldSpec(StrictModel):
             "integer",
         ):
             raise ValueError(f"minimum/maximum apply to number or integer fields, not {self.type}")
-        if (
-            self.minimum is not None
-            and self.maximum is not None
-            and self.minimum > self.maximum
-        ):
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
         if self.enum is not None:
             if not self.enum:
