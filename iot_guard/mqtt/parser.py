@@ -292,7 +292,7 @@ class StreamParser:
         has_password = bool(cflags & 0x40)
         has_username = bool(cflags & 0x80)
         if will_qos == 3:
-            raise malformed("will QoS 3 [MQTT-3.1.2-14]")
+            raise malformed("will QoS 3 [MQTT-3.1.2-14] (v5: [MQTT-3.1.2-12])")
         if not will_flag and (will_qos or will_retain):
             raise malformed("will QoS/retain set without the will flag [MQTT-3.1.2-13/15]")
         if level == 4 and has_password and not has_username:
@@ -449,15 +449,16 @@ class StreamParser:
             options, i = read_u8(packet, i, end)
             validate_topic_filter(topic_filter)
             qos = options & 0x03
-            if qos == 3:
-                raise malformed("subscription with QoS 3 [MQTT-3.8.3-4]")
             if not v5:
-                if options & 0xFC:
-                    raise malformed("reserved subscription option bits set [MQTT-3-8.3-4]")
+                # Reserved bits or QoS 3 make a v3.1.1 SUBSCRIBE malformed [MQTT-3-8.3-4].
+                if options & 0xFC or qos == 3:
+                    raise malformed("reserved subscription option bits or QoS 3 [MQTT-3-8.3-4]")
                 subs.append(Subscription(topic_filter, qos))
                 continue
             if options & 0xC0:
                 raise malformed("reserved subscription option bits set [MQTT-3.8.3-5]")
+            if qos == 3:
+                raise protocol_error("subscription Maximum QoS 3 (3.8.3.1)")
             no_local = bool(options & 0x04)
             retain_handling = (options >> 4) & 0x03
             if retain_handling == 3:

@@ -315,8 +315,10 @@ def test_v311_subscription_option_reserved_bits_are_malformed() -> None:
     refused(server(4), frame(0x82, b"\x00\x01" + s("a/b") + b"\x04"), MALFORMED)
 
 
-def test_subscription_qos_3_is_malformed() -> None:
-    refused(server(5), frame(0x82, b"\x00\x01\x00" + s("a/b") + b"\x03"), MALFORMED)
+def test_subscription_qos_3_is_refused() -> None:
+    # v5 3.8.3.1: a Protocol Error; v3.1.1 [MQTT-3-8.3-4]: malformed.
+    refused(server(5), frame(0x82, b"\x00\x01\x00" + s("a/b") + b"\x03"), PROTOCOL)
+    refused(server(4), frame(0x82, b"\x00\x01" + s("a/b") + b"\x03"), MALFORMED)
 
 
 def test_retain_handling_3_is_a_protocol_error() -> None:
