@@ -62,7 +62,7 @@ _ACK_CLASSES: dict[int, type[PubAck | PubRec | PubRel | PubComp]] = {
     PacketType.PUBREL: PubRel,
     PacketType.PUBCOMP: PubComp,
 }
-_ACK_CODES = {
+_ACK_CODES: dict[int, frozenset[int]] = {
     PacketType.PUBACK: rc.PUBACK_CODES,
     PacketType.PUBREC: rc.PUBREC_CODES,
     PacketType.PUBREL: rc.PUBREL_CODES,

@@ -244,8 +244,8 @@ def _encode_value(wire: PropertyType, value: object) -> bytes:
         return encode_utf8(str(value))
     if wire is _T.BINARY:
         return encode_binary(bytes(value))  # type: ignore[call-overload]
-    key, val = value  # type: ignore[misc]
-    return encode_utf8(key) + encode_utf8(val)
+    pair: tuple[str, str] = value  # type: ignore[assignment]
+    return encode_utf8(pair[0]) + encode_utf8(pair[1])
 
 
 def encode_properties(props: dict[int, object], packet_type: int) -> bytes:
