@@ -7,6 +7,7 @@ own codec.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -19,6 +20,7 @@ class RawMqtt:
         self.level = level
         self.parser = StreamParser(side="client", protocol_level=level)
         self.closed = False
+        self._buffer: list[Packet] = []
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -41,10 +43,7 @@ class RawMqtt:
     def read(self, timeout: float = 5.0) -> Packet:
         """The next packet; AssertionError if none within ``timeout`` or the socket closed."""
         deadline = time.monotonic() + timeout
-        while True:
-            packets = self._pending()
-            if packets:
-                return packets
+        while not self._buffer:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"no packet within {timeout} s"
             self.sock.settimeout(remaining)
@@ -56,13 +55,7 @@ class RawMqtt:
                 self.closed = True
                 raise AssertionError("connection closed while waiting for a packet")
             self._buffer.extend(self.parser.feed(data))
-
-    _buffer: list[Packet]
-
-    def _pending(self) -> Packet | None:
-        if not hasattr(self, "_buffer"):
-            self._buffer = []
-        return self._buffer.pop(0) if self._buffer else None
+        return self._buffer.pop(0)
 
     def read_until(self, kind: type, timeout: float = 5.0) -> Packet:
         deadline = time.monotonic() + timeout
@@ -87,16 +80,10 @@ class RawMqtt:
                 data = b""
             if not data:
                 self.closed = True
-                return got + self._drain()
-            try:
+                return self._buffer + got
+            # The guard's farewell may be cut short; closing is what counts.
+            with contextlib.suppress(Exception):
                 got.extend(self.parser.feed(data))
-            except Exception:  # the guard's farewell may be cut; closing is what counts
-                pass
-
-    def _drain(self) -> list[Packet]:
-        out = list(getattr(self, "_buffer", []))
-        self._buffer = []
-        return out
 
     def close(self) -> None:
         self.sock.close()

@@ -124,10 +124,10 @@ class Link:
         if self._closed:
             transport.close()
             return
-        self.upstream = transport  # type: ignore[assignment]
-        transport.write(connect)  # type: ignore[attr-defined]
+        self.upstream = transport
+        transport.write(connect)
         if self._to_broker_backlog:
-            transport.write(b"".join(self._to_broker_backlog))  # type: ignore[attr-defined]
+            transport.write(b"".join(self._to_broker_backlog))
             self._to_broker_backlog.clear()
         if self.agent is not None and not self.agent.is_closing():
             self.agent.resume_reading()

@@ -22,8 +22,8 @@ from ..mqtt import (
     Connack,
     Connect,
     Disconnect,
-    ProtocolError,
     PropertyId,
+    ProtocolError,
     PubAck,
     PubComp,
     Publish,
@@ -138,7 +138,9 @@ class GuardSession:
                 actions.append(SendToAgent(encode(PubComp(packet.packet_id), self.protocol_level)))
             elif isinstance(packet, Disconnect):
                 actions.append(SendToBroker(packet.raw))
-                self._audit_session_event(actions, now, "disconnect", "success", "agent disconnected")
+                self._audit_session_event(
+                    actions, now, "disconnect", "success", "agent disconnected"
+                )
                 self.state = State.CLOSED
                 actions.append(Close("agent sent DISCONNECT"))
             elif isinstance(packet, Auth):
@@ -597,7 +599,9 @@ class GuardSession:
 
     def _disconnect(self, actions: list[Action], code: int, reason: str) -> None:
         if self.state is not State.CLOSED and self.protocol_level == 5:
-            properties = {PropertyId.REASON_STRING: reason} if self._problem_information else {}
+            properties: dict[int, object] = (
+                {PropertyId.REASON_STRING: reason} if self._problem_information else {}
+            )
             actions.append(SendToAgent(encode(Disconnect(code, properties), 5)))
         self.state = State.CLOSED
         actions.append(Close(reason))

@@ -12,6 +12,7 @@ from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.broker import MosquittoBroker
 
+
 @dataclass
 class Guarded:
     """The plugin's broker and guard, with what attack tests need of them."""
