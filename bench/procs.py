@@ -1,0 +1,154 @@
+"""Start benchmark processes (workers, the guard) and read their JSON lines with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .broker import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # Fields 14 and 15 of stat (utime, stime), counted after the ")" of the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Worker:
+    """One ``bench.workers`` process; its stderr goes to a file named in every error."""
+
+    def __init__(self, role: str, args: dict[str, Any], logdir: Path, name: str) -> None:
+        self.name = name
+        self.err_path = logdir / f"{name}.stderr"
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.workers", role, json.dumps(args)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=REPO,
+            )
+        self._buf = b""
+
+    def line(self, timeout_s: float) -> dict[str, Any]:
+        """The next JSON line on stdout; raise with the worker's stderr if it does not come."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no output within {timeout_s}s{self._stderr()}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.proc.wait(5)
+                    raise RuntimeError(
+                        f"{self.name} exited with {self.proc.returncode}{self._stderr()}"
+                    )
+                self._buf += chunk
+        raw, _, self._buf = self._buf.partition(b"\n")
+        return dict(json.loads(raw))
+
+    def _stderr(self) -> str:
+        try:
+            tail = self.err_path.read_text(errors="replace").strip().splitlines()[-15:]
+        except OSError:
+            return ""
+        return ("\n--- " + str(self.err_path) + " ---\n" + "\n".join(tail)) if tail else ""
+
+    def finish(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class GuardProcess:
+    """``python -m iot_guard run`` in its own process (its own GIL), optionally profiled."""
+
+    def __init__(
+        self,
+        policy_dir: Path,
+        upstream_port: int,
+        workdir: Path,
+        profile: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        from iot_guard.tokens import new_secret
+
+        self.host = host
+        self.port = free_port(host)
+        self.workdir = workdir
+        secret_text = new_secret()
+        self.secret = secret_text.encode()
+        self.secret_file = workdir / "guard.secret"
+        self.secret_file.write_text(secret_text + "\n")
+        self.secret_file.chmod(0o600)
+        self.audit_path = workdir / "audit.jsonl"
+        self.log_path = workdir / "guard.log"
+        cmd = [sys.executable]
+        if profile is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += [
+            "-m", "iot_guard", "run",
+            "--policy", str(policy_dir),
+            "--listen", f"{host}:{self.port}",
+            "--upstream", f"127.0.0.1:{upstream_port}",
+            "--secret-file", str(self.secret_file),
+            "--audit-log", str(self.audit_path),
+        ]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
+        try:
+            wait_for_port(host, self.port, 30.0, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(f"the guard did not start: {exc}\n{self.log_tail()}") from exc
+
+    def token(self, agent_id: str) -> str:
+        from iot_guard.tokens import issue_token
+
+        return issue_token(self.secret, agent_id, ttl_s=3600)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no guard log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the CLI stops cleanly (and cProfile writes)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

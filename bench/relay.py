@@ -1,0 +1,209 @@
+"""The three network benchmarks: direct Mosquitto vs the same traffic through the guard.
+
+Every figure is taken in one run with the same broker, the same client processes and the
+same message counts; only the endpoint of the agent-side client changes (broker or guard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .broker import BenchBroker
+from .procs import GuardProcess, Worker, cpu_seconds
+from .report import Row
+
+TENANT = "acme"
+DEVICES = [f"therm-{i:03d}" for i in range(1, 11)]
+AGENT = "ops-agent"
+
+
+@dataclass
+class Setup:
+    broker: BenchBroker
+    guard: GuardProcess
+    logdir: Path
+    token: str
+
+    def server_cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (broker, guard)."""
+        assert self.broker.proc is not None
+        return cpu_seconds(self.broker.proc.pid), cpu_seconds(self.guard.proc.pid)
+
+    def broker_endpoint(self, client_id: str) -> dict[str, Any]:
+        return {"host": self.broker.host, "port": self.broker.port, "client_id": client_id}
+
+    def agent_endpoint(self, mode: str, client_id: str) -> dict[str, Any]:
+        """Where the agent-side client connects: the broker itself, or the guard as ops-agent."""
+        if mode == "direct":
+            return self.broker_endpoint(client_id)
+        return {
+            "host": self.guard.host, "port": self.guard.port, "client_id": client_id,
+            "username": AGENT, "password": self.token,
+        }
+
+
+def _rate(count: int, first_ns: int, last_ns: int) -> float:
+    # Messages after the first one, over the time from the first to the last arrival.
+    span = (last_ns - first_ns) / 1e9
+    return (count - 1) / span if count > 1 and span > 0 else 0.0
+
+
+def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
+    """N QoS 0 telemetry messages from a device-side publisher to the agent-side consumer."""
+    consumer = Worker(
+        "consume",
+        {**setup.agent_endpoint(mode, f"bench-relay-consumer-{mode}"),
+         "filters": [f"tenants/{TENANT}/devices/+/telemetry"], "expect": n, "idle_s": 3.0},
+        setup.logdir, f"relay-consumer-{mode}",
+    )
+    publisher: Worker | None = None
+    try:
+        consumer.line(30)  # subscribed: nothing published before can be missed
+        cpu0 = setup.server_cpu()
+        publisher = Worker(
+            "blast",
+            {**setup.broker_endpoint(f"bench-relay-publisher-{mode}"),
+             "topics": [f"tenants/{TENANT}/devices/{d}/telemetry" for d in DEVICES],
+             "count": n},
+            setup.logdir, f"relay-publisher-{mode}",
+        )
+        publisher.line(30)
+        sent = publisher.line(120)
+        got = consumer.line(120)
+        cpu1 = setup.server_cpu()
+    finally:
+        consumer.finish()
+        if publisher is not None:
+            publisher.finish()
+    return {
+        "received": got["count"],
+        "rate": _rate(got["count"], got["first_ns"], got["last_ns"]),
+        "span_s": (got["last_ns"] - sent["start_ns"]) / 1e9,
+        "cpu": {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1],
+                "publisher": sent["cpu_s"], "consumer": got["cpu_s"]},
+    }
+
+
+def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, float]:
+    """N valid shadow updates, QoS 1 with ``window`` in flight, counted at the device side."""
+    topic = f"tenants/{TENANT}/devices/therm-001/shadow/update"
+    device = Worker(
+        "consume",
+        {**setup.broker_endpoint(f"bench-shadow-device-{mode}"), "filters": [topic],
+         "expect": n, "idle_s": 3.0},
+        setup.logdir, f"shadow-device-{mode}",
+    )
+    agent: Worker | None = None
+    try:
+        device.line(30)
+        cpu0 = setup.server_cpu()
+        agent = Worker(
+            "qos1",
+            {**setup.agent_endpoint(mode, f"bench-shadow-agent-{mode}"), "topic": topic,
+             "count": n, "window": window},
+            setup.logdir, f"shadow-agent-{mode}",
+        )
+        agent.line(30)
+        acked = agent.line(120)
+        got = device.line(120)
+        cpu1 = setup.server_cpu()
+    finally:
+        device.finish()
+        if agent is not None:
+            agent.finish()
+    return {
+        "received": got["count"],
+        "acked": acked["acked"],
+        "rate": _rate(got["count"], got["first_ns"], got["last_ns"]),
+        "agent_rate": acked["acked"] / ((acked["end_ns"] - acked["start_ns"]) / 1e9),
+        "span_s": (got["last_ns"] - acked["start_ns"]) / 1e9,
+        "cpu": {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1],
+                "agent": acked["cpu_s"], "device": got["cpu_s"]},
+    }
+
+
+def fmt_cpu(r: dict[str, Any]) -> str:
+    """CPU seconds per process over the run's wall time: who was busy on the 2 cores."""
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
+    return f"CPU s over {r['span_s']:.2f} s wall: {parts}"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}/s"
+
+
+def run_relay(setup: Setup, n: int, log: Any) -> list[Row]:
+    res = {mode: relay_once(setup, mode, n) for mode in ("direct", "guard")}
+    for mode, r in res.items():
+        log(f"  relay {mode:6}: {r['received']:,}/{n:,} received, {r['rate']:,.0f} msg/s at the"
+            f" consumer; {fmt_cpu(r)}")
+    ratio = res["guard"]["rate"] / res["direct"]["rate"] if res["direct"]["rate"] else 0.0
+    complete = all(r["received"] == n for r in res.values())
+    name = f"QoS0 relay broker->agent, {n:,} x ~100 B (msgs/s)"
+    if not complete:
+        name += " [LOSS]"
+    return [Row(name, fmt_rate(res["direct"]["rate"]), fmt_rate(res["guard"]["rate"]),
+                f"{ratio:.2f}", ">= 0.9", complete and ratio >= 0.9)]
+
+
+def run_shadow(setup: Setup, n: int, window: int, log: Any) -> list[Row]:
+    res = {mode: shadow_once(setup, mode, n, window) for mode in ("direct", "guard")}
+    for mode, r in res.items():
+        log(f"  shadow {mode:6}: {r['received']:,}/{n:,} at the device, {r['acked']:,} acked,"
+            f" {r['rate']:,.0f} msg/s at the device ({r['agent_rate']:,.0f} acked/s at the agent);"
+            f" {fmt_cpu(r)}")
+    ratio = res["guard"]["rate"] / res["direct"]["rate"] if res["direct"]["rate"] else 0.0
+    complete = all(r["received"] == n and r["acked"] == n for r in res.values())
+    name = f"shadow updates agent->device, QoS1 window {window} (msgs/s)"
+    if not complete:
+        name += " [LOSS]"
+    return [Row(name, fmt_rate(res["direct"]["rate"]), fmt_rate(res["guard"]["rate"]),
+                f"{ratio:.2f}", ">= 0.5", complete and ratio >= 0.5)]
+
+
+def run_latency(
+    setup: Setup, rate: float, duration_s: float, warmup: int, block: int, log: Any
+) -> list[Row]:
+    responder = Worker(
+        "responder",
+        {**setup.broker_endpoint("bench-latency-responder"),
+         "filters": [f"tenants/{TENANT}/devices/+/shadow/get"]},
+        setup.logdir, "latency-responder",
+    )
+    agent: Worker | None = None
+    try:
+        responder.line(30)
+        agent = Worker(
+            "latency",
+            {"endpoints": {mode: setup.agent_endpoint(mode, f"bench-latency-agent-{mode}")
+                           for mode in ("direct", "guard")},
+             "topics": {"direct": f"tenants/{TENANT}/devices/therm-001/shadow/get",
+                        "guard": f"tenants/{TENANT}/devices/therm-002/shadow/get"},
+             "rate": rate, "duration_s": duration_s, "warmup": warmup, "block": block},
+            setup.logdir, "latency-agent",
+        )
+        agent.line(30)
+        res = agent.line(2 * duration_s + 60)
+    finally:
+        if agent is not None:
+            agent.finish()
+        responder.stop()
+    for mode, r in res.items():
+        log(f"  latency {mode:6}: {r['received']:,}/{r['sent']:,} replies "
+            f"({r['bad_order']} out of order), p50 {r['p50_us']:.0f} us, p90 {r['p90_us']:.0f}"
+            f" us, p99 {r['p99_us']:.0f} us, max {r['max_us']:.0f} us, mean {r['mean_us']:.0f}"
+            f" us over {r['samples']:,} samples")
+    d, g = res["direct"], res["guard"]
+    complete = all(r["received"] == r["sent"] and not r["bad_order"] for r in res.values())
+    added50 = (g["p50_us"] - d["p50_us"]) / 1000
+    added99 = (g["p99_us"] - d["p99_us"]) / 1000
+    tag = "" if complete else " [LOSS]"
+    return [
+        Row(f"round trip p50 at {rate:,.0f} msg/s (ms){tag}", f"{d['p50_us'] / 1000:.3f}",
+            f"{g['p50_us'] / 1000:.3f}", f"{added50:+.3f} ms", "(info)", None),
+        Row(f"round trip p99 at {rate:,.0f} msg/s (ms){tag}", f"{d['p99_us'] / 1000:.3f}",
+            f"{g['p99_us'] / 1000:.3f}", f"{added99:+.3f} ms", "added <= 0.3 ms",
+            complete and added99 <= 0.3),
+    ]
