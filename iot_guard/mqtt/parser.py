@@ -168,6 +168,12 @@ class StreamParser:
         size = len(buf)
         limit = self.max_packet_size
         try:
+            if not self._ready and size:
+                # Judge the stream's first byte at once: a peer that opens with anything
+                # but CONNECT (or CONNACK) is refused before its length is believed.
+                if not buf[0] >> 4:
+                    raise malformed("reserved packet type 0")
+                self._check_first(buf[0] >> 4)
             while size - pos >= 2:
                 byte = buf[pos + 1]
                 if byte < 0x80:

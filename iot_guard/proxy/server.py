@@ -59,6 +59,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class GuardServer:
     def __init__(self, config: GuardConfig, policy: CompiledPolicy | None = None) -> None:
         check_secret(config.secret)
+        if config.upstream_password is not None and config.upstream_username is None:
+            # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22].
+            raise ValueError("an upstream password needs an upstream username")
         self.config = config
         # Fail closed: a policy that does not load stops the guard from starting.
         self.policy = policy if policy is not None else CompiledPolicy.load(config.policy_dir)
