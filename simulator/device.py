@@ -147,9 +147,17 @@ class Link(Protocol):
     def up(self) -> None: ...
 
     def down(self, how: str) -> None:
-        """``how``: "clean" (no will), "will" (clean, will published) or "crash"."""
+        """``how``: "goodbye" (publish offline, clean DISCONNECT), "will" (clean DISCONNECT
+        with reason 0x04: the broker publishes the will) or "crash" (no DISCONNECT)."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> None: ...
 
 
 class FleetContext(Protocol):
@@ -189,7 +197,8 @@ class VirtualDevice:
         self._version = 1
         self._meta_reported = {k: {"timestamp": int(time.time())} for k in self._reported}
         self._meta_desired: dict[str, dict[str, int]] = {}
-        self._online = False
+        self._online = False  # the broker holds our retained "online" (acknowledged)
+        self._serving = False  # connected and subscribed: requests are handled
         self._running = False  # between start() and stop()
         self._down_reason: str | None = None  # why we are deliberately not connected
         self._boot_count = 0
@@ -272,10 +281,10 @@ class VirtualDevice:
         for timer in (self._telemetry_timer, self._wake_timer, self._flap_timer):
             if timer:
                 timer.cancel()
-        if self._online and self.link:
-            self.link.publish(self.status_topic, self.offline_payload(), qos=1, retain=True)
+        if self._serving and self.link:
+            self._serving = False
             self._set_online(False)
-            self.link.down("clean")
+            self.link.down("goodbye")
 
     @property
     def status_topic(self) -> str:
@@ -296,17 +305,28 @@ class VirtualDevice:
             return
         self._boot_count += 1
         self._boot_at = time.monotonic()
-        self._set_online(True)
-        self._record("online", boot=self._boot_count)
         assert self.link is not None
         status = {"status": "online", "device": self.spec.name, "boot": self._boot_count}
         status["timestamp"] = now_iso()
-        self.link.publish(self.status_topic, _dumps(status), qos=1, retain=True)
+        boot = self._boot_count
+        # Online once the broker holds the retained "online": whoever waits for .online
+        # and then subscribes is sure to see it.
+        self.link.publish(
+            self.status_topic, _dumps(status), qos=1, retain=True, on_ack=lambda: self._up(boot)
+        )
+        self._serving = True
+
+    def _up(self, boot: int) -> None:
+        if boot != self._boot_count or not self._serving:
+            return  # acknowledged after the link went down again
+        self._set_online(True)
+        self._record("online", boot=boot)
         self._schedule_telemetry(first=True)
 
     def link_lost(self, reason: str) -> None:
         """The connection went away. Unplanned (e.g. broker restart) -> reconnect soon."""
-        was = self._online
+        was = self._serving
+        self._serving = False
         self._set_online(False)
         if self._telemetry_timer:
             self._telemetry_timer.cancel()
@@ -321,7 +341,8 @@ class VirtualDevice:
         if self._telemetry_timer:
             self._telemetry_timer.cancel()
             self._telemetry_timer = None
-        if self._online and self.link:
+        if self._serving and self.link:
+            self._serving = False
             self._set_online(False)
             self._record("offline", reason=reason)
             self.link.down(how)
@@ -363,14 +384,14 @@ class VirtualDevice:
                 self._flap_timer = None
             if self.faults.flapping_s > 0:
                 self._flap_timer = self._ctx.loop.call_later(self.faults.flapping_s, self._flap)
-            elif not self._online:
+            elif not self._serving:
                 self._boot()
 
     def _flap(self) -> None:
         period = self.faults.flapping_s
         if period <= 0 or not self._running:
             return
-        if self._online:
+        if self._serving:
             self._go_down("crash", "fault: flapping", None)
         elif not self.faults.offline:
             self._boot()
@@ -379,7 +400,7 @@ class VirtualDevice:
     # -- inbound (loop thread) ------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        if not self._online:
+        if not self._serving:
             return
         self._ctx.count(received=1)
         if self.faults.drop_rate and self._rng.random() < self.faults.drop_rate:
@@ -411,7 +432,7 @@ class VirtualDevice:
             self._send(topic, payload, qos)
 
     def _send(self, topic: str, payload: bytes, qos: int) -> None:
-        if self._online and self.link:
+        if self._serving and self.link:
             self._ctx.count(sent=1)
             self.link.publish(topic, payload, qos=qos)
 
@@ -602,7 +623,7 @@ class VirtualDevice:
 
     def _telemetry(self) -> None:
         self._telemetry_timer = None
-        if not self._online:
+        if not self._serving:
             return
         self._telemetry_timer = self._ctx.loop.call_later(
             float(self._config["telemetry_interval_s"]), self._telemetry
@@ -632,7 +653,9 @@ class VirtualDevice:
                     "identifying": time.monotonic() < self._identify_until,
                 }
             )
-        self.telemetry_sent += 1
+        with self._ctx.cond:
+            self.telemetry_sent += 1
+            self._ctx.cond.notify_all()
         topic = f"{self.spec.base}/telemetry"
         if self.faults.latency_s > 0:
             self._ctx.loop.call_later(self.faults.latency_s, self._send, topic, payload, 0)

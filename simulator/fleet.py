@@ -76,13 +76,25 @@ class _DeviceLink:
             self.device.link_lost("connect failed")
 
     def down(self, how: str) -> None:
-        if how == "crash":
+        if how == "goodbye":
+            # Orderly power-down: say "offline" (retained), then a clean DISCONNECT.
+            device = self.device
+            self.client.publish(device.status_topic, device.offline_payload(), qos=1, retain=True)
+            self.client.disconnect()
+        elif how == "crash":
             self.client.crash()
         else:
             self.client.disconnect(with_will=how == "will")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain, on_ack=on_ack)
 
     def misc(self) -> None:
         self.client.misc()
@@ -132,7 +144,7 @@ class _MuxConnection:
         self._connecting = False
 
     def _message(self, topic: str, payload: bytes) -> None:
-        key = topic.rsplit("/", 1)[0] + "/commands" if "/commands/" in topic else topic
+        key = topic.rsplit("/", 1)[0] if "/commands/" in topic else topic
         for device in self.routes.get(key, ()):
             if device in self.attached:
                 device.handle(topic, payload)
@@ -167,8 +179,15 @@ class _MuxLink:
         self.conn.detach(self.device)
         self.device.link_lost(how)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        self.conn.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> None:
+        self.conn.client.publish(topic, payload, qos=qos, retain=retain, on_ack=on_ack)
 
 
 class Fleet:

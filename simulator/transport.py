@@ -72,6 +72,8 @@ class LoopClient:
         c.on_disconnect = self._disconnect_cb
         c.on_message = self._message_cb
         c.on_subscribe = self._subscribe_cb
+        c.on_publish = self._publish_cb
+        self._on_ack: dict[int, Callable[[], None]] = {}
         self.client = c
         self._sock: Any = None
 
@@ -119,6 +121,13 @@ class LoopClient:
         if self._on_subscribed is not None and self.connected:
             self.loop.call_soon(self._on_subscribed)
 
+    def _publish_cb(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
+    ) -> None:
+        callback = self._on_ack.pop(mid, None)
+        if callback is not None:
+            self.loop.call_soon(callback)
+
     def _message_cb(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
         self.loop.call_soon(self._on_message, msg.topic, msg.payload)
@@ -136,11 +145,21 @@ class LoopClient:
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
         self.client.subscribe([(f, qos) for f in filters])
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish; ``on_ack`` runs once the broker acknowledged it (QoS 1)."""
         if not self.connected:
             return
         self.sent += 1
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if on_ack is not None:
+            self._on_ack[info.mid] = on_ack
 
     def misc(self) -> None:
         if self._sock is not None:
