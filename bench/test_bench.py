@@ -1,0 +1,124 @@
+"""Checks of the measuring instruments themselves (no network, a few seconds).
+
+Run with ``python -m pytest -q bench/test_bench.py``. A splitter that miscounts or a
+Cedar policy that is not equivalent would make every figure meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import rawmqtt as mq
+from bench.decisions import (
+    CEDAR_POLICY,
+    agent_name,
+    cedar_entities,
+    cedar_requests,
+    expected,
+    policy_document,
+    requests,
+)
+from bench.report import Row, table
+from bench.workers import shadow_update_payload, telemetry_payload
+from iot_guard.mqtt import Connect, Publish, StreamParser, Subscribe
+
+
+def test_encoded_packets_parse_as_valid_mqtt() -> None:
+    # The guard's own parser (server side) must accept what the bench clients send.
+    parser = StreamParser(side="server")
+    data = (
+        mq.connect("bench-client", "ops-agent", "tok", keepalive=120)
+        + mq.subscribe(1, ["tenants/acme/devices/+/telemetry"], 0)
+        + mq.publish("tenants/acme/devices/therm-001/shadow/update", b"{}", 1, 7)
+    )
+    packets = parser.feed(data)
+    assert isinstance(packets[0], Connect)
+    assert packets[0].client_id == "bench-client"
+    assert packets[0].username == "ops-agent"
+    assert isinstance(packets[1], Subscribe)
+    assert isinstance(packets[2], Publish)
+    assert packets[2].qos == 1 and packets[2].packet_id == 7
+    assert packets[2].payload == b"{}"
+
+
+def test_varint_uses_the_shortest_form() -> None:
+    assert mq.varint(0) == b"\x00"
+    assert mq.varint(127) == b"\x7f"
+    assert mq.varint(128) == b"\x80\x01"
+    assert mq.varint(16_383) == b"\xff\x7f"
+    assert mq.varint(268_435_455) == b"\xff\xff\xff\x7f"
+    with pytest.raises(ValueError):
+        mq.varint(268_435_456)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1000])
+def test_splitter_counts_packets_cut_anywhere(step: int) -> None:
+    # Payload sizes on both sides of the one/two-byte Remaining Length boundary.
+    packets = [mq.publish("t/x", b"a" * size) for size in (0, 1, 100, 122, 123, 124, 300, 20_000)]
+    packets.insert(3, mq.puback(9))
+    stream = b"".join(packets)
+    counter, splitter = mq.Splitter(), mq.Splitter()
+    counted, others, frames = 0, [], []
+    for off in range(0, len(stream), step):
+        n, rest = counter.count(stream[off : off + step])
+        counted += n
+        others += rest
+        frames += splitter.feed(stream[off : off + step])
+    assert counted == 8
+    assert others == [(mq.PUBACK << 4, b"\x00\x09")]
+    assert [first >> 4 for first, _ in frames] == [3, 3, 3, 4, 3, 3, 3, 3, 3]
+    assert frames[-1][1].endswith(b"a" * 20_000)
+    assert counter.buf == b"" and splitter.buf == b""
+
+
+def test_payloads_are_the_documented_shapes() -> None:
+    assert 80 <= len(telemetry_payload(123_456)) <= 120  # "~100 B JSON"
+    doc = json.loads(shadow_update_payload(5))
+    assert doc == {"state": {"desired": {"target_temp_c": 21.5}}, "clientToken": "bench-00000005"}
+
+
+def test_cedar_and_compiled_policy_agree_with_the_intended_answers() -> None:
+    import cedarpy
+
+    from iot_guard.policy.compiler import CompiledPolicy
+
+    n = 30
+    reqs = requests(n, 2_000)
+    policy = CompiledPolicy(policy_document(n))
+    policies = cedarpy.PolicySet.from_str(CEDAR_POLICY)
+    entities = cedarpy.Entities.from_json_str(cedar_entities(n))
+    truth = [expected(r, n) for r in reqs]
+    # Every kind of request appears, allowed and denied.
+    assert 0.4 < sum(truth) / len(truth) < 0.8
+    assert {r.tool for r in reqs} == {"read_telemetry", "read_status", "shadow_get"}
+    compiled = []
+    for r in reqs:
+        handle = policy.for_agent(agent_name(r.agent))
+        assert handle is not None
+        d = (handle.decide_publish(r.topic, b"", 0, False) if r.verb == "publish"
+             else handle.decide_receive(r.topic))
+        compiled.append(d.allowed)
+    cedar = [cedarpy.is_authorized(q, policies, entities).allowed for q in cedar_requests(reqs)]
+    assert compiled == truth
+    assert cedar == truth
+
+
+def test_requests_never_repeat_an_agents_previous_topic() -> None:
+    # The uncached timing relies on it (see time_compiled).
+    last: dict[int, str] = {}
+    for r in requests(10, 5_000):
+        assert last.get(r.agent) != r.topic
+        last[r.agent] = r.topic
+
+
+def test_table_marks_missed_goals() -> None:
+    out = table([
+        Row("a", "1", "2", "2.00", ">= 0.9", True),
+        Row("b", "1", "0.1", "0.10", ">= 0.5", False),
+        Row("c", "1", "1", "", "(info)", None),
+    ])
+    lines = out.splitlines()
+    assert lines[2].endswith("met") and lines[3].endswith("MISSED")
+    assert not lines[4].endswith(("met", "MISSED"))
