@@ -156,6 +156,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     print(f"{args.directory}: ok: {len(doc.tenants)} tenants, {devices} devices, "
           f"{len(doc.device_types)} device types, {len(doc.tools)} tools, "
           f"{len(doc.agents)} agents")
+    if not doc.agents:
+        print(f"{args.directory}: warning: no agents, so every connection will be refused",
+              file=sys.stderr)
     return EXIT_OK
 
 
