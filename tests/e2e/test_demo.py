@@ -1,0 +1,46 @@
+"""`make demo` end to end: the scripted agent through a real guard, broker and fleet."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from simulator import demo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_runs_every_step_and_exits_zero(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert demo.run(out, workdir=tmp_path) == 0, out.getvalue()
+    text = out.getvalue()
+    rows = re.findall(r"^\s+(\d+)\s{2}(.+?)\s{2,}(ok|FAIL)\s", text, flags=re.MULTILINE)
+    assert [(n, result) for n, _, result in rows] == [(str(i), "ok") for i in range(1, 8)]
+    # Reasons reach the agent: the tenant, the field and the approval threshold are named.
+    assert "'globex' is not a tenant of agent ops-agent" in text
+    assert "target_temp_c" in text and "0x99" in text
+    assert "approval" in text
+    # The guard recorded the refusals; the audit log outlives the demo.
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert any(r["result_status"] == "denied" for r in records)
+    assert any(r["result_status"] == "success" for r in records)
+    # Everything it started is stopped: the broker's log ends with its shutdown.
+    assert "mosquitto version 2" in (tmp_path / "broker" / "mosquitto.log").read_text()
+    assert "terminating" in (tmp_path / "broker" / "mosquitto.log").read_text()
+
+
+def test_python_m_simulator_demo_is_what_make_demo_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every step behaved as expected" in proc.stdout
+    assert not proc.stderr.strip(), proc.stderr

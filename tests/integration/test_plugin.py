@@ -1,0 +1,92 @@
+"""The pytest plugin's fixtures, used the way a user's test suite would use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+POLICY = Path(__file__).resolve().parents[2] / "device_policies"
+T1 = "tenants/acme/devices/therm-001"
+
+# The example from simulator/README.md, verbatim: what a user copies into their suite.
+USER_TEST = """
+def test_my_agent_can_cool_the_office(fleet, agent_client):
+    agent = agent_client("ops-agent")                      # MQTT 5, fresh token
+    assert agent.subscribe("tenants/acme/devices/therm-001/telemetry") == [1]
+    agent.expect("tenants/acme/devices/therm-001/telemetry", timeout=5)
+
+    ack = agent.publish("tenants/acme/devices/therm-001/shadow/update",
+                        {"state": {"desired": {"target_temp_c": 19}}})
+    assert ack.ok
+    thermostat = fleet.device("acme", "therm-001")
+    thermostat.wait_until(lambda d: d.state.reported["target_temp_c"] == 19, 5, "applied")
+
+    bad = agent.publish("tenants/acme/devices/therm-001/shadow/update",
+                        {"state": {"desired": {"target_temp_c": 99}}})
+    assert bad.reason_code == 0x99 and "maximum" in bad.reason_string
+"""
+
+
+def test_a_user_suite_gets_the_fixtures_from_the_entry_point(pytester: pytest.Pytester) -> None:
+    # A separate process in a directory without our conftest: only the pytest11 entry
+    # point can provide mosquitto, fleet, guard and agent_client there.
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest_subprocess(
+        "--iot-guard-policy", str(POLICY), "-p", "no:cacheprovider", "-q", timeout=90
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_the_policy_option_must_name_a_directory(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user="def test_x(mosquitto):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "--iot-guard-policy", "no-such-dir", "-p", "no:cacheprovider", timeout=60
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*iot-guard policy directory*no-such-dir does not exist*"])
+
+
+def test_agent_reads_and_changes_a_shadow_through_the_guard(fleet, agent_client) -> None:
+    agent = agent_client("ops-agent")
+    assert agent.subscribe(f"{T1}/telemetry", f"{T1}/shadow/update/accepted") == [1, 1]
+    agent.expect(f"{T1}/telemetry")
+    ack = agent.publish(
+        f"{T1}/shadow/update", {"state": {"desired": {"target_temp_c": 23}}, "clientToken": "p"}
+    )
+    assert ack.ok
+    reported = agent.expect(
+        f"{T1}/shadow/update/accepted", where=lambda m: "reported" in m.json()["state"]
+    )
+    assert reported.json()["state"]["reported"] == {"target_temp_c": 23}
+    assert fleet.device("acme", "therm-001").state.reported["target_temp_c"] == 23
+
+
+def test_a_v311_agent_learns_refusals_from_guard_events(fleet, agent_client) -> None:
+    agent = agent_client("ops-agent", protocol=4)
+    assert agent.subscribe("$guard/events")[0] < 0x80  # granted (the guard picks the QoS)
+    device = fleet.device("acme", "therm-001")
+    before = device.state
+    # v3.1.1 has no reason codes: the PUBACK is plain, the event explains.
+    assert agent.publish(f"{T1}/shadow/update", {"state": {"desired": {"mode": "warp"}}}).ok
+    event = agent.guard_event(where=lambda e: e["topic"] == f"{T1}/shadow/update")
+    assert event["decision"] == "deny" and "mode" in event["reason"]
+    agent.publish(f"{T1}/shadow/get", b"")  # a later allowed request, served by the device
+    device.wait_event("shadow_get", 5)
+    assert device.state == before
+
+
+def test_a_narrowed_token_and_a_read_only_agent(fleet, agent_client) -> None:
+    narrow = agent_client("ops-agent", tools=["read_telemetry"])
+    assert narrow.subscribe(f"{T1}/telemetry", f"{T1}/status") == [1, 0x87]
+    observer = agent_client("observer")
+    refused = observer.publish(f"{T1}/shadow/update", {"state": {"desired": {"mode": "off"}}})
+    assert refused.reason_code == 0x87 and refused.reason_string
+    assert fleet.device("acme", "therm-001").config["mode"] == "auto"
+
+
+def test_agents_of_one_test_are_closed_after_it(agent_client) -> None:
+    first = agent_client("globex-agent", client_id="plugin-reuse")
+    assert first.subscribe("tenants/globex/devices/therm-101/status") == [1]
