@@ -53,7 +53,7 @@ def _rate(count: int, first_ns: int, last_ns: int) -> float:
 def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
     """N QoS 0 telemetry messages from a device-side publisher to the agent-side consumer."""
     consumer = Worker(
-        "consume",
+        "count",
         {**setup.agent_endpoint(mode, f"bench-relay-consumer-{mode}"),
          "filters": [f"tenants/{TENANT}/devices/+/telemetry"], "expect": n, "idle_s": 3.0},
         setup.logdir, f"relay-consumer-{mode}",
@@ -90,7 +90,7 @@ def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, float
     """N valid shadow updates, QoS 1 with ``window`` in flight, counted at the device side."""
     topic = f"tenants/{TENANT}/devices/therm-001/shadow/update"
     device = Worker(
-        "consume",
+        "count",
         {**setup.broker_endpoint(f"bench-shadow-device-{mode}"), "filters": [topic],
          "expect": n, "idle_s": 3.0},
         setup.logdir, f"shadow-device-{mode}",
