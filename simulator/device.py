@@ -147,8 +147,8 @@ class Link(Protocol):
     def up(self) -> None: ...
 
     def down(self, how: str) -> None:
-        """``how``: "goodbye" (publish offline, clean DISCONNECT), "will" (clean DISCONNECT
-        with reason 0x04: the broker publishes the will) or "crash" (no DISCONNECT)."""
+        """``how``: "goodbye" (publish offline, clean DISCONNECT), "clean" (DISCONNECT only),
+        "will" (DISCONNECT with reason 0x04: the broker publishes the will) or "crash"."""
 
     def publish(
         self,
@@ -285,6 +285,8 @@ class VirtualDevice:
             self._serving = False
             self._set_online(False)
             self.link.down("goodbye")
+        elif self.link is not None:
+            self.link.down("clean")  # a connection still being set up
 
     @property
     def status_topic(self) -> str:

@@ -99,6 +99,10 @@ class _DeviceLink:
     def misc(self) -> None:
         self.client.misc()
 
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
 
 class _MuxConnection:
     """One MQTT connection serving many devices; routes messages by topic."""
@@ -175,6 +179,8 @@ class _MuxLink:
         self.conn.attach(self.device)
 
     def down(self, how: str) -> None:
+        if self.device not in self.conn.attached:
+            return
         # One will per connection: the device says "offline" itself, whatever ``how`` is.
         self.conn.detach(self.device)
         self.device.link_lost(how)
@@ -342,6 +348,10 @@ class Fleet:
             return
         try:
             self.call(self._stop_devices, timeout)
+            # Devices say goodbye (retained "offline", acknowledged) before the loop ends.
+            deadline = time.monotonic() + min(timeout, 3.0)
+            while not self.call(self._all_closed, timeout) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling the loop thread's sockets, bounded by deadline
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
@@ -403,6 +413,9 @@ class Fleet:
             link.misc()
         if not self.stopping:
             self.loop.call_later(1.0, self._keepalive)
+
+    def _all_closed(self) -> bool:
+        return all(link.closed for link in self._links)
 
     def _stop_devices(self) -> None:
         self.stopping = True

@@ -76,6 +76,9 @@ class LoopClient:
         self._on_ack: dict[int, Callable[[], None]] = {}
         self.client = c
         self._sock: Any = None
+        self._inflight: set[int] = set()  # QoS 1 publishes the broker has not acknowledged
+        self._pending_disconnect: bool | None = None  # with_will of a deferred DISCONNECT
+        self._disconnect_timer: asyncio.TimerHandle | None = None
 
     # -- socket hooks ------------------------------------------------------------------
 
@@ -87,6 +90,12 @@ class LoopClient:
         self.loop.remove_reader(sock)
         self.loop.remove_writer(sock)
         self._sock = None
+        # paho closes the socket right after this hook. Closing with unread bytes in the
+        # receive buffer makes the kernel send RST instead of FIN, and the broker may then
+        # drop what we wrote last (our DISCONNECT, our goodbye status). Read them first.
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
 
     def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self.loop.add_writer(sock, client.loop_write)
@@ -124,9 +133,12 @@ class LoopClient:
     def _publish_cb(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
     ) -> None:
+        self._inflight.discard(mid)
         callback = self._on_ack.pop(mid, None)
         if callback is not None:
             self.loop.call_soon(callback)
+        if not self._inflight and self._pending_disconnect is not None:
+            self.loop.call_soon(self._disconnect_now)
 
     def _message_cb(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
@@ -135,6 +147,8 @@ class LoopClient:
     # -- operations ------------------------------------------------------------------------
 
     def connect(self) -> bool:
+        if self._pending_disconnect is not None:
+            self._disconnect_now()  # a reboot shorter than the broker's acknowledgements
         try:
             # Blocking TCP connect: on loopback it completes at once (or is refused at once).
             self.client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=True)
@@ -158,6 +172,8 @@ class LoopClient:
             return
         self.sent += 1
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            self._inflight.add(info.mid)
         if on_ack is not None:
             self._on_ack[info.mid] = on_ack
 
@@ -165,9 +181,32 @@ class LoopClient:
         if self._sock is not None:
             self.client.loop_misc()
 
-    def disconnect(self, with_will: bool = False) -> None:
-        """Clean DISCONNECT; ``with_will`` asks the broker to publish the will anyway."""
+    def disconnect(self, with_will: bool = False, ack_wait_s: float = 1.0) -> None:
+        """Clean DISCONNECT; ``with_will`` asks the broker to publish the will anyway.
+
+        Sent once the broker acknowledged our QoS 1 publishes (at most ``ack_wait_s``
+        later), so replies and the goodbye status are not lost in the teardown.
+        """
         self.connected = False
+        self._pending_disconnect = with_will
+        if self._inflight and self._sock is not None:
+            self._disconnect_timer = self.loop.call_later(ack_wait_s, self._disconnect_now)
+        else:
+            self._disconnect_now()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None and self._pending_disconnect is None
+
+    def _disconnect_now(self) -> None:
+        with_will = self._pending_disconnect
+        if with_will is None:
+            return
+        self._pending_disconnect = None
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        self._inflight.clear()
         if with_will:
             rc = ReasonCode(PacketTypes.DISCONNECT, identifier=DISCONNECT_WITH_WILL)
             self.client.disconnect(reasoncode=rc, properties=Properties(PacketTypes.DISCONNECT))
@@ -179,6 +218,8 @@ class LoopClient:
     def crash(self) -> None:
         """Drop the TCP connection without DISCONNECT, like a power cut: the will fires."""
         self.connected = False
+        self._pending_disconnect = None
+        self._inflight.clear()
         sock = self._sock
         if sock is None:
             return

@@ -195,6 +195,7 @@ def test_reboot_goes_offline_through_the_will_and_returns_with_its_state(
     online = spy.expect(
         f"{T1}/status", where=lambda m: m.json()["status"] == "online" and m.at >= offline.at
     )
+    device.wait_online(5)  # the device counts itself online once the broker acknowledged
     assert online.json()["boot"] == 2 and device.boot_count == 2
     assert online.at - started >= fleet.boot_time_s
     assert device.state == state  # rejoins with its config and shadow
