@@ -38,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sizes", default="10,100,1000,10000", help="tenant counts for decisions")
     p.add_argument("--policy", type=Path, default=REPO / "device_policies",
                    help="policy directory the guard runs with")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run relay and shadow direct/guard this many times, alternating, and"
+                        " report the median (default 1: one run each)")
     p.add_argument("--profile-guard", type=Path, metavar="FILE",
                    help="run the guard under cProfile and write its stats to FILE")
     args = p.parse_args(argv)
@@ -106,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     setup = Setup(broker, guard, workdir, guard.token("ops-agent"))
                     steps = {
-                        "relay": lambda: run_relay(setup, args.relay_n, log),
-                        "shadow": lambda: run_shadow(setup, args.shadow_n, args.window, log),
+                        "relay": lambda: run_relay(setup, args.relay_n, log, args.repeat),
+                        "shadow": lambda: run_shadow(
+                            setup, args.shadow_n, args.window, log, args.repeat),
                         "latency": lambda: run_latency(
                             setup, args.rate, args.latency_s, 200, 500, log),
                     }
