@@ -150,7 +150,7 @@ class AgentClient:
     def subscribe(self, *filters: str, qos: int = 1, timeout: float = 5.0) -> list[int]:
         """Subscribe; returns the SUBACK codes in order (granted QoS, or >= 0x80 refused)."""
         result, mid = self.client.subscribe([(f, qos) for f in filters])
-        if result != mqtt.MQTT_ERR_SUCCESS:
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionError(f"subscribe failed: {mqtt.error_string(result)}")
         self._wait(lambda: mid in self._subacks, timeout, f"SUBACK for {filters}")
         return self._subacks.pop(mid)

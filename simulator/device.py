@@ -11,6 +11,7 @@ where e.g. ``admin_pin`` is writable), so the rules exist once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -18,15 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from iot_guard.payloads import merge_patch
 from iot_guard.policy.models import PolicyDocument
 
 from .registry import DeviceSpec
-
-if TYPE_CHECKING:
-    import asyncio
 
 # Defaults a freshly flashed thermostat boots with (the device type gives the bounds).
 FACTORY_CONFIG: dict[str, Any] = {
@@ -134,8 +132,9 @@ class Faults:
             raise ValueError(f"fault {name} must be >= 0")
         old = self.__dict__.get(name)
         object.__setattr__(self, name, value)
-        if old is not None and old != value and self._on_change is not None:
-            self._on_change(name)
+        on_change = self.__dict__.get("_on_change")
+        if old is not None and old != value and on_change is not None:
+            on_change(name)
 
     def active(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n, d in self.defaults().items() if getattr(self, n) != d}
@@ -269,6 +268,15 @@ class VirtualDevice:
         self.wait_until(seen, timeout, f"event {name!r}")
         return found[0]
 
+    async def async_wait_until(
+        self, predicate: Callable[[VirtualDevice], bool], timeout: float, what: str = "condition"
+    ) -> None:
+        """``wait_until`` for asyncio tests: waits in a worker thread, the loop stays free."""
+        await asyncio.to_thread(self.wait_until, predicate, timeout, what)
+
+    async def async_wait_online(self, timeout: float = 10.0, online: bool = True) -> None:
+        await asyncio.to_thread(self.wait_online, timeout, online)
+
     # -- lifecycle (loop thread) ---------------------------------------------------------
 
     def start(self) -> None:
@@ -348,6 +356,9 @@ class VirtualDevice:
             self._set_online(False)
             self._record("offline", reason=reason)
             self.link.down(how)
+        elif self.link is not None:
+            # Still connecting: drop that attempt so it cannot bring the device up.
+            self.link.down("crash")
         if back_after is not None:
             self._wake_after(back_after)
 

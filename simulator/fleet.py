@@ -319,6 +319,10 @@ class Fleet:
                     f"{', '.join(missing[:10])}"
                 )
 
+    async def async_wait_online(self, timeout: float = 30.0, target: str = "*") -> None:
+        """``wait_online`` for asyncio tests (waits in a worker thread)."""
+        await asyncio.to_thread(self.wait_online, timeout, target)
+
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the fleet's loop and return its result (for tests and tools)."""
         future: Future[T] = Future()

@@ -142,7 +142,7 @@ class LoopClient:
 
     def _message_cb(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
-        self.loop.call_soon(self._on_message, msg.topic, msg.payload)
+        self.loop.call_soon(self._on_message, msg.topic, bytes(msg.payload))
 
     # -- operations ------------------------------------------------------------------------
 

@@ -93,9 +93,8 @@ async def test_an_asyncio_test_drives_the_fleet_with_aiomqtt(
 
         assert await asyncio.wait_for(replies(), 5) == ["accepted", "delta", "accepted"]
     device = fleet.device("globex", "therm-102")
-    await asyncio.to_thread(
-        device.wait_until, lambda d: d.state.reported["target_temp_c"] == 7, 5, "reported"
-    )
+    await device.async_wait_until(lambda d: d.state.reported["target_temp_c"] == 7, 5, "reported")
+    await fleet.async_wait_online(5)
 
 
 @pytest.mark.parametrize("mode", ["per-device", "mux"])
