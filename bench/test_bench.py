@@ -7,6 +7,7 @@ Cedar policy that is not equivalent would make every figure meaningless.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from bench.decisions import (
     expected,
     policy_document,
     requests,
+    time_compiled,
 )
 from bench.report import Row, table
 from bench.workers import shadow_update_payload, telemetry_payload
@@ -107,10 +109,39 @@ def test_cedar_and_compiled_policy_agree_with_the_intended_answers() -> None:
 
 def test_requests_never_repeat_an_agents_previous_topic() -> None:
     # The uncached timing relies on it (see time_compiled).
-    last: dict[int, str] = {}
+    last: dict[tuple[int, str], str] = {}
     for r in requests(10, 5_000):
-        assert last.get(r.agent) != r.topic
-        last[r.agent] = r.topic
+        assert last.get((r.agent, r.verb)) != r.topic
+        last[(r.agent, r.verb)] = r.topic
+
+
+@pytest.mark.parametrize("n_tenants", [3, 2_000])
+def test_uncached_timing_computes_every_decision(
+    monkeypatch: pytest.MonkeyPatch, n_tenants: int
+) -> None:
+    # Few tenants: an agent sees many requests; many tenants: most agents see one, so a
+    # topic left in an agent's cache by one pass could be hit by the next.
+    from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
+
+    computed = {"n": 0}
+    for name in ("_receive_decision", "_publish_matches"):
+        original = getattr(AgentPolicy, name)
+
+        def counting(self: AgentPolicy, topic: str, _original: Any = original) -> Any:
+            if topic != "bench/reset":
+                computed["n"] += 1
+            return _original(self, topic)
+
+        monkeypatch.setattr(AgentPolicy, name, counting)
+    policy = CompiledPolicy(policy_document(n_tenants))
+    handles = [policy.for_agent(agent_name(i)) for i in range(n_tenants)]
+    reqs = requests(n_tenants, 600)
+    _, allowed = time_compiled(handles, reqs, cached=False, passes=3)  # type: ignore[arg-type]
+    assert computed["n"] == 3 * len(reqs)
+    assert allowed == [expected(r, n_tenants) for r in reqs]
+    computed["n"] = 0
+    time_compiled(handles, reqs, cached=True, passes=3)  # type: ignore[arg-type]
+    assert computed["n"] <= len(reqs)  # only the fill pass computes
 
 
 def test_table_marks_missed_goals() -> None:
