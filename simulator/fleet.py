@@ -344,7 +344,11 @@ class Fleet:
         if not self._ready.wait(timeout):
             raise TimeoutError("the fleet's event loop did not start")
         if wait:
-            self.wait_online(timeout)
+            try:
+                self.wait_online(timeout)
+            except TimeoutError:
+                self.stop()  # do not leave a half-started fleet running behind the error
+                raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

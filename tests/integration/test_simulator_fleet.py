@@ -117,3 +117,14 @@ def test_two_hundred_devices_come_online_and_report(mosquitto: MosquittoBroker, 
         fleet.devices[-1].wait_until(lambda d: d.telemetry_sent >= 2, 5, "telemetry")
         stats = fleet.stats()
         assert stats.online == 200 and stats.telemetry >= 200
+
+
+def test_a_fleet_that_cannot_come_online_says_which_devices_and_stops() -> None:
+    document = load_policy(POLICY)
+    with MosquittoBroker(registry_devices(document)) as broker:
+        # No credentials on a broker that refuses anonymous clients: nobody gets online.
+        fleet = Fleet(document, broker.host, broker.port, reconnect_s=0.05)
+        with pytest.raises(TimeoutError, match="13 of 13 devices not online.*acme/therm-001"):
+            fleet.start(timeout=1)
+        assert fleet.stats().online == 0
+        assert fleet._thread is None  # stopped, no loop left running
