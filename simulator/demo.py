@@ -61,14 +61,24 @@ class Demo:
         self.say(f"   {'✔' if step.ok else '✘'} {step.got}")
 
     def table(self) -> None:
-        width = max(len(s.title) for s in self.steps)
+        rows = [
+            (str(i), s.title, s.expected, "ok" if s.ok else "FAIL", _first_clause(s.got))
+            for i, s in enumerate(self.steps, 1)
+        ]
+        head = ("#", "step", "expected", "result", "what the agent got")
+        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
         self.say()
         self.say("Summary")
-        self.say(f"  {'#':>2}  {'step':<{width}}  result  what happened")
-        for i, s in enumerate(self.steps, 1):
-            mark = "ok  " if s.ok else "FAIL"
-            got = s.got if len(s.got) <= 64 else s.got[:63] + "…"
-            self.say(f"  {i:>2}  {s.title:<{width}}  {mark}    {got}")
+        for row in [head, *rows]:
+            self.say(
+                "  "
+                + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+
+
+def _first_clause(text: str, limit: int = 40) -> str:
+    first = text.split(";", 1)[0].split(": ", 1)[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _event_for(agent: AgentClient, topic: str, since: float) -> dict[str, Any]:
