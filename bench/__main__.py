@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.relay_n, args.shadow_n, args.latency_s = 30_000, 5_000, 1.0
         args.sizes = "10,1000"
+    if args.profile_guard is not None:
+        args.profile_guard = args.profile_guard.resolve()  # the guard runs from the repo root
+    args.policy = args.policy.resolve()
     args.only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = set(args.only) - set(BENCHES)
     if unknown:
