@@ -67,11 +67,13 @@ class AgentClient:
         *,
         username: str | None = None,
         password: str | None = None,
-        protocol: int = 5,
+        protocol: int | str = 5,
         client_id: str = "",
     ) -> None:
+        # 3, 4, 311 and "3.1.1" all mean MQTT 3.1.1 (protocol level 4 on the wire).
+        protocol = {3: 4, 311: 4, "3.1.1": 4, "5": 5, "5.0": 5}.get(protocol, protocol)
         if protocol not in (4, 5):
-            raise ValueError("protocol is 4 (MQTT 3.1.1) or 5")
+            raise ValueError("protocol is 4 / '3.1.1' (MQTT 3.1.1) or 5")
         self.host = host
         self.port = port
         self.protocol = protocol

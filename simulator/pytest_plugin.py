@@ -8,7 +8,8 @@ suite these fixtures:
                           start costs ~50 ms; tests that stop or restart a broker make their own.
 ``fleet``      (function) the policy's devices (``Fleet``) on that broker, all online; a fresh
                           fleet per test so shadows, versions and faults never leak between
-                          tests (13 devices start in well under a second). Telemetry every 1 s.
+                          tests (13 devices start in well under a second). Telemetry every 1 s;
+                          override the ``fleet_options`` fixture to pass other ``Fleet`` options.
 ``guard``      (session)  a running guard (``GuardThread``) in front of ``mosquitto`` using the
                           broker's ``iot-guard`` account; it keeps no per-test state.
 ``agent_client`` (function) factory: ``agent_client("ops-agent", protocol=5, tools=None)`` ->
@@ -76,10 +77,18 @@ def mosquitto(iot_guard_policy: Any) -> Iterator[MosquittoBroker]:
 
 
 @pytest.fixture
-def fleet(mosquitto: MosquittoBroker, iot_guard_policy: Any) -> Iterator[Any]:
+def fleet_options() -> dict[str, Any]:
+    """Keyword arguments for the ``fleet`` fixture's ``Fleet``; override to change them."""
+    return {"telemetry_interval_s": 1, "boot_time_s": 0.2}
+
+
+@pytest.fixture
+def fleet(
+    mosquitto: MosquittoBroker, iot_guard_policy: Any, fleet_options: dict[str, Any]
+) -> Iterator[Any]:
     from .fleet import Fleet
 
-    fleet = Fleet.on_broker(mosquitto, iot_guard_policy, telemetry_interval_s=1, boot_time_s=0.2)
+    fleet = Fleet.on_broker(mosquitto, iot_guard_policy, **fleet_options)
     fleet.start(timeout=15)
     try:
         yield fleet
@@ -128,7 +137,7 @@ def agent_client(guard: Any, guard_secret: bytes) -> Iterator[AgentFactory]:
 
     def connect(
         agent_id: str = "ops-agent",
-        protocol: int = 5,
+        protocol: int | str = 5,
         tools: list[str] | None = None,
         ttl_s: float = 300,
         client_id: str = "",

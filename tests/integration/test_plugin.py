@@ -65,7 +65,8 @@ def test_agent_reads_and_changes_a_shadow_through_the_guard(fleet, agent_client)
 
 
 def test_a_v311_agent_learns_refusals_from_guard_events(fleet, agent_client) -> None:
-    agent = agent_client("ops-agent", protocol=4)
+    agent = agent_client("ops-agent", protocol="3.1.1")
+    assert agent.protocol == 4
     assert agent.subscribe("$guard/events")[0] < 0x80  # granted (the guard picks the QoS)
     device = fleet.device("acme", "therm-001")
     before = device.state
@@ -85,6 +86,17 @@ def test_a_narrowed_token_and_a_read_only_agent(fleet, agent_client) -> None:
     refused = observer.publish(f"{T1}/shadow/update", {"state": {"desired": {"mode": "off"}}})
     assert refused.reason_code == 0x87 and refused.reason_string
     assert fleet.device("acme", "therm-001").config["mode"] == "auto"
+
+
+class TestFleetOptions:
+    # Overridden for this class only: a suite may slow telemetry or speed up reboots.
+    @pytest.fixture
+    def fleet_options(self) -> dict[str, object]:
+        return {"telemetry_interval_s": 3600, "boot_time_s": 0.05}
+
+    def test_fleet_options_can_be_overridden(self, fleet) -> None:
+        assert fleet.boot_time_s == 0.05
+        assert fleet.device("acme", "therm-001").config["telemetry_interval_s"] == 3600
 
 
 def test_agents_of_one_test_are_closed_after_it(agent_client) -> None:
