@@ -48,7 +48,14 @@ class AuditLog:
                 raise AuditError(f"cannot open audit log {self.path}: {exc}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """All records in one write: what one read from a peer decided, before forwarding."""
+        line = "".join(
+            json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+            for record in records
+        ).encode()
         try:
             with self._lock:
                 if self._fd is None:

@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditError, AuditLog
 from ..session import (
@@ -62,6 +62,7 @@ class Link:
     def perform(self, actions: list[Action]) -> None:
         to_agent: list[bytes] = []
         to_broker: list[bytes] = []
+        audits: list[dict[str, Any]] = []
         try:
             for action in actions:
                 if isinstance(action, SendToAgent):
@@ -69,27 +70,30 @@ class Link:
                 elif isinstance(action, SendToBroker):
                     to_broker.append(action.data)
                 elif isinstance(action, WriteAudit):
-                    self.audit.write(action.record)
+                    audits.append(action.record)
                 elif isinstance(action, OpenUpstream):
-                    self._flush(to_agent, to_broker)
+                    self._flush(audits, to_agent, to_broker)
                     self._open_upstream(action.connect)
                 elif isinstance(action, ExpireAt):
                     delay = max(0.0, action.timestamp - time.time())
                     self._timers.append(self._loop.call_later(delay, self._token_expired))
                 elif isinstance(action, Close):
-                    self._flush(to_agent, to_broker)
+                    self._flush(audits, to_agent, to_broker)
                     self.close(action.reason)
                     return
+            self._flush(audits, to_agent, to_broker)
         except AuditError as exc:
             # Fail closed: what was not audited is not forwarded, and the session ends.
             log.error("audit failed, closing session %s: %s", self.session.session_id, exc)
-            to_broker.clear()
-            to_agent.clear()
             self.close(str(exc))
-            return
-        self._flush(to_agent, to_broker)
 
-    def _flush(self, to_agent: list[bytes], to_broker: list[bytes]) -> None:
+    def _flush(
+        self, audits: list[dict[str, Any]], to_agent: list[bytes], to_broker: list[bytes]
+    ) -> None:
+        """Audit first (one write for the batch), then send; raises AuditError unsent."""
+        if audits:
+            self.audit.write_many(audits)
+            audits.clear()
         if to_agent and self.agent is not None and not self.agent.is_closing():
             self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
         if to_broker:

@@ -7,6 +7,7 @@ own (for synchronous tests and the simulator's fixtures).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import secrets
@@ -65,6 +66,9 @@ class GuardServer:
         self.config = config
         # Fail closed: a policy that does not load stops the guard from starting.
         self.policy = policy if policy is not None else CompiledPolicy.load(config.policy_dir)
+        # The compiled policy lives as long as the guard: keep it out of the collector's
+        # full passes, which otherwise pause every session for ~0.1 s at 10k tenants.
+        gc.freeze()
         self.audit = AuditLog(config.audit_path)
         self.settings = SessionSettings(
             secret=config.secret,
