@@ -19,8 +19,9 @@ POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 
 
 def iot_guard(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iot_guard", *args], capture_output=True,
-                          text=True, timeout=60, **kw)  # type: ignore[call-overload]
+    return subprocess.run(
+        [sys.executable, "-m", "iot_guard", *args], capture_output=True, text=True, timeout=60, **kw
+    )  # type: ignore[call-overload]
 
 
 def test_policy_check_accepts_the_example_fleet() -> None:
@@ -43,12 +44,36 @@ def test_policy_check_names_file_and_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["--publish", "tenants/acme/devices/therm-001/shadow/update", "--payload",
-          '{"state":{"desired":{"target_temp_c":21}}}'], 0, "allow"),
-        (["--publish", "tenants/acme/devices/therm-001/shadow/update", "--payload",
-          '{"state":{"desired":{"target_temp_c":"21"}}}'], 1, "target_temp_c"),
-        (["--publish", "tenants/acme/devices/therm-001/shadow/update", "--payload",
-          '{"state":{"desired":{"firmware_channel":"beta"}}}'], 1, "approval"),
+        (
+            [
+                "--publish",
+                "tenants/acme/devices/therm-001/shadow/update",
+                "--payload",
+                '{"state":{"desired":{"target_temp_c":21}}}',
+            ],
+            0,
+            "allow",
+        ),
+        (
+            [
+                "--publish",
+                "tenants/acme/devices/therm-001/shadow/update",
+                "--payload",
+                '{"state":{"desired":{"target_temp_c":"21"}}}',
+            ],
+            1,
+            "target_temp_c",
+        ),
+        (
+            [
+                "--publish",
+                "tenants/acme/devices/therm-001/shadow/update",
+                "--payload",
+                '{"state":{"desired":{"firmware_channel":"beta"}}}',
+            ],
+            1,
+            "approval",
+        ),
         (["--subscribe", "tenants/acme/#"], 1, "deny"),
         (["--receive", "tenants/globex/devices/therm-101/telemetry"], 1, "deny"),
     ],
@@ -60,8 +85,16 @@ def test_policy_explain(args: list[str], code: int, words: str) -> None:
 
 
 def test_policy_explain_json_matches_the_proxy_decision() -> None:
-    result = iot_guard("policy", "explain", str(POLICY_DIR), "--agent", "observer", "--json",
-                       "--publish", "tenants/acme/devices/therm-001/shadow/get")
+    result = iot_guard(
+        "policy",
+        "explain",
+        str(POLICY_DIR),
+        "--agent",
+        "observer",
+        "--json",
+        "--publish",
+        "tenants/acme/devices/therm-001/shadow/get",
+    )
     decision = json.loads(result.stdout)
     assert decision["decision"] == "deny" and decision["reason_code"] == 0x87
 
@@ -70,14 +103,37 @@ def test_token_issue_prints_a_verifiable_token(tmp_path: Path) -> None:
     secret_file = tmp_path / "guard.secret"
     secret = iot_guard("token", "secret")
     secret_file.write_text(secret.stdout)
-    result = iot_guard("token", "issue", "--agent", "observer", "--secret-file", str(secret_file),
-                       "--ttl", "60", "--tools", "read_telemetry", "--policy", str(POLICY_DIR))
+    result = iot_guard(
+        "token",
+        "issue",
+        "--agent",
+        "observer",
+        "--secret-file",
+        str(secret_file),
+        "--ttl",
+        "60",
+        "--tools",
+        "read_telemetry",
+        "--policy",
+        str(POLICY_DIR),
+    )
     assert result.returncode == 0, result.stderr
-    claims = verify_token(secret_file.read_text().strip().encode(), result.stdout.strip(),
-                          time.time())
+    claims = verify_token(
+        secret_file.read_text().strip().encode(), result.stdout.strip(), time.time()
+    )
     assert claims.agent_id == "observer" and claims.tools == frozenset({"read_telemetry"})
-    refused = iot_guard("token", "issue", "--agent", "observer", "--secret-file",
-                        str(secret_file), "--tools", "shadow_update", "--policy", str(POLICY_DIR))
+    refused = iot_guard(
+        "token",
+        "issue",
+        "--agent",
+        "observer",
+        "--secret-file",
+        str(secret_file),
+        "--tools",
+        "shadow_update",
+        "--policy",
+        str(POLICY_DIR),
+    )
     assert refused.returncode == 2 and "shadow_update" in refused.stderr
 
 
@@ -91,8 +147,11 @@ def test_run_serves_agents_from_a_config_file(tmp_path: Path) -> None:
             f"upstream: {broker.host}:{broker.port}\nsecret_file: {secret_file}\n"
             f"audit_log: {tmp_path / 'audit.jsonl'}\n"
         )
-        proc = subprocess.Popen([sys.executable, "-m", "iot_guard", "run", "--config",
-                                 str(tmp_path / "guard.yaml")], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iot_guard", "run", "--config", str(tmp_path / "guard.yaml")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 15
             while True:
@@ -103,8 +162,9 @@ def test_run_serves_agents_from_a_config_file(tmp_path: Path) -> None:
                 except OSError:
                     assert time.monotonic() < deadline, "guard did not listen"
                     time.sleep(0.05)
-            token = iot_guard("token", "issue", "--agent", "ops-agent", "--secret-file",
-                              str(secret_file)).stdout.strip()
+            token = iot_guard(
+                "token", "issue", "--agent", "ops-agent", "--secret-file", str(secret_file)
+            ).stdout.strip()
             client = RawMqtt(port)
             assert client.connect("ops-agent", token).reason_code == 0
             client.close()
@@ -119,7 +179,14 @@ def test_run_refuses_to_start_with_a_broken_policy(tmp_path: Path) -> None:
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "agents.yaml").write_text("agents: [not, a, mapping]\n")
     (tmp_path / "s").write_text("b" * 48)
-    result = iot_guard("run", "--policy", str(tmp_path / "policy"), "--upstream",
-                       "127.0.0.1:1", "--secret-file", str(tmp_path / "s"))
+    result = iot_guard(
+        "run",
+        "--policy",
+        str(tmp_path / "policy"),
+        "--upstream",
+        "127.0.0.1:1",
+        "--secret-file",
+        str(tmp_path / "s"),
+    )
     assert result.returncode == 1
     assert "agents.yaml:1" in result.stderr

@@ -31,25 +31,32 @@ def test_agent_reads_telemetry_and_updates_a_shadow_the_device_applies(
     agent_client, fleet, protocol: int
 ) -> None:
     agent = agent_client("ops-agent", protocol=protocol)
-    assert agent.subscribe("tenants/acme/devices/+/telemetry", f"{DEVICE}/shadow/update/accepted",
-                           qos=1) == [1, 1]
+    assert agent.subscribe(
+        "tenants/acme/devices/+/telemetry", f"{DEVICE}/shadow/update/accepted", qos=1
+    ) == [1, 1]
     reading = agent.expect(f"{DEVICE}/telemetry", timeout=5).json()
     assert "temperature_c" in json.dumps(reading) or reading  # a real device reading arrived
-    result = agent.publish(f"{DEVICE}/shadow/update", {
-        "state": {"desired": {"target_temp_c": 22.5}}, "clientToken": f"t-{protocol}"})
+    result = agent.publish(
+        f"{DEVICE}/shadow/update",
+        {"state": {"desired": {"target_temp_c": 22.5}}, "clientToken": f"t-{protocol}"},
+    )
     assert result.ok
-    accepted = agent.expect(f"{DEVICE}/shadow/update/accepted",
-                            where=lambda m: m.json().get("clientToken") == f"t-{protocol}").json()
+    accepted = agent.expect(
+        f"{DEVICE}/shadow/update/accepted",
+        where=lambda m: m.json().get("clientToken") == f"t-{protocol}",
+    ).json()
     assert accepted["state"]["desired"]["target_temp_c"] == 22.5
     device = fleet.device("acme", "therm-001")
-    device.wait_until(lambda d: d.state.reported.get("target_temp_c") == 22.5, 5,
-                      "reported target_temp_c 22.5")
+    device.wait_until(
+        lambda d: d.state.reported.get("target_temp_c") == 22.5, 5, "reported target_temp_c 22.5"
+    )
 
 
 def test_v5_refusals_carry_reason_codes_and_strings(agent_client, fleet) -> None:
     agent = agent_client("ops-agent", protocol=5)
-    out_of_range = agent.publish(f"{DEVICE}/shadow/update",
-                                 {"state": {"desired": {"target_temp_c": 45}}})
+    out_of_range = agent.publish(
+        f"{DEVICE}/shadow/update", {"state": {"desired": {"target_temp_c": 45}}}
+    )
     assert out_of_range.reason_code == 0x99
     assert "target_temp_c" in (out_of_range.reason_string or "")
     cross_tenant = agent.publish("tenants/globex/devices/therm-101/config/patch", {"mode": "heat"})
@@ -61,8 +68,12 @@ def test_v5_refusals_carry_reason_codes_and_strings(agent_client, fleet) -> None
 def test_v3_clients_learn_why_through_guard_events(agent_client) -> None:
     agent = agent_client("observer", protocol=4)
     assert agent.subscribe("$guard/events", qos=0) == [0]
-    assert agent.publish(f"{DEVICE}/shadow/update",
-                         {"state": {"desired": {"mode": "heat"}}}).reason_code == 0  # v3: acked
+    assert (
+        agent.publish(
+            f"{DEVICE}/shadow/update", {"state": {"desired": {"mode": "heat"}}}
+        ).reason_code
+        == 0
+    )  # v3: acked
     event = agent.guard_event(where=lambda e: e["topic"] == f"{DEVICE}/shadow/update")
     assert event["decision"] == "deny" and "observer" in event["reason"]
 
@@ -70,21 +81,25 @@ def test_v3_clients_learn_why_through_guard_events(agent_client) -> None:
 def test_qos2_publish_passes_through_exactly_once(agent_client, fleet) -> None:
     agent = agent_client("ops-agent", protocol=5)
     agent.subscribe(f"{DEVICE}/config/result", qos=2)
-    assert agent.publish(f"{DEVICE}/config/patch", {"mode": "cool", "clientToken": "q2"},
-                         qos=2).ok
-    result = agent.expect(f"{DEVICE}/config/result",
-                          where=lambda m: "q2" in m.payload.decode()).json()
+    assert agent.publish(f"{DEVICE}/config/patch", {"mode": "cool", "clientToken": "q2"}, qos=2).ok
+    result = agent.expect(
+        f"{DEVICE}/config/result", where=lambda m: "q2" in m.payload.decode()
+    ).json()
     assert result.get("ok", result.get("status")) not in (False, "rejected")
-    fleet.device("acme", "therm-001").wait_until(lambda d: d.config.get("mode") == "cool", 5,
-                                                 "mode cool")
+    fleet.device("acme", "therm-001").wait_until(
+        lambda d: d.config.get("mode") == "cool", 5, "mode cool"
+    )
 
 
 def test_qos_above_the_tools_maximum_is_refused(guard, guard_secret) -> None:
     client = RawMqtt(guard.port)
     assert client.connect("ops-agent", issue_token(guard_secret, "ops-agent")).reason_code == 0
     # shadow_update allows QoS 1 at most.
-    client.send_packet(Publish(f"{DEVICE}/shadow/update", b'{"state":{"desired":{"mode":"heat"}}}',
-                               qos=2, packet_id=3))
+    client.send_packet(
+        Publish(
+            f"{DEVICE}/shadow/update", b'{"state":{"desired":{"mode":"heat"}}}', qos=2, packet_id=3
+        )
+    )
     rec = client.read()
     assert isinstance(rec, PubRec) and rec.reason_code == 0x87
 
@@ -92,8 +107,13 @@ def test_qos_above_the_tools_maximum_is_refused(guard, guard_secret) -> None:
 def test_aiomqtt_agent(guard, guard_secret, fleet) -> None:
     async def scenario() -> dict:
         token = issue_token(guard_secret, "ops-agent")
-        async with aiomqtt.Client("127.0.0.1", guard.port, username="ops-agent", password=token,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as client:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            guard.port,
+            username="ops-agent",
+            password=token,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as client:
             await client.subscribe(f"{DEVICE}/shadow/get/accepted", qos=1)
             await client.publish(f"{DEVICE}/shadow/get", b"", qos=1)
             async with asyncio.timeout(5):
@@ -110,14 +130,41 @@ def test_mosquitto_pub_and_sub_through_the_guard(guard, guard_secret, fleet) -> 
     token = issue_token(guard_secret, "observer")
     common = ["-h", "127.0.0.1", "-p", str(guard.port), "-u", "observer", "-P", token]
     sub = subprocess.run(
-        ["mosquitto_sub", *common, "-V", "mqttv311", "-t", f"{DEVICE}/telemetry", "-C", "1",
-         "-W", "10"], capture_output=True, text=True, timeout=20)
+        [
+            "mosquitto_sub",
+            *common,
+            "-V",
+            "mqttv311",
+            "-t",
+            f"{DEVICE}/telemetry",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert sub.returncode == 0, sub.stderr
     assert json.loads(sub.stdout)  # one telemetry reading
     pub = subprocess.run(
-        ["mosquitto_pub", *common, "-V", "mqttv5", "-q", "1", "-t", f"{DEVICE}/shadow/update",
-         "-m", '{"state":{"desired":{"mode":"heat"}}}'], capture_output=True, text=True,
-        timeout=20)
+        [
+            "mosquitto_pub",
+            *common,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            f"{DEVICE}/shadow/update",
+            "-m",
+            '{"state":{"desired":{"mode":"heat"}}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     # mosquitto_pub reports the refused PUBACK (0x87) on stderr.
     assert "not authorized" in (pub.stderr + pub.stdout).lower() or pub.returncode != 0
 
@@ -125,8 +172,9 @@ def test_mosquitto_pub_and_sub_through_the_guard(guard, guard_secret, fleet) -> 
 def test_refused_token_through_a_stock_client(guard) -> None:
     from simulator.agent import AgentClient
 
-    client = AgentClient("127.0.0.1", guard.port, username="ops-agent", password="igt1.x.y",
-                         protocol=5)
+    client = AgentClient(
+        "127.0.0.1", guard.port, username="ops-agent", password="igt1.x.y", protocol=5
+    )
     with pytest.raises(ConnectRefused) as refused:
         client.connect()
     assert refused.value.reason_code == 0x86
@@ -134,8 +182,10 @@ def test_refused_token_through_a_stock_client(guard) -> None:
 
 def test_token_expiry_ends_the_session(guard, guard_secret) -> None:
     client = RawMqtt(guard.port)
-    assert client.connect("ops-agent", issue_token(guard_secret, "ops-agent", ttl_s=1.5)
-                          ).reason_code == 0
+    assert (
+        client.connect("ops-agent", issue_token(guard_secret, "ops-agent", ttl_s=1.5)).reason_code
+        == 0
+    )
     farewell = client.wait_closed(timeout=5)
     assert isinstance(farewell[-1], Disconnect) and farewell[-1].reason_code == 0xA0
 
@@ -150,9 +200,16 @@ def own_broker() -> Iterator[MosquittoBroker]:
 
 
 def start_guard(broker: MosquittoBroker, audit_path: Path, secret: bytes) -> GuardThread:
-    return GuardThread(GuardConfig(
-        policy_dir=POLICY_DIR, upstream_host=broker.host, upstream_port=broker.port,
-        secret=secret, listen_port=0, audit_path=audit_path))
+    return GuardThread(
+        GuardConfig(
+            policy_dir=POLICY_DIR,
+            upstream_host=broker.host,
+            upstream_port=broker.port,
+            secret=secret,
+            listen_port=0,
+            audit_path=audit_path,
+        )
+    )
 
 
 def test_broker_going_away_disconnects_agents_cleanly_and_the_guard_recovers(
@@ -178,17 +235,20 @@ def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker) -> N
     # /dev/full accepts the open and fails every write (ENOSPC): fail closed.
     with start_guard(own_broker, Path("/dev/full"), secret) as guard:
         client = RawMqtt(guard.port)
-        client.send_packet(Connect(
-            client_id="c", protocol_level=5, username="ops-agent",
-            password=issue_token(secret, "ops-agent").encode()))
+        client.send_packet(
+            Connect(
+                client_id="c",
+                protocol_level=5,
+                username="ops-agent",
+                password=issue_token(secret, "ops-agent").encode(),
+            )
+        )
         client.send_packet(Publish(f"{DEVICE}/shadow/get", b"", qos=1, packet_id=1))
         got = client.wait_closed(timeout=5)
         assert not any(isinstance(p, PubAck) for p in got)
 
 
-def test_slow_agent_keeps_guard_memory_bounded(
-    own_broker: MosquittoBroker, tmp_path: Path
-) -> None:
+def test_slow_agent_keeps_guard_memory_bounded(own_broker: MosquittoBroker, tmp_path: Path) -> None:
     """An agent that stops reading: the guard stops reading from the broker instead of
     buffering everything the broker sends."""
     import paho.mqtt.client as mqtt
