@@ -550,11 +550,11 @@ class VirtualDevice:
             return
         patch = {k: v for k, v in verdict.document.items() if k != "clientToken"}
         with self._ctx.cond:
-            changes = {
-                k: v
-                for k, v in merge_patch(self._config, patch).items()
-                if self._config.get(k) != v
-            }
+            merged = merge_patch(self._config, patch)
+            # A key the patch removes (RFC 7396 null) goes back to its factory value.
+            merged.update({k: FACTORY_CONFIG[k] for k in self._config
+                           if k not in merged and k in FACTORY_CONFIG})
+            changes = {k: v for k, v in merged.items() if self._config.get(k) != v}
         self._apply(changes, token, source)
 
     def _apply(self, changes: dict[str, Any], token: object, source: str) -> None:

@@ -158,6 +158,17 @@ def test_config_patch_is_applied_and_echoes_the_client_token(spy: AgentClient, f
     assert device.state.reported["target_temp_c"] == 19
 
 
+def test_a_null_in_a_config_patch_resets_the_field_to_its_factory_value(
+    spy: AgentClient, fleet: Fleet
+):
+    device = fleet.device("acme", "therm-001")
+    spy.publish(f"{T1}/config/patch", {"mode": "heat", "clientToken": "set"})
+    device.wait_until(lambda d: d.config["mode"] == "heat", 5, "mode heat")
+    spy.publish(f"{T1}/config/patch", {"mode": None, "clientToken": "reset"})
+    device.wait_until(lambda d: d.config["mode"] == "auto", 5, "mode back to its factory value")
+    assert device.state.reported["mode"] == "auto"
+
+
 def test_an_invalid_config_patch_is_refused_on_config_result(spy: AgentClient, fleet: Fleet):
     device = fleet.device("acme", "therm-001")
     spy.publish(f"{T1}/config/patch", {"telemetry_interval_s": 0, "clientToken": "bad"})
