@@ -177,19 +177,109 @@ class _Node:
 # --- publish matches ------------------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
 class _PubMatch:
-    """One publish tool matching one concrete topic: everything but the payload decided."""
+    """One publish tool matching one concrete topic: everything but the payload decided.
 
-    end: _End
-    resource: str | None
-    device_types: tuple[str, ...]  # payload is validated against each
-    command: str | None
-    action_type: str
-    allow: dict[str, Decision]  # by effective risk
-    hold: dict[str, Decision]
-    qos_denied: list[Decision]  # by requested QoS
-    retain_denied: Decision
+    The decisions are built on first use and then kept: a topic usually sees one or two
+    of the dozen possible outcomes, and building them all up front cost more than the
+    topic lookup itself.
+    """
+
+    __slots__ = (
+        "end",
+        "topic",
+        "resource",
+        "device_types",
+        "command",
+        "action_type",
+        "_allow",
+        "_hold",
+        "_qos_denied",
+        "_retain_denied",
+    )
+
+    def __init__(
+        self,
+        end: _End,
+        topic: str,
+        resource: str | None,
+        device_types: tuple[str, ...],
+        command: str | None,
+        action_type: str,
+    ):
+        self.end = end
+        self.topic = topic
+        self.resource = resource
+        self.device_types = device_types  # payload is validated against each
+        self.command = command
+        self.action_type = action_type
+        self._allow: dict[str, Decision] = {}  # by effective risk
+        self._hold: dict[str, Decision] = {}
+        self._qos_denied: dict[int, Decision] = {}  # by requested QoS
+        self._retain_denied: Decision | None = None
+
+    def allow(self, risk: str) -> Decision:
+        d = self._allow.get(risk)
+        if d is None:
+            end = self.end
+            d = self._allow[risk] = Decision(
+                Verdict.ALLOW,
+                f"allowed by tool {end.tool}",
+                SUCCESS,
+                self.action_type,
+                end.tool,
+                end.rule,
+                self.resource,
+                risk,
+            )
+        return d
+
+    def hold(self, risk: str) -> Decision:
+        d = self._hold.get(risk)
+        if d is None:
+            end = self.end
+            d = self._hold[risk] = Decision(
+                Verdict.HOLD,
+                f"held for human approval: risk {risk} is above the tool's approval "
+                f"threshold {end.approval_above} (tool {end.tool})",
+                NOT_AUTHORIZED,
+                self.action_type,
+                end.tool,
+                end.rule,
+                self.resource,
+                risk,
+            )
+        return d
+
+    def qos_denied(self, qos: int) -> Decision:
+        # MQTT QoS is 0-2 [MQTT-3.3.1-4]: out-of-range requests share the clamped entry.
+        q = min(max(qos, 0), 2)
+        d = self._qos_denied.get(q)
+        if d is None:
+            end = self.end
+            d = self._qos_denied[q] = deny(
+                f"QoS {q} is above the maximum QoS {end.max_qos} that tool {end.tool} allows "
+                f"for {self.topic}; publish with QoS {end.max_qos} or lower",
+                self.action_type,
+                tool=end.tool,
+                rule=end.rule,
+                resource=self.resource,
+            )
+        return d
+
+    def retain_denied(self) -> Decision:
+        d = self._retain_denied
+        if d is None:
+            end = self.end
+            d = self._retain_denied = deny(
+                f"tool {end.tool} does not allow retained messages on {self.topic}; publish "
+                "with retain=false",
+                self.action_type,
+                tool=end.tool,
+                rule=end.rule,
+                resource=self.resource,
+            )
+        return d
 
 
 def _resource(b: Bindings) -> str | None:
@@ -211,6 +301,11 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
     ordered = sorted(names)
     shown = ", ".join(ordered[:limit])
     return shown + (f" and {len(ordered) - limit} more" if len(ordered) > limit else "")
+
+
+def _under(levels: list[str], i: int) -> str:
+    """'under a/b/ ' for a refusal reason; built only when a refusal needs it."""
+    return f"under {'/'.join(levels[:i])}/ " if i else ""
 
 
 def _filter_problem(levels: list[str]) -> str | None:
@@ -331,10 +426,13 @@ class AgentPolicy:
         n = len(levels)
         while stack:
             node, i, b = stack.pop()
-            # '#' also matches the parent level itself [MQTT-4.7.1-2].
-            found.extend((e, b) for e in node.hash if self._end_ok(e, b))
+            # '#' also matches the parent level itself [MQTT-4.7.1-2]. Most nodes have
+            # neither '#' nor ends: the guards skip building an empty generator.
+            if node.hash:
+                found.extend((e, b) for e in node.hash if self._end_ok(e, b))
             if i == n:
-                found.extend((e, b) for e in node.ends if self._end_ok(e, b))
+                if node.ends:
+                    found.extend((e, b) for e in node.ends if self._end_ok(e, b))
                 continue
             level = levels[i]
             child = node.literals.get(level)
@@ -427,53 +525,7 @@ class AgentPolicy:
             device_types = (tenant.devices[b[1]],)
         elif tenant is not None and b[2] is not None:
             device_types = tenant.groups[b[2]]
-        allow: dict[str, Decision] = {}
-        hold: dict[str, Decision] = {}
-        for risk in _RISKS:
-            allow[risk] = Decision(
-                Verdict.ALLOW,
-                f"allowed by tool {end.tool}",
-                SUCCESS,
-                action,
-                end.tool,
-                end.rule,
-                resource,
-                risk,
-            )
-            if end.approval_above is not None:
-                hold[risk] = Decision(
-                    Verdict.HOLD,
-                    f"held for human approval: risk {risk} is above the tool's approval "
-                    f"threshold {end.approval_above} (tool {end.tool})",
-                    NOT_AUTHORIZED,
-                    action,
-                    end.tool,
-                    end.rule,
-                    resource,
-                    risk,
-                )
-        qos_denied = [
-            deny(
-                f"QoS {q} is above the maximum QoS {end.max_qos} that tool {end.tool} allows "
-                f"for {topic}; publish with QoS {end.max_qos} or lower",
-                action,
-                tool=end.tool,
-                rule=end.rule,
-                resource=resource,
-            )
-            for q in range(3)
-        ]
-        retain_denied = deny(
-            f"tool {end.tool} does not allow retained messages on {topic}; publish with "
-            "retain=false",
-            action,
-            tool=end.tool,
-            rule=end.rule,
-            resource=resource,
-        )
-        return _PubMatch(
-            end, resource, device_types, b[3], action, allow, hold, qos_denied, retain_denied
-        )
+        return _PubMatch(end, topic, resource, device_types, b[3], action)
 
     def decide_publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
@@ -492,11 +544,11 @@ class AgentPolicy:
             end = m.end
             if qos > end.max_qos:
                 if refusal_rank < 1:
-                    refusal, refusal_rank = m.qos_denied[min(max(qos, 0), 2)], 1
+                    refusal, refusal_rank = m.qos_denied(qos), 1
                 continue
             if retain and not end.retain:
                 if refusal_rank < 1:
-                    refusal, refusal_rank = m.retain_denied, 1
+                    refusal, refusal_rank = m.retain_denied(), 1
                 continue
             risk = end.risk
             if end.payload != "none" or payload:
@@ -515,8 +567,8 @@ class AgentPolicy:
                     continue
                 risk = _risk_max(risk, verdict_risk)
             if end.approval_above is not None and RISK_ORDER[risk] > RISK_ORDER[end.approval_above]:
-                return m.hold[risk]
-            return m.allow[risk]
+                return m.hold(risk)
+            return m.allow(risk)
         assert refusal is not None  # matches is never empty
         return refusal
 
@@ -654,11 +706,10 @@ class AgentPolicy:
                     return ends, "", states[0][1]
                 return None, "no tool lets it read topics that match it", states[0][1]
             level = levels[i]
-            under = f"under {'/'.join(levels[:i])}/ " if i else ""
             if level == "#":
                 return (
                     None,
-                    f"'#' at level {i + 1} would include topics {under}that no tool "
+                    f"'#' at level {i + 1} would include topics {_under(levels, i)}that no tool "
                     "lets it read (only a tool topic with '#' at that level covers '#')",
                     states[0][1],
                 )
@@ -681,8 +732,9 @@ class AgentPolicy:
                             )
                         else:
                             why = (
-                                f"'+' at level {i + 1} would include topics {under}that no tool "
-                                "lets it read (tool topics name the level there)"
+                                f"'+' at level {i + 1} would include topics "
+                                f"{_under(levels, i)}that no tool lets it read (tool topics "
+                                "name the level there)"
                             )
                         return None, why, states[0][1]
                     states = plus
@@ -715,7 +767,8 @@ class AgentPolicy:
                 if not nxt:
                     return (
                         None,
-                        refused or f"no tool lets it read topics {under}named {level!r}",
+                        refused
+                        or f"no tool lets it read topics {_under(levels, i)}named {level!r}",
                         states[0][1],
                     )
                 states = nxt

@@ -113,6 +113,36 @@ def test_group_push_medium_goes_high_is_held(ops: AgentPolicy) -> None:
     assert bad.reason_code == PAYLOAD_INVALID
 
 
+def test_decisions_built_on_demand_keep_their_risk_whatever_comes_first(
+    policy: CompiledPolicy,
+) -> None:
+    # A fresh agent, so the first publish to the topic is the uncached one and it is a
+    # hold: the allow built afterwards for the same topic must still carry its own risk.
+    fresh = AgentPolicy(
+        "ops-agent",
+        [(t, policy.document.tools[t]) for t in policy.document.agents["ops-agent"].tools],
+        frozenset(policy.document.agents["ops-agent"].tenants),
+        policy._registry,
+        policy._validators,
+        policy._rules,
+    )
+    topic = "tenants/acme/groups/floor-1/config/push"
+    held = fresh.decide_publish(topic, b'{"firmware_channel": "beta"}')
+    assert held.verdict is Verdict.HOLD and held.risk == "high"
+    assert held.reason.endswith("threshold medium (tool group_config_push)")
+    low = fresh.decide_publish(topic, b'{"mode": "auto"}')
+    assert low.allowed and low.risk == "medium"
+    assert low.reason == "allowed by tool group_config_push"
+    assert low.resource == held.resource == "acme/groups/floor-1"
+    # The same outcome again is the same immutable object, not a rebuilt one.
+    assert fresh.decide_publish(topic, b'{"mode": "heat"}') is low
+    assert fresh.decide_publish(topic, b'{"firmware_channel": "beta"}') is held
+    # A QoS outside 0-2 is refused like QoS 2, naming the tool's maximum.
+    over = fresh.decide_publish(f"{DEV}/shadow/update", desired(mode="heat"), qos=7)
+    assert over.reason.startswith("QoS 2 is above the maximum QoS 1 that tool shadow_update")
+    assert over.tool == "shadow_update" and over.resource == "acme/therm-001"
+
+
 def test_identify_command_is_invoke_and_reboot_is_not_granted(ops: AgentPolicy) -> None:
     d = ops.decide_publish(f"{DEV}/commands/identify", b"{}")
     assert d.allowed and d.action_type == "invoke" and d.tool == "identify_device"
