@@ -37,7 +37,6 @@ from ..mqtt import (
     Unsubscribe,
     encode,
 )
-from ..mqtt.reason_codes import ConnackV3
 from ..policy.compiler import AgentPolicy, CompiledPolicy
 from ..policy.decision import Decision, Verdict
 from ..tokens import TokenError, verify_token
@@ -175,9 +174,9 @@ class GuardSession:
             elif isinstance(packet, Connack):
                 self._connack(packet, now, actions)
             elif isinstance(packet, SubAck):
-                self._suback(packet, actions)
+                self._filter_ack(packet, self._pending_subscribes, actions)
             elif isinstance(packet, UnsubAck):
-                self._unsuback(packet, actions)
+                self._filter_ack(packet, self._pending_unsubscribes, actions)
             elif isinstance(packet, PubRel) and packet.packet_id in self._dropped_broker_qos2:
                 self._dropped_broker_qos2.discard(packet.packet_id)
                 actions.append(SendToBroker(encode(PubComp(packet.packet_id), self.protocol_level)))
@@ -193,7 +192,7 @@ class GuardSession:
         """The upstream connection could not be opened: refuse the CONNECT."""
         actions: list[Action] = []
         self._refuse_connect(
-            actions, now, ReasonCode.SERVER_UNAVAILABLE, ConnackV3.SERVER_UNAVAILABLE,
+            actions, now, ReasonCode.SERVER_UNAVAILABLE,
             f"upstream broker unavailable: {why}",
         )
         return actions
@@ -243,7 +242,6 @@ class GuardSession:
         if connect.username is None or connect.password is None:
             self._refuse_connect(
                 actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-                ConnackV3.BAD_USERNAME_OR_PASSWORD,
                 "connect with username = agent id and password = an iot-guard token",
             )
             return
@@ -252,36 +250,33 @@ class GuardSession:
             claims = verify_token(self.settings.secret, connect.password, now)
         except TokenError as err:
             self._refuse_connect(
-                actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-                ConnackV3.BAD_USERNAME_OR_PASSWORD, f"token refused: {err}",
+                actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {err}",
             )
             return
         self.token_id = claims.token_id
         if claims.agent_id != connect.username:
             self._refuse_connect(
                 actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-                ConnackV3.BAD_USERNAME_OR_PASSWORD,
                 f"token was issued to agent {claims.agent_id!r}, not {connect.username!r}",
             )
             return
         agent = self.policy.for_agent(claims.agent_id, claims.tools)
         if agent is None:
             self._refuse_connect(
-                actions, now, ReasonCode.NOT_AUTHORIZED, ConnackV3.NOT_AUTHORIZED,
+                actions, now, ReasonCode.NOT_AUTHORIZED,
                 f"agent {claims.agent_id!r} is not in the policy",
             )
             return
         self._agent = agent
         if PropertyId.AUTHENTICATION_METHOD in connect.properties:
             self._refuse_connect(
-                actions, now, ReasonCode.BAD_AUTHENTICATION_METHOD, ConnackV3.NOT_AUTHORIZED,
+                actions, now, ReasonCode.BAD_AUTHENTICATION_METHOD,
                 "enhanced authentication is not supported: use a token as password",
             )
             return
         if not CLIENT_ID.match(connect.client_id):
             self._refuse_connect(
                 actions, now, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                ConnackV3.IDENTIFIER_REJECTED,
                 "client id may hold up to 128 letters, digits and . _ : -",
             )
             return
@@ -296,7 +291,7 @@ class GuardSession:
                         qos=will.qos, retain=will.retain, note="will message")
             if decision.verdict is not Verdict.ALLOW:
                 self._refuse_connect(
-                    actions, now, ReasonCode.NOT_AUTHORIZED, ConnackV3.NOT_AUTHORIZED,
+                    actions, now, ReasonCode.NOT_AUTHORIZED,
                     f"will message refused: {decision.reason}", audit=False,
                 )
                 return
@@ -324,16 +319,13 @@ class GuardSession:
         return f"{self.settings.client_id_prefix}:{self.agent_id}:{client_id or self.session_id}"
 
     def _refuse_connect(
-        self, actions: list[Action], now: float, code_v5: int, code_v3: int, reason: str,
-        *, audit: bool = True,
+        self, actions: list[Action], now: float, code: int, reason: str, *, audit: bool = True
     ) -> None:
+        """CONNACK with an MQTT 5 reason code; the encoder turns it into the 3.1.1 return
+        code for older clients and drops the reason string there."""
         if audit:
             self._audit_session_event(actions, now, "connect", "denied", reason)
-        if self.protocol_level == 5:
-            properties: dict[int, object] = {PropertyId.REASON_STRING: reason}
-            connack = Connack(reason_code=code_v5, properties=properties)
-        else:
-            connack = Connack(reason_code=code_v3)
+        connack = Connack(reason_code=code, properties={PropertyId.REASON_STRING: reason})
         actions.append(SendToAgent(encode(connack, self.protocol_level)))
         self.state = State.CLOSED
         actions.append(Close(reason))
@@ -347,7 +339,7 @@ class GuardSession:
             # Upstream refused the guard's own account: that is the guard's problem, not
             # the agent's, and the broker's reason would leak how the guard connects.
             self._refuse_connect(
-                actions, now, ReasonCode.SERVER_UNAVAILABLE, ConnackV3.SERVER_UNAVAILABLE,
+                actions, now, ReasonCode.SERVER_UNAVAILABLE,
                 f"upstream broker refused the guard (code {connack.reason_code})",
             )
             return
@@ -393,8 +385,9 @@ class GuardSession:
         self._send_event(actions, now, decision, "publish", publish.topic)
         if publish.qos == 0 or publish.packet_id is None:
             return  # nothing to acknowledge; the event is the only feedback possible
+        # The 3.1.1 encoder drops the reason code and properties v3 acks do not have.
         properties = self._reason_properties(decision.reason)
-        code = decision.reason_code if self.protocol_level == 5 else 0
+        code = decision.reason_code
         if publish.qos == 1:
             ack = PubAck(publish.packet_id, code, properties)
             actions.append(SendToAgent(encode(ack, self.protocol_level)))
@@ -460,13 +453,11 @@ class GuardSession:
                 pending.slots.append(None)
             else:
                 changed = True
-                pending.slots.append(
-                    decision.reason_code if self.protocol_level == 5 else 0x80
-                )
+                pending.slots.append(decision.reason_code)  # 3.1.1 encodes it as 0x80
                 pending.reasons.append(f"{topic_filter}: {decision.reason}")
                 self._send_event(actions, now, decision, "subscribe", topic_filter)
         if not forwarded:
-            self._answer_subscribe(subscribe.packet_id, pending, [], actions)
+            self._answer_filters(SubAck, subscribe.packet_id, pending, [], actions)
             return
         if changed:
             self._pending_subscribes[subscribe.packet_id] = pending
@@ -475,20 +466,25 @@ class GuardSession:
         else:
             actions.append(SendToBroker(subscribe.raw))
 
-    def _suback(self, suback: SubAck, actions: list[Action]) -> None:
-        pending = self._pending_subscribes.pop(suback.packet_id, None)
-        if pending is None:
-            actions.append(SendToAgent(suback.raw))
-        else:
-            self._answer_subscribe(suback.packet_id, pending, suback.reason_codes, actions)
-
-    def _answer_subscribe(
-        self, packet_id: int, pending: _PendingSubscribe, upstream_codes: list[int],
+    def _filter_ack(
+        self, ack: SubAck | UnsubAck, pending_acks: dict[int, _PendingSubscribe],
         actions: list[Action],
     ) -> None:
+        """The broker's SUBACK/UNSUBACK: as it came, or merged with the guard's answers."""
+        pending = pending_acks.pop(ack.packet_id, None)
+        if pending is None:
+            actions.append(SendToAgent(ack.raw))
+        else:
+            self._answer_filters(type(ack), ack.packet_id, pending, ack.reason_codes, actions)
+
+    def _answer_filters(
+        self, kind: type[SubAck] | type[UnsubAck], packet_id: int, pending: _PendingSubscribe,
+        upstream_codes: list[int], actions: list[Action],
+    ) -> None:
+        # A 3.1.1 UNSUBACK carries no codes [MQTT-3.11.3]: the encoder leaves them out.
         codes = _merge(pending.slots, upstream_codes)
         properties = self._reason_properties("; ".join(pending.reasons))
-        actions.append(SendToAgent(encode(SubAck(packet_id, codes, properties),
+        actions.append(SendToAgent(encode(kind(packet_id, codes, properties),
                                           self.protocol_level)))
 
     def _unsubscribe(self, unsubscribe: Unsubscribe, actions: list[Action]) -> None:
@@ -506,26 +502,11 @@ class GuardSession:
                 forwarded.append(topic_filter)
                 pending.slots.append(None)
         if not forwarded:
-            self._answer_unsubscribe(unsubscribe.packet_id, pending, [], actions)
+            self._answer_filters(UnsubAck, unsubscribe.packet_id, pending, [], actions)
             return
         self._pending_unsubscribes[unsubscribe.packet_id] = pending
         subset = Unsubscribe(unsubscribe.packet_id, forwarded, unsubscribe.properties)
         actions.append(SendToBroker(encode(subset, self.protocol_level)))
-
-    def _unsuback(self, unsuback: UnsubAck, actions: list[Action]) -> None:
-        pending = self._pending_unsubscribes.pop(unsuback.packet_id, None)
-        if pending is None:
-            actions.append(SendToAgent(unsuback.raw))
-        else:
-            self._answer_unsubscribe(unsuback.packet_id, pending, unsuback.reason_codes, actions)
-
-    def _answer_unsubscribe(
-        self, packet_id: int, pending: _PendingSubscribe, upstream_codes: list[int],
-        actions: list[Action],
-    ) -> None:
-        # v3.1.1 UNSUBACK carries no codes [MQTT-3.11.3]; v5 one per filter.
-        codes = _merge(pending.slots, upstream_codes) if self.protocol_level == 5 else []
-        actions.append(SendToAgent(encode(UnsubAck(packet_id, codes), self.protocol_level)))
 
     # ------------------------------------------------------------------ helpers
 
@@ -547,46 +528,34 @@ class GuardSession:
     def _audit(
         self, actions: list[Action], now: float, decision: Decision, packet: str, scope: str,
         *, payload: bytes | None = None, qos: int | None = None, retain: bool | None = None,
-        note: str | None = None,
+        note: str | None = None, status: str | None = None,
     ) -> None:
         actions.append(WriteAudit(audit_record(
             now=now, agent_id=self.agent_id, session_id=self.session_id,
             client_id=self.client_id, token_id=self.token_id, decision=decision, packet=packet,
-            scope=scope, payload=payload, qos=qos, retain=retain, note=note,
+            scope=scope, payload=payload, qos=qos, retain=retain, note=note, status=status,
         )))
 
     def _audit_session_event(
         self, actions: list[Action], now: float, packet: str, status: str, reason: str
     ) -> None:
+        """Connect and disconnect: scoped to the agent's address, not to a topic."""
         verdict = Verdict.ALLOW if status == "success" else Verdict.DENY
         decision = Decision(verdict=verdict, reason=reason, reason_code=0, action_type="connect")
-        record = audit_record(
-            now=now, agent_id=self.agent_id, session_id=self.session_id,
-            client_id=self.client_id, token_id=self.token_id, decision=decision, packet=packet,
-            scope=self.peer, status=status,
-        )
-        actions.append(WriteAudit(record))
+        self._audit(actions, now, decision, packet, self.peer, status=status)
 
     def _protocol_error(self, err: ProtocolError, now: float) -> list[Action]:
         """A malformed packet: close the connection, forwarding nothing from it [MQTT-4.8.0-1].
         v5 clients get a DISCONNECT (or CONNACK before CONNECT) with the reason first."""
         actions: list[Action] = []
         decision = guard_refusal(f"protocol error: {err.message}", err.reason_code)
-        actions.append(WriteAudit(audit_record(
-            now=now, agent_id=self.agent_id, session_id=self.session_id,
-            client_id=self.client_id, token_id=self.token_id, decision=decision,
-            packet="protocol", scope=self.peer, status="error",
-        )))
+        self._audit(actions, now, decision, "protocol", self.peer, status="error")
         level = err.protocol_level
         if self.state is State.AWAITING_CONNECT:
             if err.reason_code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and level is not None:
                 # Answer in a form the client can read: v3 CONNACK code 1 [MQTT-3.1.2-2].
-                if level == 5:
-                    connack = Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION)
-                    actions.append(SendToAgent(encode(connack, 5)))
-                else:
-                    connack = Connack(reason_code=ConnackV3.UNACCEPTABLE_PROTOCOL_VERSION)
-                    actions.append(SendToAgent(encode(connack, 4)))
+                connack = Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION)
+                actions.append(SendToAgent(encode(connack, 5 if level == 5 else 4)))
             elif level == 5:
                 connack = Connack(reason_code=err.reason_code,
                                   properties={PropertyId.REASON_STRING: err.message})
