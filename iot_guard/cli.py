@@ -27,6 +27,11 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _tool_list(text: str | None) -> list[str] | None:
+    """``--tools a,b``: a narrower tool list, as a token carries it (None: no narrowing)."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 class CliError(Exception):
     """A message for the operator; the command exits with EXIT_USAGE."""
 
@@ -80,17 +85,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     password = os.environ.get("IOT_GUARD_UPSTREAM_PASSWORD")
     if s.get("upstream_password_file"):
         password = Path(s["upstream_password_file"]).read_text().strip()
+    def path(name: str) -> Path | None:
+        return Path(s[name]) if s.get(name) else None
+
     config = GuardConfig(
         policy_dir=Path(s["policy"]),
         listen_host=listen[0], listen_port=listen[1],
         upstream_host=upstream[0], upstream_port=upstream[1],
         secret=secret, upstream_username=username, upstream_password=password,
-        audit_path=Path(s["audit_log"]) if s.get("audit_log") else None,
+        audit_path=path("audit_log"),
         max_packet_size=int(s.get("max_packet_size", 256 * 1024)),
-        tls_cert=Path(s["tls_cert"]) if s.get("tls_cert") else None,
-        tls_key=Path(s["tls_key"]) if s.get("tls_key") else None,
+        tls_cert=path("tls_cert"),
+        tls_key=path("tls_key"),
         upstream_tls=bool(s.get("upstream_tls", False)),
-        upstream_ca=Path(s["upstream_ca"]) if s.get("upstream_ca") else None,
+        upstream_ca=path("upstream_ca"),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -123,7 +131,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         secret = read_secret_file(args.secret_file)
     except (OSError, ValueError) as exc:
         raise CliError(f"secret file: {exc}") from exc
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else None
+    tools = _tool_list(args.tools)
     if args.policy:
         from .policy.loader import load_policy
 
@@ -167,7 +175,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.decision import Verdict
 
     policy = CompiledPolicy.load(args.directory)
-    tools = [t.strip() for t in args.tools.split(",")] if args.tools else None
+    tools = _tool_list(args.tools)
     agent = policy.for_agent(args.agent, frozenset(tools) if tools is not None else None)
     if agent is None:
         print(f"deny: agent {args.agent!r} is not in the policy (every action is denied)")

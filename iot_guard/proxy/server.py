@@ -126,10 +126,6 @@ class GuardServer:
         assert self._server is not None, "start() first"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
-
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -173,10 +169,6 @@ class GuardThread:
     @property
     def port(self) -> int:
         return self.server.port
-
-    @property
-    def policy(self) -> CompiledPolicy:
-        return self.server.policy
 
     def call(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
         """Run ``fn`` on the guard's loop thread (to inspect live state safely)."""
