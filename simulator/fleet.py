@@ -48,16 +48,18 @@ class FleetStats:
     faults: dict[str, int]
 
 
-class _DeviceLink:
-    """One MQTT connection for one device, with its retained-status last will."""
+class _DeviceLink(LoopClient):
+    """One MQTT connection for one device, with its retained-status last will.
+
+    ``publish``, ``misc`` and ``closed`` are the connection's own; ``up``/``down`` add the
+    device's side of the ``Link`` protocol.
+    """
 
     def __init__(self, fleet: Fleet, device: VirtualDevice, credentials: Any) -> None:
         self.device = device
-        self.fleet = fleet
-        spec = device.spec
-        self.client = LoopClient(
+        super().__init__(
             fleet.loop,
-            spec.client_id,
+            device.spec.client_id,
             fleet.host,
             fleet.port,
             credentials=credentials,
@@ -69,39 +71,22 @@ class _DeviceLink:
         )
 
     def _connected(self) -> None:
-        self.client.subscribe(self.device.spec.inbound_filters())
+        self.subscribe(self.device.spec.inbound_filters())
 
     def up(self) -> None:
-        if not self.client.connect():
+        if not self.connect():
             self.device.link_lost("connect failed")
 
     def down(self, how: str) -> None:
         if how == "goodbye":
             # Orderly power-down: say "offline" (retained), then a clean DISCONNECT.
             device = self.device
-            self.client.publish(device.status_topic, device.offline_payload(), qos=1, retain=True)
-            self.client.disconnect()
+            self.publish(device.status_topic, device.offline_payload(), qos=1, retain=True)
+            self.disconnect()
         elif how == "crash":
-            self.client.crash()
+            self.crash()
         else:
-            self.client.disconnect(with_will=how == "will")
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        on_ack: Callable[[], None] | None = None,
-    ) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain, on_ack=on_ack)
-
-    def misc(self) -> None:
-        self.client.misc()
-
-    @property
-    def closed(self) -> bool:
-        return self.client.closed
+            self.disconnect(with_will=how == "will")
 
 
 class _MuxConnection:
@@ -174,6 +159,8 @@ class _MuxLink:
         self.conn = conn
         self.device = device
         conn.add(device)
+        # Every device of the connection publishes on it directly.
+        self.publish = conn.client.publish
 
     def up(self) -> None:
         self.conn.attach(self.device)
@@ -184,16 +171,6 @@ class _MuxLink:
         # One will per connection: the device says "offline" itself, whatever ``how`` is.
         self.conn.detach(self.device)
         self.device.link_lost(how)
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        on_ack: Callable[[], None] | None = None,
-    ) -> None:
-        self.conn.client.publish(topic, payload, qos=qos, retain=retain, on_ack=on_ack)
 
 
 class Fleet:
@@ -244,7 +221,7 @@ class Fleet:
             )
             for spec in specs
         }
-        self._links: list[Any] = []
+        self._links: list[LoopClient] = []
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._ready = threading.Event()
