@@ -15,9 +15,10 @@ Deny by default: a topic no tool matches is denied, and every decision says why.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from iot_guard.payloads import PayloadValidators
 
@@ -55,6 +56,19 @@ _TYPED_KINDS = ("shadow_update", "config_patch", "command")
 
 Bindings = tuple[str | None, str | None, str | None, str | None]  # tenant, device, group, command
 _NO_BINDINGS: Bindings = (None, None, None, None)
+_V = TypeVar("_V")
+
+
+def _fill(cache: dict[str, _V], topic: str, build: Callable[[str], _V]) -> _V:
+    """A per-topic cache miss: build the result and keep it, clearing a full cache first.
+
+    Callers do the ``cache.get`` themselves, so a hit costs one lookup and no bound
+    method; the cache holds no reference back to its owner (no reference cycle).
+    """
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    value = cache[topic] = build(topic)
+    return value
 
 
 def _bind(b: Bindings, slot: int, value: str) -> Bindings:
@@ -533,9 +547,7 @@ class AgentPolicy:
         """May this agent publish ``payload`` to ``topic``? Allow, deny or hold."""
         matches = self._pub_cache.get(topic)
         if matches is None:
-            if len(self._pub_cache) >= CACHE_LIMIT:
-                self._pub_cache.clear()
-            matches = self._pub_cache[topic] = self._publish_matches(topic)
+            matches = _fill(self._pub_cache, topic, self._publish_matches)
         if isinstance(matches, Decision):
             return matches
         refusal: Decision | None = None
@@ -598,9 +610,7 @@ class AgentPolicy:
         """May this agent subscribe to ``topic_filter``? ``max_qos`` caps the granted QoS."""
         decision = self._sub_cache.get(topic_filter)
         if decision is None:
-            if len(self._sub_cache) >= CACHE_LIMIT:
-                self._sub_cache.clear()
-            decision = self._sub_cache[topic_filter] = self._subscribe_decision(topic_filter)
+            decision = _fill(self._sub_cache, topic_filter, self._subscribe_decision)
         return decision
 
     def _subscribe_decision(self, topic_filter: str) -> Decision:
@@ -780,9 +790,7 @@ class AgentPolicy:
         """May the agent be delivered a PUBLISH on this concrete topic?"""
         decision = self._recv_cache.get(topic)
         if decision is None:
-            if len(self._recv_cache) >= CACHE_LIMIT:
-                self._recv_cache.clear()
-            decision = self._recv_cache[topic] = self._receive_decision(topic)
+            decision = _fill(self._recv_cache, topic, self._receive_decision)
         return decision
 
     def _receive_decision(self, topic: str) -> Decision:
