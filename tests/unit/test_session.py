@@ -71,6 +71,12 @@ def broker_packets(actions: list) -> list:
     return parser.feed(data)
 
 
+def broker_packets_after_connect(actions: list, level: int = 5) -> list:
+    """Packets the guard sends to the broker once connected (parsed as a server would)."""
+    parser = StreamParser(side="server", protocol_level=level)  # past CONNECT
+    return parser.feed(b"".join(a.data for a in of(actions, SendToBroker)))
+
+
 def connected(level: int = 5, agent: str = "ops-agent", **connect_kw: object) -> GuardSession:
     session = GuardSession(POLICY, SETTINGS, "s-1", peer="127.0.0.1:5000")
     connect = Connect(client_id="agent-1", protocol_level=level, username=agent,
@@ -270,26 +276,19 @@ def test_deliveries_on_unreadable_topics_are_dropped_and_acked_to_the_broker() -
                              packet_id=11), 5)
     actions = session.from_broker(foreign, NOW)
     assert not of(actions, SendToAgent)
-    (ack,) = broker_packets_client(actions)
+    (ack,) = broker_packets_after_connect(actions)
     assert isinstance(ack, PubAck) and ack.packet_id == 11
 
 
 def test_dropped_qos2_delivery_is_completed_with_the_broker() -> None:
     session = connected()
     foreign = encode(Publish("tenants/globex/x", b"1", qos=2, packet_id=12), 5)
-    (rec,) = broker_packets_client(session.from_broker(foreign, NOW))
+    (rec,) = broker_packets_after_connect(session.from_broker(foreign, NOW))
     assert isinstance(rec, PubRec)
     actions = session.from_broker(encode(PubRel(12), 5), NOW)
     assert not of(actions, SendToAgent)
-    (comp,) = broker_packets_client(actions)
+    (comp,) = broker_packets_after_connect(actions)
     assert isinstance(comp, PubComp) and comp.packet_id == 12
-
-
-def broker_packets_client(actions: list) -> list:
-    """Packets the guard sends to the broker after CONNECT (parsed as a server would)."""
-    parser = StreamParser(side="server")
-    parser.feed(encode(Connect(client_id="x", protocol_level=5), 5))
-    return parser.feed(b"".join(a.data for a in of(actions, SendToBroker)))
 
 
 # --------------------------------------------------------------------------- SUBSCRIBE
@@ -305,18 +304,12 @@ def test_subscribe_forwards_allowed_filters_and_merges_the_suback(level: int) ->
         Subscription("tenants/acme/devices/therm-002/status", 1),
     ])
     actions = session.from_agent(encode(subscribe, level), NOW)
-    (upstream,) = broker_packets_client_level(actions, level)
+    (upstream,) = broker_packets_after_connect(actions, level)
     assert [s.topic_filter for s in upstream.subscriptions] == [
         "tenants/acme/devices/+/telemetry", "tenants/acme/devices/therm-002/status"]
     (suback,) = agent_packets(session.from_broker(encode(SubAck(21, [1, 1]), level), NOW), level)
     refused = 0x87 if level == 5 else 0x80
     assert suback.reason_codes == [refused, 1, refused, 1]
-
-
-def broker_packets_client_level(actions: list, level: int) -> list:
-    parser = StreamParser(side="server")
-    parser.feed(encode(Connect(client_id="x", protocol_level=level), level))
-    return parser.feed(b"".join(a.data for a in of(actions, SendToBroker)))
 
 
 def test_fully_refused_subscribe_is_answered_by_the_guard() -> None:
