@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from iot_guard.mqtt import Publish
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.broker import MosquittoBroker
+from tests.rawmqtt import RawMqtt
 
 
 @dataclass
@@ -43,11 +49,6 @@ class BrokerSpy:
     """A broad client on the broker itself: sees whatever the guard let through."""
 
     def __init__(self, broker: MosquittoBroker) -> None:
-        import queue
-
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="security-spy")
         account = broker.guard_account
@@ -56,7 +57,7 @@ class BrokerSpy:
         # the guard let through now; a live message arrives with retain 0 [MQTT-3.3.1-9].
         self.client.on_message = lambda c, u, m: (
             None if m.retain else self.messages.put((m.topic, m.payload, m.retain)))
-        subscribed = __import__("threading").Event()
+        subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
@@ -65,11 +66,6 @@ class BrokerSpy:
 
     def seen_before_marker(self, guarded: Guarded, timeout: float = 5.0) -> list[tuple]:
         """Send an allowed marker through the guard; return what the broker saw before it."""
-        import queue
-
-        from iot_guard.mqtt import Publish
-        from tests.rawmqtt import RawMqtt
-
         marker = "tenants/acme/devices/therm-010/shadow/get"
         client = RawMqtt(guarded.port)
         assert client.connect("ops-agent", guarded.token()).reason_code == 0
