@@ -17,7 +17,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .broker import BenchBroker, mosquitto_binary
+from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess
 from .report import Row, table
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="iot-guard-bench-") as tmp:
             workdir = Path(tmp)
             log(f"logs and audit log in {workdir} (removed at exit)")
-            with BenchBroker(workdir) as broker:
+            with bench_broker(workdir) as broker:
                 guard = GuardProcess(args.policy, broker.port, workdir, args.profile_guard)
                 try:
                     setup = Setup(broker, guard, workdir, guard.token("ops-agent"))

@@ -5,15 +5,32 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .broker import free_port, wait_for_port
+from simulator.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for_port(
+    host: str, port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until ``host:port`` accepts a connection; raise if the deadline passes first."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)  # polling a port that is not open yet
+    raise TimeoutError(f"{host}:{port} did not accept connections within {deadline_s}s")
 
 
 def cpu_seconds(pid: int) -> float:

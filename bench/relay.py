@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .broker import BenchBroker
+from simulator.broker import MosquittoBroker
+
 from .procs import GuardProcess, Worker, cpu_seconds
 from .report import Row
 
@@ -22,15 +23,15 @@ AGENT = "ops-agent"
 
 @dataclass
 class Setup:
-    broker: BenchBroker
+    broker: MosquittoBroker
     guard: GuardProcess
     logdir: Path
     token: str
 
     def server_cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by (broker, guard)."""
-        assert self.broker.proc is not None
-        return cpu_seconds(self.broker.proc.pid), cpu_seconds(self.guard.proc.pid)
+        assert self.broker.pid is not None
+        return cpu_seconds(self.broker.pid), cpu_seconds(self.guard.proc.pid)
 
     def broker_endpoint(self, client_id: str) -> dict[str, Any]:
         return {"host": self.broker.host, "port": self.broker.port, "client_id": client_id}

@@ -103,6 +103,7 @@ class MosquittoBroker:
     ``devices`` given -> authentication on: a password file with one account per device
     (username = client id, e.g. ``acme-therm-001``), the guard account ``iot-guard``, and an
     ACL file. ``devices=None`` and ``auth=False`` -> an open broker (anonymous allowed).
+    ``extra_config``: further ``mosquitto.conf`` lines, appended to the generated ones.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class MosquittoBroker:
         mux_account: bool = False,
         start_timeout_s: float = 10.0,
         binary: str | None = None,
+        extra_config: Iterable[str] = (),
     ) -> None:
         self.devices: list[DeviceSpec] = list(devices or [])
         self.auth = bool(self.devices) if auth is None else auth
@@ -124,7 +126,9 @@ class MosquittoBroker:
         self.start_timeout_s = start_timeout_s
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="iot-guard-mosquitto-"))
-        self.binary = binary or shutil.which("mosquitto") or _sbin("mosquitto")
+        self.binary = binary or find_tool("mosquitto")
+        # mosquitto.conf lines added after ours (e.g. the bench's unbounded queues).
+        self.extra_config = list(extra_config)
         self._proc: subprocess.Popen[bytes] | None = None
         self._container: Any = None
         self.log_path = self.workdir / "mosquitto.log"
@@ -155,6 +159,11 @@ class MosquittoBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The local Mosquitto process id (None when stopped or running in a container)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -245,6 +254,7 @@ class MosquittoBroker:
             ]
         else:
             lines += ["allow_anonymous true"]
+        lines += self.extra_config
         return "\n".join(lines) + "\n"
 
     def _write_files_once(self) -> None:
@@ -257,7 +267,7 @@ class MosquittoBroker:
         passwd = self.workdir / "passwd"
         passwd.write_text("".join(f"{a.username}:{a.password}\n" for a in accounts))
         passwd.chmod(0o600)
-        tool = shutil.which("mosquitto_passwd") or _sbin("mosquitto_passwd")
+        tool = find_tool("mosquitto_passwd")
         if tool and Path(tool).exists():
             # -U hashes a plain-text file in place: one process for any number of accounts.
             subprocess.run([tool, "-U", str(passwd)], check=True, capture_output=True)
@@ -339,6 +349,11 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
     return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def find_tool(name: str) -> str | None:
+    """A Mosquitto program on PATH or in an sbin folder (where Debian and Homebrew put it)."""
+    return shutil.which(name) or _sbin(name)
 
 
 def _sbin(name: str) -> str | None:
