@@ -7,6 +7,7 @@ same message counts; only the endpoint of the agent-side client changes (broker 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,29 @@ def _rate(count: int, first_ns: int, last_ns: int) -> float:
     return (count - 1) / span if count > 1 and span > 0 else 0.0
 
 
+def _receiver_then_sender(
+    setup: Setup, receiver: Worker, start_sender: Callable[[], Worker]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """The sender's and the receiver's results, and the servers' CPU seconds in between.
+
+    The sender starts only once the receiver is subscribed: nothing sent can be missed.
+    """
+    sender: Worker | None = None
+    try:
+        receiver.line(30)
+        cpu0 = setup.server_cpu()
+        sender = start_sender()
+        sender.line(30)
+        sent = sender.line(120)
+        got = receiver.line(120)
+        cpu1 = setup.server_cpu()
+    finally:
+        receiver.finish()
+        if sender is not None:
+            sender.finish()
+    return sent, got, {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1]}
+
+
 def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
     """N QoS 0 telemetry messages from a device-side publisher to the agent-side consumer."""
     consumer = Worker(
@@ -60,31 +84,18 @@ def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
          "filters": [f"tenants/{TENANT}/devices/+/telemetry"], "expect": n, "idle_s": 3.0},
         setup.logdir, f"relay-consumer-{mode}",
     )
-    publisher: Worker | None = None
-    try:
-        consumer.line(30)  # subscribed: nothing published before can be missed
-        cpu0 = setup.server_cpu()
-        publisher = Worker(
-            "blast",
-            {**setup.broker_endpoint(f"bench-relay-publisher-{mode}"),
-             "topics": [f"tenants/{TENANT}/devices/{d}/telemetry" for d in DEVICES],
-             "count": n},
-            setup.logdir, f"relay-publisher-{mode}",
-        )
-        publisher.line(30)
-        sent = publisher.line(120)
-        got = consumer.line(120)
-        cpu1 = setup.server_cpu()
-    finally:
-        consumer.finish()
-        if publisher is not None:
-            publisher.finish()
+    sent, got, cpu = _receiver_then_sender(setup, consumer, lambda: Worker(
+        "blast",
+        {**setup.broker_endpoint(f"bench-relay-publisher-{mode}"),
+         "topics": [f"tenants/{TENANT}/devices/{d}/telemetry" for d in DEVICES],
+         "count": n},
+        setup.logdir, f"relay-publisher-{mode}",
+    ))
     return {
         "received": got["count"],
         "rate": _rate(got["count"], got["first_ns"], got["last_ns"]),
         "span_s": (got["last_ns"] - sent["start_ns"]) / 1e9,
-        "cpu": {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1],
-                "publisher": sent["cpu_s"], "consumer": got["cpu_s"]},
+        "cpu": {**cpu, "publisher": sent["cpu_s"], "consumer": got["cpu_s"]},
     }
 
 
@@ -97,32 +108,19 @@ def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, float
          "expect": n, "idle_s": 3.0},
         setup.logdir, f"shadow-device-{mode}",
     )
-    agent: Worker | None = None
-    try:
-        device.line(30)
-        cpu0 = setup.server_cpu()
-        agent = Worker(
-            "qos1",
-            {**setup.agent_endpoint(mode, f"bench-shadow-agent-{mode}"), "topic": topic,
-             "count": n, "window": window},
-            setup.logdir, f"shadow-agent-{mode}",
-        )
-        agent.line(30)
-        acked = agent.line(120)
-        got = device.line(120)
-        cpu1 = setup.server_cpu()
-    finally:
-        device.finish()
-        if agent is not None:
-            agent.finish()
+    acked, got, cpu = _receiver_then_sender(setup, device, lambda: Worker(
+        "qos1",
+        {**setup.agent_endpoint(mode, f"bench-shadow-agent-{mode}"), "topic": topic,
+         "count": n, "window": window},
+        setup.logdir, f"shadow-agent-{mode}",
+    ))
     return {
         "received": got["count"],
         "acked": acked["acked"],
         "rate": _rate(got["count"], got["first_ns"], got["last_ns"]),
         "agent_rate": acked["acked"] / ((acked["end_ns"] - acked["start_ns"]) / 1e9),
         "span_s": (got["last_ns"] - acked["start_ns"]) / 1e9,
-        "cpu": {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1],
-                "agent": acked["cpu_s"], "device": got["cpu_s"]},
+        "cpu": {**cpu, "agent": acked["cpu_s"], "device": got["cpu_s"]},
     }
 
 
