@@ -81,39 +81,33 @@ class Publish:
 
 
 @dataclass(slots=True)
-class PubAck:
+class _PublishAck:
+    """The four QoS 1/2 acknowledgements share one layout (spec 3.4-3.7)."""
+
+    packet_id: int
+    reason_code: int = 0
+    properties: dict[int, object] = field(default_factory=_props)
+    raw: bytes = b""
+
+
+@dataclass(slots=True)
+class PubAck(_PublishAck):
     TYPE: ClassVar[PacketType] = PacketType.PUBACK
-    packet_id: int
-    reason_code: int = 0
-    properties: dict[int, object] = field(default_factory=_props)
-    raw: bytes = b""
 
 
 @dataclass(slots=True)
-class PubRec:
+class PubRec(_PublishAck):
     TYPE: ClassVar[PacketType] = PacketType.PUBREC
-    packet_id: int
-    reason_code: int = 0
-    properties: dict[int, object] = field(default_factory=_props)
-    raw: bytes = b""
 
 
 @dataclass(slots=True)
-class PubRel:
+class PubRel(_PublishAck):
     TYPE: ClassVar[PacketType] = PacketType.PUBREL
-    packet_id: int
-    reason_code: int = 0
-    properties: dict[int, object] = field(default_factory=_props)
-    raw: bytes = b""
 
 
 @dataclass(slots=True)
-class PubComp:
+class PubComp(_PublishAck):
     TYPE: ClassVar[PacketType] = PacketType.PUBCOMP
-    packet_id: int
-    reason_code: int = 0
-    properties: dict[int, object] = field(default_factory=_props)
-    raw: bytes = b""
 
 
 @dataclass(slots=True)
