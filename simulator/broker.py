@@ -26,9 +26,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .registry import DeviceSpec
+
+if TYPE_CHECKING:
+    from iot_guard.proxy.server import GuardConfig
 
 # Pinned so a test run today and in a year talk to the same broker version.
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.20"
@@ -153,6 +156,22 @@ class MosquittoBroker:
     def credentials(self, spec: DeviceSpec) -> tuple[str, str] | None:
         account = self.device_account(spec.tenant, spec.name)
         return (account.username, account.password) if account else None
+
+    def guard_config(self, policy_dir: Path, secret: bytes, audit_path: Path) -> GuardConfig:
+        """A guard in front of this broker on a free loopback port, as the ``iot-guard`` account."""
+        from iot_guard.proxy.server import GuardConfig
+
+        return GuardConfig(
+            policy_dir=policy_dir,
+            upstream_host=self.host,
+            upstream_port=self.port,
+            secret=secret,
+            upstream_username=self.guard_account.username,
+            upstream_password=self.guard_account.password,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            audit_path=audit_path,
+        )
 
     @property
     def url(self) -> str:

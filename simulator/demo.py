@@ -93,7 +93,7 @@ def _event_for(agent: AgentClient, topic: str, since: float) -> dict[str, Any]:
 def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     """Run the demo; ``workdir`` (default: a new temp dir) keeps the audit log afterwards."""
     from iot_guard.policy.loader import load_policy
-    from iot_guard.proxy.server import GuardConfig, GuardThread
+    from iot_guard.proxy.server import GuardThread
     from iot_guard.tokens import issue_token
 
     demo = Demo(out)
@@ -119,19 +119,7 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
         fleet.start(timeout=20)
         demo.say(f"fleet      : {len(fleet.devices)} devices online (acme: 10, globex: 3)")
         secret = secrets.token_bytes(32)
-        guard = GuardThread(
-            GuardConfig(
-                policy_dir=POLICY,
-                upstream_host=broker.host,
-                upstream_port=broker.port,
-                secret=secret,
-                upstream_username=broker.guard_account.username,
-                upstream_password=broker.guard_account.password,
-                listen_host="127.0.0.1",
-                listen_port=0,
-                audit_path=workdir / "audit.jsonl",
-            )
-        )
+        guard = GuardThread(broker.guard_config(POLICY, secret, workdir / "audit.jsonl"))
         guard.start()
         demo.say(f"guard      : 127.0.0.1:{guard.port} -> broker, audit log {workdir}/audit.jsonl")
         token = issue_token(secret, "ops-agent", ttl_s=600)

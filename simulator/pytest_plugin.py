@@ -108,18 +108,10 @@ def guard(
     guard_secret: bytes,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Any]:
-    from iot_guard.proxy.server import GuardConfig, GuardThread
+    from iot_guard.proxy.server import GuardThread
 
-    config = GuardConfig(
-        policy_dir=iot_guard_policy_dir,
-        upstream_host=mosquitto.host,
-        upstream_port=mosquitto.port,
-        secret=guard_secret,
-        upstream_username=mosquitto.guard_account.username,
-        upstream_password=mosquitto.guard_account.password,
-        listen_host="127.0.0.1",
-        listen_port=0,
-        audit_path=tmp_path_factory.mktemp("guard") / "audit.jsonl",
+    config = mosquitto.guard_config(
+        iot_guard_policy_dir, guard_secret, tmp_path_factory.mktemp("guard") / "audit.jsonl"
     )
     thread = GuardThread(config)
     thread.start()
