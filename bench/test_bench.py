@@ -25,6 +25,7 @@ from bench.decisions import (
 from bench.report import Row, table
 from bench.workers import shadow_update_payload, telemetry_payload
 from iot_guard.mqtt import Connect, Publish, StreamParser, Subscribe
+from iot_guard.mqtt.wire import encode_varint
 
 
 def test_encoded_packets_parse_as_valid_mqtt() -> None:
@@ -46,13 +47,13 @@ def test_encoded_packets_parse_as_valid_mqtt() -> None:
 
 
 def test_varint_uses_the_shortest_form() -> None:
-    assert mq.varint(0) == b"\x00"
-    assert mq.varint(127) == b"\x7f"
-    assert mq.varint(128) == b"\x80\x01"
-    assert mq.varint(16_383) == b"\xff\x7f"
-    assert mq.varint(268_435_455) == b"\xff\xff\xff\x7f"
+    assert encode_varint(0) == b"\x00"
+    assert encode_varint(127) == b"\x7f"
+    assert encode_varint(128) == b"\x80\x01"
+    assert encode_varint(16_383) == b"\xff\x7f"
+    assert encode_varint(268_435_455) == b"\xff\xff\xff\x7f"
     with pytest.raises(ValueError):
-        mq.varint(268_435_456)
+        encode_varint(268_435_456)
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1000])
