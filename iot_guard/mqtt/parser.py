@@ -57,16 +57,7 @@ _CLIENT_ONLY = frozenset(
 )
 
 _ACK_CLASSES: dict[int, type[PubAck | PubRec | PubRel | PubComp]] = {
-    PacketType.PUBACK: PubAck,
-    PacketType.PUBREC: PubRec,
-    PacketType.PUBREL: PubRel,
-    PacketType.PUBCOMP: PubComp,
-}
-_ACK_CODES: dict[int, frozenset[int]] = {
-    PacketType.PUBACK: rc.PUBACK_CODES,
-    PacketType.PUBREC: rc.PUBREC_CODES,
-    PacketType.PUBREL: rc.PUBREL_CODES,
-    PacketType.PUBCOMP: rc.PUBCOMP_CODES,
+    cls.TYPE: cls for cls in (PubAck, PubRec, PubRel, PubComp)
 }
 _SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
@@ -84,6 +75,36 @@ def _packet_id(buf: bytes, i: int, end: int) -> tuple[int, int]:
 def _no_trailing(i: int, end: int, what: str) -> None:
     if i != end:
         raise malformed(f"{end - i} unexpected byte(s) after the fields of {what}")
+
+
+def _check_code(code: int, allowed: frozenset[int], ptype: int) -> None:
+    if code not in allowed:
+        raise protocol_error(f"reason code 0x{code:02X} not allowed in {PacketType(ptype).name}")
+
+
+def _code_and_props(
+    packet: bytes, i: int, end: int, ptype: int
+) -> tuple[int, dict[int, object], int]:
+    """v5 acks, DISCONNECT, AUTH: a reason code then properties, each omissible from the end
+    (reason code 0 and no properties; 3.4.2.1, 3.14.2.1, 3.15.2.1)."""
+    if i >= end:
+        return 0, {}, i
+    code = packet[i]
+    _check_code(code, rc.CODES_BY_PACKET[ptype], ptype)
+    if i + 1 < end:
+        props, i = parse_properties(packet, i + 1, end, ptype)
+        return code, props, i
+    return code, {}, i + 1
+
+
+def _code_list(packet: bytes, i: int, end: int, allowed: frozenset[int], ptype: int) -> list[int]:
+    """SUBACK/UNSUBACK payload: one reason code per filter of the request, at least one."""
+    codes = list(packet[i:end])
+    if not codes:
+        raise protocol_error(f"{PacketType(ptype).name} without reason codes")
+    for code in codes:
+        _check_code(code, allowed, ptype)
+    return codes
 
 
 class StreamParser:
@@ -349,8 +370,7 @@ class StreamParser:
         code, i = read_u8(packet, i, end)
         props: dict[int, object] = {}
         if self.protocol_level == 5:
-            if code not in rc.CONNACK_CODES:
-                raise protocol_error(f"reason code 0x{code:02X} not allowed in CONNACK")
+            _check_code(code, rc.CONNACK_CODES, PacketType.CONNACK)
             if code >= 0x80 and session_present:
                 raise protocol_error("session present with a failure reason code [MQTT-3.2.2-6]")
             props, i = parse_properties(packet, i, end, PacketType.CONNACK)
@@ -429,14 +449,8 @@ class StreamParser:
         code = 0
         props: dict[int, object] = {}
         # v5: reason code and properties may be omitted (rl 2) or properties alone (rl 3).
-        if self.protocol_level == 5 and i < end:
-            code, i = read_u8(packet, i, end)
-            if code not in _ACK_CODES[ptype]:
-                raise protocol_error(
-                    f"reason code 0x{code:02X} not allowed in {PacketType(ptype).name}"
-                )
-            if i < end:
-                props, i = parse_properties(packet, i, end, ptype)
+        if self.protocol_level == 5:
+            code, props, i = _code_and_props(packet, i, end, ptype)
         _no_trailing(i, end, PacketType(ptype).name)
         return _ACK_CLASSES[ptype](packet_id, code, props, packet)
 
@@ -489,12 +503,7 @@ class StreamParser:
             allowed = rc.SUBACK_CODES
         else:
             allowed = rc.SUBACK_V3_CODES
-        codes = list(packet[i:end])
-        if not codes:
-            raise protocol_error("SUBACK without reason codes")
-        for code in codes:
-            if code not in allowed:
-                raise protocol_error(f"reason code 0x{code:02X} not allowed in SUBACK")
+        codes = _code_list(packet, i, end, allowed, PacketType.SUBACK)
         return SubAck(packet_id, codes, props, packet)
 
     def _unsubscribe(self, packet: bytes, i: int, flags: int) -> Unsubscribe:
@@ -523,13 +532,8 @@ class StreamParser:
         codes: list[int] = []
         if self.protocol_level == 5:
             props, i = parse_properties(packet, i, end, PacketType.UNSUBACK)
-            codes = list(packet[i:end])
+            codes = _code_list(packet, i, end, rc.UNSUBACK_CODES, PacketType.UNSUBACK)
             i = end
-            if not codes:
-                raise protocol_error("UNSUBACK without reason codes")
-            for code in codes:
-                if code not in rc.UNSUBACK_CODES:
-                    raise protocol_error(f"reason code 0x{code:02X} not allowed in UNSUBACK")
         _no_trailing(i, end, "UNSUBACK")
         return UnsubAck(packet_id, codes, props, packet)
 
@@ -547,12 +551,7 @@ class StreamParser:
         code = 0
         props: dict[int, object] = {}
         if self.protocol_level == 5:
-            if i < end:
-                code, i = read_u8(packet, i, end)
-                if code not in rc.DISCONNECT_CODES:
-                    raise protocol_error(f"reason code 0x{code:02X} not allowed in DISCONNECT")
-                if i < end:
-                    props, i = parse_properties(packet, i, end, PacketType.DISCONNECT)
+            code, props, i = _code_and_props(packet, i, end, PacketType.DISCONNECT)
             if self.side == "client" and PropertyId.SESSION_EXPIRY_INTERVAL in props:
                 raise protocol_error(
                     "session expiry interval in a server DISCONNECT [MQTT-3.14.2-2]"
@@ -568,15 +567,10 @@ class StreamParser:
         if flags:
             raise malformed("reserved flags of AUTH must be 0 [MQTT-3.15.1-1]")
         end = len(packet)
-        code = 0
-        props: dict[int, object] = {}
-        if i < end:
-            code, i = read_u8(packet, i, end)
-            if code not in rc.AUTH_CODES:
-                raise protocol_error(f"reason code 0x{code:02X} not allowed in AUTH")
-            if i < end:
-                props, i = parse_properties(packet, i, end, PacketType.AUTH)
-            if PropertyId.AUTHENTICATION_METHOD not in props:
-                raise protocol_error("AUTH without an authentication method (3.15.2.2.2)")
+        has_body = i < end
+        code, props, i = _code_and_props(packet, i, end, PacketType.AUTH)
+        if has_body and PropertyId.AUTHENTICATION_METHOD not in props:
+            # Only the abbreviated AUTH (reason 0, no properties) may lack it.
+            raise protocol_error("AUTH without an authentication method (3.15.2.2.2)")
         _no_trailing(i, end, "AUTH")
         return Auth(code, props, packet)

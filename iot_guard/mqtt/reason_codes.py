@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .packets import PacketType
+
 
 class ReasonCode(IntEnum):
     SUCCESS = 0x00
@@ -132,6 +134,19 @@ DISCONNECT_CODES = frozenset(
     }
 )
 AUTH_CODES = frozenset({0x00, 0x18, 0x19})
+
+# The same sets keyed by packet type, for a parser that checks a code by the packet's type.
+CODES_BY_PACKET: dict[int, frozenset[int]] = {
+    PacketType.CONNACK: CONNACK_CODES,
+    PacketType.PUBACK: PUBACK_CODES,
+    PacketType.PUBREC: PUBREC_CODES,
+    PacketType.PUBREL: PUBREL_CODES,
+    PacketType.PUBCOMP: PUBCOMP_CODES,
+    PacketType.SUBACK: SUBACK_CODES,
+    PacketType.UNSUBACK: UNSUBACK_CODES,
+    PacketType.DISCONNECT: DISCONNECT_CODES,
+    PacketType.AUTH: AUTH_CODES,
+}
 
 # v3.1.1 SUBACK return codes [MQTT-3.9.3-2]: granted QoS 0..2 or 0x80 failure.
 SUBACK_V3_CODES = frozenset({0x00, 0x01, 0x02, 0x80})
