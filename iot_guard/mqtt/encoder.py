@@ -34,8 +34,6 @@ from .properties import WILL, encode_properties
 from .reason_codes import CONNACK_V5_TO_V3
 from .wire import MAX_VARINT, encode_binary, encode_utf8, encode_varint
 
-_EMPTY_PROPS = b"\x00"
-
 
 def _frame(first: int, body: bytes) -> bytes:
     length = len(body)
@@ -53,9 +51,16 @@ def _pid(packet_id: int | None) -> bytes:
 
 
 def _props(props: dict[int, object], v5: bool, ptype: int) -> bytes:
-    if not v5:
-        return b""
-    return encode_properties(props, ptype) if props else _EMPTY_PROPS
+    # v3.1.1 has no properties; v5 writes at least the property length 0.
+    return encode_properties(props, ptype) if v5 else b""
+
+
+def _code_and_props(code: int, props: dict[int, object], ptype: int) -> bytes:
+    """v5 acks, DISCONNECT, AUTH: reason code 0 with no properties may be omitted, and so
+    may empty properties after a code (3.4.2.1, 3.14.2.1, 3.15.2.1)."""
+    if not props:
+        return bytes((code,)) if code else b""
+    return bytes((code,)) + encode_properties(props, ptype)
 
 
 def _connect(p: Connect, level: int) -> bytes:
@@ -111,19 +116,15 @@ def _publish(p: Publish, level: int) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic
     if qos:
         body += _pid(p.packet_id)
-    if level == 5:
-        body += encode_properties(p.properties, PacketType.PUBLISH) if p.properties else b"\x00"
+    body += _props(p.properties, level == 5, PacketType.PUBLISH)
     return _frame(first, body + p.payload)
 
 
 def _ack(p: PubAck | PubRec | PubRel | PubComp, level: int) -> bytes:
     first = 0x62 if p.TYPE == PacketType.PUBREL else p.TYPE << 4
     body = _pid(p.packet_id)
-    if level == 5 and (p.reason_code or p.properties):
-        # Reason code 0 with no properties may be omitted (3.4.2.1); so may empty properties.
-        body += bytes((p.reason_code,))
-        if p.properties:
-            body += encode_properties(p.properties, p.TYPE)
+    if level == 5:
+        body += _code_and_props(p.reason_code, p.properties, p.TYPE)
     return _frame(first, body)
 
 
@@ -188,14 +189,9 @@ def _disconnect_or_auth(p: Disconnect | Auth, level: int) -> bytes:
         if p.TYPE == PacketType.AUTH:
             raise ValueError("AUTH does not exist in MQTT 3.1.1")
         return bytes((first, 0))
-    if not p.reason_code and not p.properties:
-        return bytes((first, 0))  # reason 0 and no properties may be omitted (3.14.2.1)
-    body = bytes((p.reason_code,))
-    if p.properties:
-        body += encode_properties(p.properties, p.TYPE)
-    elif p.TYPE == PacketType.AUTH:
+    if p.TYPE == PacketType.AUTH and p.reason_code and not p.properties:
         raise ValueError("a non-empty AUTH needs an authentication method (3.15.2.2.2)")
-    return _frame(first, body)
+    return _frame(first, _code_and_props(p.reason_code, p.properties, p.TYPE))
 
 
 _ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
