@@ -11,6 +11,7 @@ Shadow documents follow AWS IoT device shadow semantics (see DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from iot_guard.policy.models import RISK_ORDER, PolicyDocument
@@ -127,12 +128,11 @@ class PayloadValidators:
     # -- shadow/update ----------------------------------------------------------------
 
     def shadow_update(self, device_type: str, payload: bytes) -> PayloadVerdict:
-        validators = self._types.get(device_type)
-        if validators is None:
-            return _refused(f"unknown device type {show(device_type)}")
-        doc, problem = parse_object(payload)
-        if doc is None:
-            return _refused(problem)
+        return self.for_types("shadow_update", (device_type,), payload)
+
+    def _shadow_update(
+        self, validators: _DeviceTypeValidators, doc: dict[str, object]
+    ) -> PayloadVerdict:
         for key in doc:
             if key not in _SHADOW_KEYS:
                 return _refused(
@@ -201,12 +201,11 @@ class PayloadValidators:
     # -- config/patch and group config/push -------------------------------------------
 
     def config_patch(self, device_type: str, payload: bytes) -> PayloadVerdict:
-        validators = self._types.get(device_type)
-        if validators is None:
-            return _refused(f"unknown device type {show(device_type)}")
-        doc, problem = parse_object(payload)
-        if doc is None:
-            return _refused(problem)
+        return self.for_types("config_patch", (device_type,), payload)
+
+    def _config_patch(
+        self, validators: _DeviceTypeValidators, doc: dict[str, object]
+    ) -> PayloadVerdict:
         patch = doc
         if CLIENT_TOKEN in doc:
             # Metadata, not a field: the device echoes it on config/result.
@@ -258,14 +257,59 @@ class PayloadValidators:
         self, kind: str, device_type: str, payload: bytes, command: str | None = None
     ) -> PayloadVerdict:
         """Dispatch on a tool's PayloadKind."""
-        if kind == "shadow_update":
-            return self.shadow_update(device_type, payload)
-        if kind == "config_patch":
-            return self.config_patch(device_type, payload)
+        return self.for_types(kind, (device_type,), payload, command)
+
+    def for_types(
+        self,
+        kind: str,
+        device_types: tuple[str, ...],
+        payload: bytes,
+        command: str | None = None,
+    ) -> PayloadVerdict:
+        """Dispatch on a tool's PayloadKind for a topic that reaches ``device_types`` (a
+        group's members may be of several types).
+
+        Every type must accept the payload; the riskiest verdict wins. The payload is
+        parsed once however many types there are.
+        """
+        verdicts: Iterable[PayloadVerdict]
+        if kind == "none":
+            return self.empty(payload)
         if kind == "command":
             if command is None:
                 return _refused("payload kind 'command' needs a command name")
-            return self.command(device_type, command, payload)
-        if kind == "none":
-            return self.empty(payload)
-        return _refused(f"unknown payload kind {show(kind)}")
+            # A command topic names one device (compile_problems), so this parses once.
+            verdicts = (self.command(t, command, payload) for t in device_types)
+        elif kind == "shadow_update":
+            verdicts = self._check_each(self._shadow_update, device_types, payload)
+        elif kind == "config_patch":
+            verdicts = self._check_each(self._config_patch, device_types, payload)
+        else:
+            return _refused(f"unknown payload kind {show(kind)}")
+        best = _refused("no device type to validate the payload against")
+        for verdict in verdicts:
+            if not verdict.ok:
+                return verdict
+            if not best.ok or RISK_ORDER[verdict.risk] > RISK_ORDER[best.risk]:
+                best = verdict
+        return best
+
+    def _check_each(
+        self,
+        check: Callable[[_DeviceTypeValidators, dict[str, object]], PayloadVerdict],
+        device_types: tuple[str, ...],
+        payload: bytes,
+    ) -> Iterator[PayloadVerdict]:
+        """``check`` per device type, parsing the payload once, before the first check."""
+        doc: dict[str, object] | None = None
+        for device_type in device_types:
+            validators = self._types.get(device_type)
+            if validators is None:
+                yield _refused(f"unknown device type {show(device_type)}")
+                return
+            if doc is None:
+                doc, problem = parse_object(payload)
+                if doc is None:
+                    yield _refused(problem)
+                    return
+            yield check(validators, doc)

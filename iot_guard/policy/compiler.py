@@ -589,13 +589,9 @@ class AgentPolicy:
             return v.risk, (None if v.ok else v.reason)
         if not m.device_types:
             return "low", f"{m.resource} has no devices to validate the payload against"
-        risk = "low"
-        for device_type in m.device_types:
-            v = self._validators.for_kind(kind, device_type, payload, command=m.command)
-            if not v.ok:
-                return risk, v.reason
-            risk = _risk_max(risk, v.risk)
-        return risk, None
+        # Every device type the topic reaches must accept it; parsed once for all of them.
+        v = self._validators.for_types(kind, m.device_types, payload, command=m.command)
+        return v.risk, (None if v.ok else v.reason)
 
     # -- subscribe --------------------------------------------------------------------------
 

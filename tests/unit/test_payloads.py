@@ -8,6 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+import iot_guard.payloads.validators as validators_module
 from iot_guard.payloads import (
     MAX_DOCUMENT_BYTES,
     PayloadValidators,
@@ -458,6 +459,29 @@ def test_for_kind_dispatches_on_payload_kind(v: PayloadValidators) -> None:
     assert v.for_kind("none", T, b"").ok
     assert not v.for_kind("none", T, b"x").ok
     assert refused(v.for_kind("telepathy", T, b"")) == 'unknown payload kind "telepathy"'
+
+
+def test_for_types_needs_every_type_and_takes_the_riskiest(
+    policy: PolicyDocument, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second type where `mode` is risky and `target_temp_c` does not exist (a mixed group).
+    doc = policy.model_copy(deep=True)
+    doc.device_types["boiler"] = PolicyDocument.model_validate(
+        {"device_types": {"boiler": {"config": {"mode": {"type": "string", "risk": "critical"}}}}}
+    ).device_types["boiler"]
+    both = PayloadValidators.build(doc)
+    parses: list[bytes] = []
+    real = validators_module.parse_object
+    monkeypatch.setattr(validators_module, "parse_object", lambda b: (parses.append(b), real(b))[1])
+    mode = b'{"mode": "heat"}'
+    verdict = both.for_types("config_patch", (T, "boiler"), mode)
+    assert verdict.ok and verdict.risk == "critical" and verdict.fields == ("mode",)
+    assert parses == [mode]  # parsed once for both types
+    assert both.for_types("config_patch", (T,), mode).risk == "low"
+    temp = b'{"target_temp_c": 20}'
+    assert both.for_types("config_patch", (T,), temp).ok
+    assert "target_temp_c" in refused(both.for_types("config_patch", (T, "boiler"), temp))
+    assert refused(both.for_types("config_patch", (), mode)) != ""
 
 
 def test_unknown_device_type_is_a_refusal_not_an_exception(v: PayloadValidators) -> None:
