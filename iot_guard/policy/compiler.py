@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from iot_guard.mqtt.errors import ProtocolError
-from iot_guard.mqtt.topics import split_shared, validate_topic_filter, validate_topic_name
 from iot_guard.payloads import PayloadValidators
 
 from .decision import (
@@ -324,12 +322,14 @@ def _under(levels: list[str], i: int) -> str:
     return f"under {'/'.join(levels[:i])}/ " if i else ""
 
 
-def _name_problem(topic: str) -> str | None:
-    """Why ``topic`` is not a valid Topic Name (the codec's rules), or None."""
-    try:
-        validate_topic_name(topic)
-    except ProtocolError as error:
-        return error.message
+def _filter_problem(levels: list[str]) -> str | None:
+    """Why a topic filter is malformed [MQTT-4.7.1-2] [MQTT-4.7.1-3], or None."""
+    for i, level in enumerate(levels):
+        if level == "#":
+            if i != len(levels) - 1:
+                return "'#' must be the last level of a topic filter [MQTT-4.7.1-2]"
+        elif level != "+" and ("#" in level or "+" in level):
+            return f"wildcard inside level {level!r}: it must be a whole level [MQTT-4.7.1-3]"
     return None
 
 
@@ -502,9 +502,16 @@ class AgentPolicy:
     def _publish_matches(self, topic: str) -> tuple[_PubMatch, ...] | Decision:
         if self._unknown is not None:
             return deny(self._unknown, WRITE)
-        problem = _name_problem(topic)
-        if problem is not None:
-            return deny(problem, WRITE, TOPIC_NAME_INVALID)
+        if not topic:
+            return deny("the topic name is empty [MQTT-4.7.3-1]", WRITE, TOPIC_NAME_INVALID)
+        if "+" in topic or "#" in topic:
+            return deny(
+                f"topic name {topic!r} contains a wildcard, which a PUBLISH may not [MQTT-3.3.2-2]",
+                WRITE,
+                TOPIC_NAME_INVALID,
+            )
+        if "\x00" in topic:
+            return deny("topic name contains U+0000 [MQTT-4.7.3-2]", WRITE, TOPIC_NAME_INVALID)
         if topic.startswith("$"):
             return deny(
                 f"topics starting with '$' are reserved to the broker and the guard; "
@@ -605,14 +612,33 @@ class AgentPolicy:
     def _subscribe_decision(self, topic_filter: str) -> Decision:
         if self._unknown is not None:
             return deny(self._unknown, READ)
-        try:
-            # The codec's rules, $share/{ShareName}/{filter} included [MQTT-4.8.2-2].
-            validate_topic_filter(topic_filter)
-        except ProtocolError as error:
-            return deny(error.message, READ, TOPIC_FILTER_INVALID)
-        share_name, inner = split_shared(topic_filter)
-        shared = share_name is not None
+        shared = topic_filter.startswith("$share/")
+        inner = topic_filter
+        if shared:
+            # $share/{ShareName}/{filter} [MQTT-4.8.2-1] [MQTT-4.8.2-2]
+            parts = topic_filter.split("/", 2)
+            if len(parts) < 3 or not parts[1] or not parts[2]:
+                return deny(
+                    "a shared subscription needs $share/{name}/{filter} with a non-empty name "
+                    "and filter [MQTT-4.8.2-1]",
+                    READ,
+                    TOPIC_FILTER_INVALID,
+                )
+            if "+" in parts[1] or "#" in parts[1]:
+                return deny(
+                    "a share name may not contain '+' or '#' [MQTT-4.8.2-2]",
+                    READ,
+                    TOPIC_FILTER_INVALID,
+                )
+            inner = parts[2]
+        if not inner:
+            return deny("the topic filter is empty [MQTT-4.7.3-1]", READ, TOPIC_FILTER_INVALID)
+        if "\x00" in inner:
+            return deny("topic filter contains U+0000 [MQTT-4.7.3-2]", READ, TOPIC_FILTER_INVALID)
         levels = inner.split("/")
+        problem = _filter_problem(levels)
+        if problem is not None:
+            return deny(problem, READ, TOPIC_FILTER_INVALID)
         if inner.startswith("$"):
             return deny(
                 f"topics starting with '$' ($SYS, $CONTROL, $guard, ...) are reserved to the "
@@ -772,9 +798,10 @@ class AgentPolicy:
                 f"{self.agent_id} may not receive {topic} [MQTT-4.7.2-1]",
                 READ,
             )
-        problem = _name_problem(topic)
-        if problem is not None:
-            return deny(problem, READ, TOPIC_NAME_INVALID)
+        if not topic or "+" in topic or "#" in topic:
+            return deny(
+                f"{topic!r} is not a valid topic name [MQTT-3.3.2-2]", READ, TOPIC_NAME_INVALID
+            )
         levels = topic.split("/")
         found = self._match(self._subscribe, levels)
         if not found:
