@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 
 from iot_guard.mqtt import Connect, Disconnect, PubAck, Publish, PubRec, Subscribe, Subscription
-from iot_guard.proxy.server import GuardConfig, GuardThread
+from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.agent import ConnectRefused
 from simulator.broker import MosquittoBroker
@@ -200,16 +200,7 @@ def own_broker() -> Iterator[MosquittoBroker]:
 
 
 def start_guard(broker: MosquittoBroker, audit_path: Path, secret: bytes) -> GuardThread:
-    return GuardThread(
-        GuardConfig(
-            policy_dir=POLICY_DIR,
-            upstream_host=broker.host,
-            upstream_port=broker.port,
-            secret=secret,
-            listen_port=0,
-            audit_path=audit_path,
-        )
-    )
+    return GuardThread(broker.guard_config(POLICY_DIR, secret, audit_path))
 
 
 def test_broker_going_away_disconnects_agents_cleanly_and_the_guard_recovers(
