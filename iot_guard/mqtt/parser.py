@@ -392,6 +392,8 @@ class StreamParser:
             raise malformed("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]")
         end = len(packet)
         # Topic: one decode (strict UTF-8 refuses surrogates [MQTT-1.5.4-1]) then U+0000.
+        # This is wire.read_utf8 inlined on purpose: one call less per PUBLISH (~4% of the
+        # parse) and the errors name the topic.
         if i + 2 > end:
             raise malformed("truncated topic length")
         j = i + 2 + ((packet[i] << 8) | packet[i + 1])
