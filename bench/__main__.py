@@ -18,10 +18,10 @@ from importlib import metadata
 from pathlib import Path
 
 from .broker import bench_broker, mosquitto_binary
-from .procs import REPO, GuardProcess
+from .procs import REPO, GuardProcess, raise_fd_limit
 from .report import Row, table
 
-BENCHES = ("relay", "shadow", "latency", "decisions")
+BENCHES = ("relay", "shadow", "latency", "load", "idle", "decisions")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,17 +35,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--latency-s", type=float, default=4.0,
                    help="seconds of 1 msg/ms requests per mode")
     p.add_argument("--rate", type=float, default=1000.0, help="latency requests per second")
+    p.add_argument("--load-sessions", type=int, default=200, help="agent sessions under load")
+    p.add_argument("--load-rate", type=float, default=2000.0,
+                   help="QoS 1 publishes per second, all load sessions together")
+    p.add_argument("--load-s", type=float, default=5.0, help="seconds measured per load run")
+    p.add_argument("--subscribers", type=int, default=50, help="telemetry subscribers under load")
+    p.add_argument("--telemetry-rate", type=float, default=100.0,
+                   help="telemetry messages per second under load (each to every subscriber)")
+    p.add_argument("--idle-sessions", type=int, default=5000, help="idle sessions held at once")
     p.add_argument("--sizes", default="10,100,1000,10000", help="tenant counts for decisions")
     p.add_argument("--policy", type=Path, default=REPO / "device_policies",
                    help="policy directory the guard runs with")
     p.add_argument("--repeat", type=int, default=1,
-                   help="run relay and shadow direct/guard this many times, alternating, and"
-                        " report the median (default 1: one run each)")
+                   help="run relay, shadow, load and idle direct/guard this many times,"
+                        " alternating, and report the median (default 1: one run each)")
     p.add_argument("--profile-guard", type=Path, metavar="FILE",
                    help="run the guard under cProfile and write its stats to FILE")
     args = p.parse_args(argv)
     if args.quick:
         args.relay_n, args.shadow_n, args.latency_s = 30_000, 5_000, 1.0
+        args.load_s, args.idle_sessions = 2.0, 1000
         args.sizes = "10,1000"
     if args.profile_guard is not None:
         args.profile_guard = args.profile_guard.resolve()  # the guard runs from the repo root
@@ -98,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     log("iot-guard benchmarks: guard / direct Mosquitto, measured in this one run")
     log(machine())
+    # Before the broker, the guard and the workers start: they inherit it.
+    log(f"open files limit (soft): {raise_fd_limit():,}")
     rows: list[Row] = []
     errors: list[str] = []
     network = [b for b in args.only if b != "decisions"]
     if network:
+        from .load import run_idle, run_load
         from .relay import Setup, run_latency, run_relay, run_shadow
 
         with tempfile.TemporaryDirectory(prefix="iot-guard-bench-") as tmp:
@@ -117,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                             setup, args.shadow_n, args.window, log, args.repeat),
                         "latency": lambda: run_latency(
                             setup, args.rate, args.latency_s, 200, 500, log),
+                        "load": lambda: run_load(
+                            setup, args.load_sessions, args.load_rate, args.load_s,
+                            args.subscribers, args.telemetry_rate, log, args.repeat),
+                        "idle": lambda: run_idle(setup, args.idle_sessions, log, args.repeat),
                     }
                     titles = {
                         "relay": "1. QoS 0 relay broker -> agent (publisher, consumer, guard and"
@@ -126,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
                         "latency": f"3. round trip shadow/get -> get/accepted at "
                                    f"{args.rate:,.0f} msg/s (direct and guarded links in "
                                    f"alternating blocks of 500)",
+                        "load": f"4. QoS 1 ack latency under load: {args.load_sessions} agent"
+                                f" sessions publishing {args.load_rate:,.0f} msg/s (allowed and"
+                                f" refused mixed) while {args.subscribers} agents receive"
+                                f" {args.telemetry_rate:,.0f} telemetry msg/s each",
+                        "idle": f"5. memory per session: {args.idle_sessions:,} idle agent"
+                                f" sessions held at once (RSS growth over a 200-session"
+                                f" baseline)",
                     }
                     for name in network:
                         log(titles[name])
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if "decisions" in args.only:
         from .decisions import run_decisions
 
-        log("4. decision latency: compiled policy vs cedarpy (pre-parsed PolicySet and Entities)"
+        log("6. decision latency: compiled policy vs cedarpy (pre-parsed PolicySet and Entities)"
             " on an equivalent policy, N tenants x 10 devices, one agent per tenant")
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         rows += run_decisions(sizes, compiled_n=5_000, cedar_n=2_000, passes=5, log=log)
@@ -151,17 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(table(rows))
     log(
-        "notes: one run each, same broker config (queues unbounded, TCP_NODELAY) for direct\n"
-        "and guarded runs. Throughput is msgs/s at the receiving client from its first to its\n"
-        "last message; receivers wake per 16 KiB (SO_RCVLOWAT) so they stay cheap, and the\n"
-        "CPU lines above show who was busy. On a 2-CPU machine the guarded runs add a busy\n"
-        "process (the guard) to the same two CPUs, so the ratios include that contention.\n"
+        "notes: one run each (or the median of --repeat runs, alternating direct and guarded),\n"
+        "same broker config (queues unbounded, TCP_NODELAY) for direct and guarded runs.\n"
+        "Throughput is msgs/s at the receiving client from its first to its last message;\n"
+        "receivers wake per 16 KiB (SO_RCVLOWAT) so they stay cheap, and the CPU lines above\n"
+        "show who was busy. On a 2-CPU machine the guarded runs add a busy process (the\n"
+        "guard) to the same two CPUs, so the ratios include that contention.\n"
         "Shadow updates: QoS 1 with a bounded in-flight window (PUBACKs come back through the\n"
         "guard). Latency: p50/p99 of 1 request/ms per mode, direct and guarded in alternating\n"
-        "blocks. Decision timings are the fastest of 5 passes with GC off (as timeit does);\n"
-        "Cedar requests are built before the clock starts, the compiled policy is timed from\n"
-        "the raw topic string; 'cached' is the per-packet path of a session that has seen the\n"
-        "topic before, 'uncached' the first packet on a topic."
+        "blocks. Load: MQTT 5 agents, one paced stream of QoS 1 publishes spread over the\n"
+        "sessions, every PUBACK timed (the first second is warm-up, not counted); through\n"
+        "the guard a refused publish must get a reason code >= 0x80 and an allowed one\n"
+        "< 0x80 (else [WRONG]), and every subscriber must get every telemetry message.\n"
+        "Memory: RSS growth of the broker (direct) and of the guard (guarded) from 200 to\n"
+        "200 + N connected idle MQTT 5 sessions; the guard's figure covers both of its\n"
+        "connections per session. Decision timings are the fastest of 5 passes with GC off\n"
+        "(as timeit does); Cedar requests are built before the clock starts, the compiled\n"
+        "policy is timed from the raw topic string; 'cached' is the per-packet path of a\n"
+        "session that has seen the topic before, 'uncached' the first packet on a topic."
     )
     log(f"total {time.monotonic() - started:.0f} s")
     for e in errors:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import select
 import socket
 import subprocess
@@ -43,8 +45,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process now (Linux /proc), 0 where unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the soft limit in force.
+
+    Thousands of sessions need thousands of sockets (the guard two per session); the
+    usual soft limit is 1024. Children (broker, guard, workers) inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):  # a limit we may not raise: keep the soft one
+            return soft
+        return hard
+    return soft
+
+
 class Worker:
-    """One ``bench.workers`` process; its stderr goes to a file named in every error."""
+    """One ``bench.workers`` process; its stderr goes to a file named in every error.
+
+    Roles that wait for a start signal read a line from stdin: ``go()`` sends it.
+    """
 
     def __init__(self, role: str, args: dict[str, Any], logdir: Path, name: str) -> None:
         self.name = name
@@ -52,7 +84,7 @@ class Worker:
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.workers", role, json.dumps(args)],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 cwd=REPO,
@@ -80,6 +112,15 @@ class Worker:
         raw, _, self._buf = self._buf.partition(b"\n")
         return dict(json.loads(raw))
 
+    def go(self) -> None:
+        """Tell a waiting worker to go on (one line on its stdin)."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError as exc:
+            raise RuntimeError(f"{self.name} exited early{self._stderr()}") from exc
+
     def _stderr(self) -> str:
         try:
             tail = self.err_path.read_text(errors="replace").strip().splitlines()[-15:]
@@ -88,10 +129,9 @@ class Worker:
         return ("\n--- " + str(self.err_path) + " ---\n" + "\n".join(tail)) if tail else ""
 
     def finish(self, timeout_s: float = 10.0) -> None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop()
+        self.stop()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -101,8 +141,9 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 class GuardProcess:

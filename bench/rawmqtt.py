@@ -21,7 +21,7 @@ from iot_guard.mqtt import (
 
 # Packet types the clients look for in the first byte's high nibble [MQTT-2.2.1].
 CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
-LEVEL = 4  # MQTT 3.1.1 [MQTT-3.1.2-2]
+LEVEL = 4  # MQTT 3.1.1 [MQTT-3.1.2-2]; the load bench's agents speak 5.0 (level 5)
 
 
 def connect(
@@ -29,29 +29,65 @@ def connect(
     username: str | None = None,
     password: str | None = None,
     keepalive: int = 60,
+    level: int = LEVEL,
 ) -> bytes:
-    """CONNECT, protocol level 4, clean session [MQTT-3.1.2-1..3]."""
+    """CONNECT, clean session [MQTT-3.1.2-1..3]."""
     secret = password.encode() if password is not None else None
-    return encode(Connect(client_id, LEVEL, True, keepalive, username, secret), LEVEL)
+    return encode(Connect(client_id, level, True, keepalive, username, secret), level)
 
 
-def subscribe(packet_id: int, filters: list[str], qos: int = 0) -> bytes:
-    return encode(Subscribe(packet_id, [Subscription(f, qos=qos) for f in filters]), LEVEL)
+def subscribe(packet_id: int, filters: list[str], qos: int = 0, level: int = LEVEL) -> bytes:
+    return encode(Subscribe(packet_id, [Subscription(f, qos=qos) for f in filters]), level)
 
 
 def publish(
-    topic: str, payload: bytes, qos: int = 0, packet_id: int = 0, retain: bool = False
+    topic: str,
+    payload: bytes,
+    qos: int = 0,
+    packet_id: int = 0,
+    retain: bool = False,
+    level: int = LEVEL,
 ) -> bytes:
     """PUBLISH; a packet id only for QoS > 0 [MQTT-2.3.1-5]."""
-    return encode(Publish(topic, payload, qos, retain, packet_id=packet_id or None), LEVEL)
+    return encode(Publish(topic, payload, qos, retain, packet_id=packet_id or None), level)
 
 
-def puback(packet_id: int) -> bytes:
-    return encode(PubAck(packet_id), LEVEL)
+def puback(packet_id: int, level: int = LEVEL) -> bytes:
+    return encode(PubAck(packet_id), level)
 
 
-def disconnect() -> bytes:
-    return encode(Disconnect(), LEVEL)
+def disconnect(level: int = LEVEL) -> bytes:
+    return encode(Disconnect(), level)
+
+
+def connack_code(body: bytes) -> int:
+    """The CONNACK return code (3.1.1) or reason code (5.0): the second byte [MQTT-3.2.2]."""
+    return body[1]
+
+
+def ack_reason(body: bytes) -> int:
+    """A PUBACK's reason code: absent (a two-byte body) means 0x00 success [MQTT-3.4.2.1]."""
+    return body[2] if len(body) > 2 else 0
+
+
+def suback_codes(body: bytes, level: int = LEVEL) -> list[int]:
+    """The SUBACK's return/reason codes, after the packet id (and 5.0 properties [MQTT-3.9.2])."""
+    if level < 5:
+        return list(body[2:])
+    length, i = _varint(body, 2)
+    return list(body[i + length :])
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    """(value, index after it) of a Variable Byte Integer [MQTT-1.5.5]."""
+    value, shift = 0, 0
+    while True:
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
 
 
 class Splitter:

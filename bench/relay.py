@@ -136,17 +136,21 @@ def fmt_rate(x: float) -> str:
 
 def _alternate(
     once: Any, repeat: int, log: Any, describe: Any
-) -> tuple[dict[str, float], bool]:
-    """Run direct then guard, ``repeat`` times; the median rate per mode and completeness."""
+) -> tuple[dict[str, float], bool, list[dict[str, Any]]]:
+    """Run direct then guard, ``repeat`` times: the median rate per mode, completeness,
+    and the guarded runs' results."""
     rates: dict[str, list[float]] = {"direct": [], "guard": []}
+    guarded: list[dict[str, Any]] = []
     complete = True
     for k in range(repeat):
         for mode in ("direct", "guard"):
             r = once(mode)
             rates[mode].append(r["rate"])
+            if mode == "guard":
+                guarded.append(r)
             complete = complete and r["complete"]
             log(describe(mode, r) + (f" [run {k + 1}/{repeat}]" if repeat > 1 else ""))
-    return {mode: statistics.median(v) for mode, v in rates.items()}, complete
+    return {mode: statistics.median(v) for mode, v in rates.items()}, complete, guarded
 
 
 def run_relay(setup: Setup, n: int, log: Any, repeat: int = 1) -> list[Row]:
@@ -158,15 +162,22 @@ def run_relay(setup: Setup, n: int, log: Any, repeat: int = 1) -> list[Row]:
         return (f"  relay {mode:6}: {r['received']:,}/{n:,} received, {r['rate']:,.0f} msg/s at"
                 f" the consumer; {fmt_cpu(r)}")
 
-    rate, complete = _alternate(once, repeat, log, describe)
+    rate, complete, guarded = _alternate(once, repeat, log, describe)
     ratio = rate["guard"] / rate["direct"] if rate["direct"] else 0.0
-    name = f"QoS0 relay broker->agent, {n:,} x ~100 B (msgs/s)"
-    if repeat > 1:
-        name += f", median of {repeat}"
-    if not complete:
-        name += " [LOSS]"
-    return [Row(name, fmt_rate(rate["direct"]), fmt_rate(rate["guard"]),
-                f"{ratio:.2f}", ">= 0.9", complete and ratio >= 0.9)]
+    med = f", median of {repeat}" if repeat > 1 else ""
+    tag = "" if complete else " [LOSS]"
+    # CPU per relayed message in the guarded runs: the guard's against Mosquitto's own
+    # (which serves the publisher and the guard's upstream connection in that run).
+    broker_us = statistics.median(r["cpu"]["broker"] / n * 1e6 for r in guarded)
+    guard_us = statistics.median(r["cpu"]["guard"] / n * 1e6 for r in guarded)
+    return [
+        Row(f"QoS0 relay broker->agent, {n:,} x ~100 B (msgs/s){med}{tag}",
+            fmt_rate(rate["direct"]), fmt_rate(rate["guard"]), f"{ratio:.2f}", ">= 0.9",
+            complete and ratio >= 0.9),
+        Row(f"QoS0 relay CPU per message, guarded run (us; direct = broker){med}{tag}",
+            f"{broker_us:.2f}", f"{guard_us:.2f}", f"{guard_us / broker_us:.2f}"
+            if broker_us else "-", "guard <= broker", complete and guard_us <= broker_us),
+    ]
 
 
 def run_shadow(setup: Setup, n: int, window: int, log: Any, repeat: int = 1) -> list[Row]:
@@ -179,7 +190,7 @@ def run_shadow(setup: Setup, n: int, window: int, log: Any, repeat: int = 1) -> 
                 f" {r['rate']:,.0f} msg/s at the device ({r['agent_rate']:,.0f} acked/s at the"
                 f" agent); {fmt_cpu(r)}")
 
-    rate, complete = _alternate(once, repeat, log, describe)
+    rate, complete, _ = _alternate(once, repeat, log, describe)
     ratio = rate["guard"] / rate["direct"] if rate["direct"] else 0.0
     name = f"shadow updates agent->device, QoS1 window {window} (msgs/s)"
     if repeat > 1:
@@ -187,7 +198,7 @@ def run_shadow(setup: Setup, n: int, window: int, log: Any, repeat: int = 1) -> 
     if not complete:
         name += " [LOSS]"
     return [Row(name, fmt_rate(rate["direct"]), fmt_rate(rate["guard"]),
-                f"{ratio:.2f}", ">= 0.5", complete and ratio >= 0.5)]
+                f"{ratio:.2f}", ">= 0.8", complete and ratio >= 0.8)]
 
 
 def run_latency(

@@ -154,3 +154,104 @@ def test_table_marks_missed_goals() -> None:
     lines = out.splitlines()
     assert lines[2].endswith("met") and lines[3].endswith("MISSED")
     assert not lines[4].endswith(("met", "MISSED"))
+
+
+def test_ack_and_suback_readers() -> None:
+    assert mq.ack_reason(b"\x00\x07") == 0  # 3.1.1, or 5.0 success with nothing after
+    assert mq.ack_reason(b"\x00\x07\x87\x00") == 0x87
+    assert mq.suback_codes(b"\x00\x01\x00\x01", 4) == [0, 1]
+    # 5.0: packet id, a property length of 3 (a reason string ""... here one byte), codes.
+    assert mq.suback_codes(b"\x00\x01\x03\x1f\x00\x00\x87", 5) == [0x87]
+    assert mq.connack_code(b"\x00\x86") == 0x86
+
+
+def test_load_schedule_mixes_allowed_and_refused_on_every_session() -> None:
+    from bench.crowd import load_schedule
+    from bench.load import ALLOWED, REFUSED
+
+    args = {"sessions": 4, "rate": 100, "warmup_s": 0.5, "duration_s": 1.5,
+            "allowed": ALLOWED, "refused": REFUSED}
+    schedule = load_schedule(args)
+    assert len(schedule) == 200
+    per_session: dict[int, list[bool]] = {}
+    ids: dict[int, list[int]] = {}
+    for k, packet_id, refused, packet in schedule:
+        per_session.setdefault(k, []).append(refused)
+        ids.setdefault(k, []).append(packet_id)
+        assert packet[0] >> 4 == mq.PUBLISH and (packet[0] >> 1) & 3 == 1  # QoS 1
+    # Every session sends both kinds, half and half; packet ids never repeat in a session.
+    assert all(sum(v) == len(v) // 2 for v in per_session.values())
+    assert all(len(set(v)) == len(v) and 0 not in v for v in ids.values())
+    refused = [p for _, _, r, p in schedule if r]
+    for topic, payload in REFUSED:  # every kind of refusal is sent
+        assert any(p.endswith(payload.encode()) and topic.encode() in p for p in refused)
+
+
+def test_refused_load_messages_are_refused_by_the_example_policy() -> None:
+    # The load bench counts a wrong answer when the guard allows one of REFUSED (or
+    # refuses one of ALLOWED): the lists must match what the example policy decides.
+    from bench.load import ALLOWED, REFUSED
+    from bench.procs import REPO
+    from iot_guard.policy.compiler import CompiledPolicy
+
+    handle = CompiledPolicy.load(REPO / "device_policies").for_agent("ops-agent")
+    assert handle is not None
+    for topic, payload in ALLOWED:
+        assert handle.decide_publish(topic, payload.encode(), 1, False).allowed, topic
+    for topic, payload in REFUSED:
+        assert not handle.decide_publish(topic, payload.encode(), 1, False).allowed, topic
+
+
+def test_percentile_is_nearest_rank_in_microseconds() -> None:
+    from bench.crowd import percentile
+
+    sample = sorted(range(1000, 101_000, 1000))  # 1..100 us in ns
+    assert percentile(sample, 50) == 51.0
+    assert percentile(sample, 99) == 100.0
+    assert percentile([], 99) == 0.0
+
+
+def test_fd_limit_is_raised_to_the_hard_limit_and_rss_is_read() -> None:
+    import os
+    import resource
+
+    from bench.procs import raise_fd_limit, rss_bytes
+
+    soft = raise_fd_limit()
+    now_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == now_soft
+    assert hard == resource.RLIM_INFINITY or now_soft == hard
+    assert rss_bytes(os.getpid()) > 1 << 20
+    assert rss_bytes(2**22 + 7) == 0  # no such process
+
+
+def test_crowd_workers_run_against_a_real_broker(tmp_path: Any) -> None:
+    # The load and idle workers end to end on a small scale, direct to an open broker.
+    from bench.broker import bench_broker
+    from bench.load import ALLOWED, REFUSED
+    from bench.procs import Worker
+
+    with bench_broker(tmp_path) as broker:
+        endpoint = {"host": broker.host, "port": broker.port}
+        load = Worker("load", {
+            "endpoint": endpoint, "client_prefix": "t-load", "sessions": 4, "rate": 200,
+            "warmup_s": 0.1, "duration_s": 0.2, "allowed": ALLOWED, "refused": REFUSED,
+            "expect_refusals": False,
+        }, tmp_path, "load")
+        idle = Worker("idle", {"endpoint": endpoint, "client_prefix": "t-idle",
+                               "sessions": 20, "warmup": 2}, tmp_path, "idle")
+        try:
+            assert load.line(30)["sessions"] == 4
+            load.go()
+            result = load.line(30)
+            assert result["sent"] == result["acked"] == 60
+            assert result["lost"] == result["wrong"] == 0
+            assert result["samples"] == 40 and 0 < result["p50_us"] <= result["p99_us"]
+            assert idle.line(30) == {"warm": 2}
+            idle.go()
+            assert idle.line(30)["ready"] == 20
+            idle.go()
+            assert idle.line(30) == {"alive": 20}
+        finally:
+            load.finish()
+            idle.finish()

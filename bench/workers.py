@@ -11,6 +11,7 @@ Roles:
 - ``responder``: answer every ``.../shadow/get`` on ``.../shadow/get/accepted``.
 - ``latency``: publish ``shadow/get`` at a fixed rate and time each reply (no asyncio:
   ``select`` has microsecond timeouts, libuv timers only milliseconds).
+- ``load``, ``fanout``, ``ticker``, ``idle``: many connections per process (``bench.crowd``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import crowd
 from . import rawmqtt as mq
 
 
@@ -256,21 +258,25 @@ async def run_responder(args: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- latency
 
 class SyncClient:
-    """A blocking MQTT 3.1.1 client: CONNECT, SUBSCRIBE, then raw frames."""
+    """A blocking MQTT client (3.1.1 unless ``level`` says 5): CONNECT, SUBSCRIBE if
+    ``filters``, then raw frames."""
 
-    def __init__(self, args: dict[str, Any], filters: list[str]) -> None:
+    def __init__(self, args: dict[str, Any], filters: list[str], level: int = mq.LEVEL) -> None:
         self.sock = socket.create_connection((args["host"], args["port"]), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.splitter = mq.Splitter()
+        self.level = level
         self.sock.sendall(
-            mq.connect(args["client_id"], args.get("username"), args.get("password"), 120)
+            mq.connect(args["client_id"], args.get("username"), args.get("password"), 120, level)
         )
-        if self.expect(mq.CONNACK)[1] != 0:
-            raise RuntimeError("CONNACK refused")
-        self.sock.sendall(mq.subscribe(1, filters, 0))
-        granted = list(self.expect(mq.SUBACK)[2:])
-        if any(code >= 0x80 for code in granted):
-            raise RuntimeError(f"subscription to {filters} refused: SUBACK {granted}")
+        code = mq.connack_code(self.expect(mq.CONNACK))
+        if code != 0:
+            raise RuntimeError(f"CONNACK refused with code {code:#04x}")
+        if filters:
+            self.sock.sendall(mq.subscribe(1, filters, 0, level))
+            granted = mq.suback_codes(self.expect(mq.SUBACK), level)
+            if any(code >= 0x80 for code in granted):
+                raise RuntimeError(f"subscription to {filters} refused: SUBACK {granted}")
 
     def frames(self, timeout: float) -> list[tuple[int, bytes]]:
         ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
@@ -291,7 +297,7 @@ class SyncClient:
 
     def close(self) -> None:
         self.sock.setblocking(True)
-        self.sock.sendall(mq.disconnect())
+        self.sock.sendall(mq.disconnect(self.level))
         self.sock.close()
 
 
@@ -444,6 +450,9 @@ ROLES: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 def main(argv: list[str]) -> int:
     role, args = argv[0], json.loads(argv[1])
+    if role in crowd.ROLES:
+        crowd.ROLES[role](args)
+        return 0
     if role == "latency":
         run_latency(args)
         return 0
