@@ -34,7 +34,7 @@ from typing import Any
 
 from iot_guard.policy import compiler
 from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 from .report import Row
 

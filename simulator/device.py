@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from iot_guard.payloads import merge_patch
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 from .registry import DeviceSpec
 

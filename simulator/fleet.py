@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from iot_guard.payloads import PayloadValidators
 from iot_guard.policy.loader import load_policy
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 from .device import Faults, VirtualDevice
 from .registry import DeviceSpec, registry_devices, select

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 
 @dataclass(frozen=True)

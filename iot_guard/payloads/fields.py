@@ -21,7 +21,7 @@ from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, Val
 # pydantic needs typing_extensions.TypedDict before Python 3.12.
 from typing_extensions import TypedDict
 
-from iot_guard.policy.models import NAME_PATTERN, RISK_ORDER, FieldSpec
+from iot_guard.policy_models import NAME_PATTERN, RISK_ORDER, FieldSpec
 
 from .jsondoc import kind_name, show
 

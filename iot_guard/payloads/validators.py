@@ -14,14 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from iot_guard.policy.models import RISK_ORDER, PolicyDocument
+from iot_guard.policy_models import RISK_ORDER, RISKS, PolicyDocument
 
 from .fields import FieldSet, key_text
 from .jsondoc import MAX_CLIENT_TOKEN_BYTES, kind_name, parse_object, show
 
 # Shadow versions are 64-bit longs in AWS IoT; a larger number may not survive a device.
 MAX_VERSION = 2**63 - 1
-_RISK_NAMES: tuple[str, ...] = tuple(sorted(RISK_ORDER, key=RISK_ORDER.__getitem__))
 _SHADOW_KEYS = ("state", "version", "clientToken")
 CLIENT_TOKEN = "clientToken"
 
@@ -193,7 +192,7 @@ class PayloadValidators:
         return PayloadVerdict(
             ok=True,
             reason="",
-            risk=_RISK_NAMES[rank],
+            risk=RISKS[rank],
             fields=tuple(sorted(touched)),
             document=doc,
         )
@@ -219,7 +218,7 @@ class PayloadValidators:
         if problem:
             return _refused(problem)
         return PayloadVerdict(
-            ok=True, reason="", risk=_RISK_NAMES[rank], fields=tuple(sorted(patch)), document=doc
+            ok=True, reason="", risk=RISKS[rank], fields=tuple(sorted(patch)), document=doc
         )
 
     # -- commands/{command} ------------------------------------------------------------
@@ -244,7 +243,7 @@ class PayloadValidators:
         if problem:
             return _refused(problem)
         rank = max(rank, validators.command_risk[command])
-        return PayloadVerdict(ok=True, reason="", risk=_RISK_NAMES[rank], document=doc)
+        return PayloadVerdict(ok=True, reason="", risk=RISKS[rank], document=doc)
 
     # -- payload kind "none" (e.g. shadow/get) -------------------------------------------
 

@@ -1,35 +1,17 @@
-"""The operator's policy: models, loader with file:line errors, compiled index, decisions.
+"""The operator's policy: loader with file:line errors, compiled index, decisions.
 
-Names are imported on first use: ``iot_guard.payloads`` imports ``policy.models`` and
-``policy.compiler`` imports ``iot_guard.payloads``, so an eager package import would be
-circular.
+The models of the YAML format live in the leaf module ``iot_guard.policy_models``,
+which both this package and ``iot_guard.payloads`` import: no import cycle, so the
+names below are plain imports.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .compiler import AgentPolicy, CompiledPolicy, compile_policy
-    from .decision import Decision, Verdict
-    from .loader import PolicyError, PolicySource, load_policy, load_policy_source
-    from .models import PolicyDocument
-    from .schema import policy_json_schema
-
-_WHERE = {
-    "AgentPolicy": "compiler",
-    "CompiledPolicy": "compiler",
-    "compile_policy": "compiler",
-    "Decision": "decision",
-    "Verdict": "decision",
-    "PolicyError": "loader",
-    "PolicySource": "loader",
-    "load_policy": "loader",
-    "load_policy_source": "loader",
-    "PolicyDocument": "models",
-    "policy_json_schema": "schema",
-}
+from ..policy_models import PolicyDocument
+from .compiler import AgentPolicy, CompiledPolicy, compile_policy
+from .decision import Decision, Verdict
+from .loader import PolicyError, PolicySource, load_policy, load_policy_source
+from .schema import policy_json_schema
 
 __all__ = [
     "AgentPolicy",
@@ -44,10 +26,3 @@ __all__ = [
     "load_policy_source",
     "policy_json_schema",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{module}"), name)

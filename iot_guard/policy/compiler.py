@@ -22,22 +22,11 @@ from typing import TypeVar
 
 from iot_guard.payloads import PayloadValidators
 
-from .decision import (
-    INVOKE,
-    NOT_AUTHORIZED,
-    PAYLOAD_FORMAT_INVALID,
-    READ,
-    SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-    SUCCESS,
-    TOPIC_FILTER_INVALID,
-    TOPIC_NAME_INVALID,
-    WRITE,
-    Decision,
-    Verdict,
-    deny,
-)
+from ..mqtt.reason_codes import ReasonCode
+from ..mqtt.topics import split_shared, topic_filter_problem, topic_name_problem
+from ..policy_models import RISK_ORDER, RISKS, PolicyDocument, Tool, risk_max
+from .decision import INVOKE, READ, WRITE, Decision, Verdict, deny
 from .loader import PolicyError, PolicySource, dotted, load_policy_source
-from .models import RISK_ORDER, PolicyDocument, Tool
 
 # Per-agent topic caches are cleared when they reach this size: a bound on memory
 # that an agent probing random topics cannot push further.
@@ -49,7 +38,6 @@ AGENT_CACHE_LIMIT = 1_024
 # here". '+' can never be a registry name, so it cannot collide with a real one.
 WILD = "+"
 
-_RISKS = ("low", "medium", "high", "critical")
 _VARS = {"tenant": 0, "device": 1, "group": 2, "command": 3}
 # Payload kinds validated against a device type (so the topic must name a device or group).
 _TYPED_KINDS = ("shadow_update", "config_patch", "command")
@@ -239,7 +227,7 @@ class _PubMatch:
             d = self._allow[risk] = Decision(
                 Verdict.ALLOW,
                 f"allowed by tool {end.tool}",
-                SUCCESS,
+                ReasonCode.SUCCESS,
                 self.action_type,
                 end.tool,
                 end.rule,
@@ -256,7 +244,7 @@ class _PubMatch:
                 Verdict.HOLD,
                 f"held for human approval: risk {risk} is above the tool's approval "
                 f"threshold {end.approval_above} (tool {end.tool})",
-                NOT_AUTHORIZED,
+                ReasonCode.NOT_AUTHORIZED,
                 self.action_type,
                 end.tool,
                 end.rule,
@@ -307,10 +295,6 @@ def _resource(b: Bindings) -> str | None:
     return tenant
 
 
-def _risk_max(a: str, b: str) -> str:
-    return a if RISK_ORDER[a] >= RISK_ORDER[b] else b
-
-
 def _names(names: Iterable[str], limit: int = 5) -> str:
     ordered = sorted(names)
     shown = ", ".join(ordered[:limit])
@@ -320,17 +304,6 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
 def _under(levels: list[str], i: int) -> str:
     """'under a/b/ ' for a refusal reason; built only when a refusal needs it."""
     return f"under {'/'.join(levels[:i])}/ " if i else ""
-
-
-def _filter_problem(levels: list[str]) -> str | None:
-    """Why a topic filter is malformed [MQTT-4.7.1-2] [MQTT-4.7.1-3], or None."""
-    for i, level in enumerate(levels):
-        if level == "#":
-            if i != len(levels) - 1:
-                return "'#' must be the last level of a topic filter [MQTT-4.7.1-2]"
-        elif level != "+" and ("#" in level or "+" in level):
-            return f"wildcard inside level {level!r}: it must be a whole level [MQTT-4.7.1-3]"
-    return None
 
 
 class AgentPolicy:
@@ -500,18 +473,12 @@ class AgentPolicy:
     # -- publish ---------------------------------------------------------------------------
 
     def _publish_matches(self, topic: str) -> tuple[_PubMatch, ...] | Decision:
+        # A malformed name is 0x90 whoever asks: the codec's rules, checked first.
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            return deny(problem, WRITE, ReasonCode.TOPIC_NAME_INVALID)
         if self._unknown is not None:
             return deny(self._unknown, WRITE)
-        if not topic:
-            return deny("the topic name is empty [MQTT-4.7.3-1]", WRITE, TOPIC_NAME_INVALID)
-        if "+" in topic or "#" in topic:
-            return deny(
-                f"topic name {topic!r} contains a wildcard, which a PUBLISH may not [MQTT-3.3.2-2]",
-                WRITE,
-                TOPIC_NAME_INVALID,
-            )
-        if "\x00" in topic:
-            return deny("topic name contains U+0000 [MQTT-4.7.3-2]", WRITE, TOPIC_NAME_INVALID)
         if topic.startswith("$"):
             return deny(
                 f"topics starting with '$' are reserved to the broker and the guard; "
@@ -570,14 +537,14 @@ class AgentPolicy:
                         refusal = deny(
                             f"payload refused by tool {end.tool}: {problem}",
                             m.action_type,
-                            PAYLOAD_FORMAT_INVALID,
+                            ReasonCode.PAYLOAD_FORMAT_INVALID,
                             end.tool,
                             end.rule,
                             m.resource,
                         )
                         refusal_rank = 2
                     continue
-                risk = _risk_max(risk, verdict_risk)
+                risk = risk_max(risk, verdict_risk)
             if end.approval_above is not None and RISK_ORDER[risk] > RISK_ORDER[end.approval_above]:
                 return m.hold(risk)
             return m.allow(risk)
@@ -610,35 +577,15 @@ class AgentPolicy:
         return decision
 
     def _subscribe_decision(self, topic_filter: str) -> Decision:
+        # A malformed filter ($share/ form included) is 0x8F whoever asks: the codec's rules.
+        problem = topic_filter_problem(topic_filter)
+        if problem is not None:
+            return deny(problem, READ, ReasonCode.TOPIC_FILTER_INVALID)
         if self._unknown is not None:
             return deny(self._unknown, READ)
-        shared = topic_filter.startswith("$share/")
-        inner = topic_filter
-        if shared:
-            # $share/{ShareName}/{filter} [MQTT-4.8.2-1] [MQTT-4.8.2-2]
-            parts = topic_filter.split("/", 2)
-            if len(parts) < 3 or not parts[1] or not parts[2]:
-                return deny(
-                    "a shared subscription needs $share/{name}/{filter} with a non-empty name "
-                    "and filter [MQTT-4.8.2-1]",
-                    READ,
-                    TOPIC_FILTER_INVALID,
-                )
-            if "+" in parts[1] or "#" in parts[1]:
-                return deny(
-                    "a share name may not contain '+' or '#' [MQTT-4.8.2-2]",
-                    READ,
-                    TOPIC_FILTER_INVALID,
-                )
-            inner = parts[2]
-        if not inner:
-            return deny("the topic filter is empty [MQTT-4.7.3-1]", READ, TOPIC_FILTER_INVALID)
-        if "\x00" in inner:
-            return deny("topic filter contains U+0000 [MQTT-4.7.3-2]", READ, TOPIC_FILTER_INVALID)
+        share_name, inner = split_shared(topic_filter)
+        shared = share_name is not None
         levels = inner.split("/")
-        problem = _filter_problem(levels)
-        if problem is not None:
-            return deny(problem, READ, TOPIC_FILTER_INVALID)
         if inner.startswith("$"):
             return deny(
                 f"topics starting with '$' ($SYS, $CONTROL, $guard, ...) are reserved to the "
@@ -651,7 +598,7 @@ class AgentPolicy:
                 f"agent {self.agent_id} has no tool that allows shared subscriptions; "
                 f"subscribe to {inner} without $share",
                 READ,
-                SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
             )
         states = [(self._subscribe, _NO_BINDINGS)]
         ends, detail, bindings = self._cover(states, levels, 0, shared)
@@ -663,7 +610,7 @@ class AgentPolicy:
                     f"tool {tools} does not allow shared subscriptions; subscribe to {inner} "
                     "without $share",
                     READ,
-                    SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                    ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
                 )
         if ends is None:
             return deny(f"agent {self.agent_id} may not subscribe to {inner}: {detail}", READ)
@@ -673,12 +620,12 @@ class AgentPolicy:
         return Decision(
             Verdict.ALLOW,
             f"allowed by tool {first.tool}",
-            SUCCESS,
+            ReasonCode.SUCCESS,
             READ,
             first.tool,
             first.rule,
             _resource(bindings),
-            _RISKS[max(RISK_ORDER[e.risk] for e in ends)],
+            RISKS[max(RISK_ORDER[e.risk] for e in ends)],
             max_qos,
         )
 
@@ -790,6 +737,9 @@ class AgentPolicy:
         return decision
 
     def _receive_decision(self, topic: str) -> Decision:
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            return deny(problem, READ, ReasonCode.TOPIC_NAME_INVALID)
         if self._unknown is not None:
             return deny(self._unknown, READ)
         if topic.startswith("$"):
@@ -797,10 +747,6 @@ class AgentPolicy:
                 f"topics starting with '$' are reserved to the broker and the guard; agent "
                 f"{self.agent_id} may not receive {topic} [MQTT-4.7.2-1]",
                 READ,
-            )
-        if not topic or "+" in topic or "#" in topic:
-            return deny(
-                f"{topic!r} is not a valid topic name [MQTT-3.3.2-2]", READ, TOPIC_NAME_INVALID
             )
         levels = topic.split("/")
         found = self._match(self._subscribe, levels)
@@ -815,7 +761,7 @@ class AgentPolicy:
         return Decision(
             Verdict.ALLOW,
             f"allowed by tool {end.tool}",
-            SUCCESS,
+            ReasonCode.SUCCESS,
             READ,
             end.tool,
             end.rule,

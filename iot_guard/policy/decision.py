@@ -9,20 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..mqtt.reason_codes import ReasonCode
+
 
 class Verdict(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     HOLD = "hold"  # needs a human's approval before it may go
 
-
-# MQTT 5 reason codes a decision carries (MQTT 5.0 section 2.4, table 2-6).
-SUCCESS = 0x00
-NOT_AUTHORIZED = 0x87
-TOPIC_FILTER_INVALID = 0x8F
-TOPIC_NAME_INVALID = 0x90
-PAYLOAD_FORMAT_INVALID = 0x99
-SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
 
 # action_type values (the audit log's vocabulary)
 READ = "read"  # subscribe, receive
@@ -35,6 +29,7 @@ class Decision:
     verdict: Verdict
     # One sentence an LLM can act on; for an allow: "allowed by tool X".
     reason: str
+    # An MQTT 5 reason code (mqtt.ReasonCode, spec 2.4): SUCCESS, or why it was refused.
     reason_code: int
     action_type: str
     tool: str | None = None
@@ -54,7 +49,7 @@ class Decision:
 def deny(
     reason: str,
     action_type: str,
-    reason_code: int = NOT_AUTHORIZED,
+    reason_code: int = ReasonCode.NOT_AUTHORIZED,
     tool: str | None = None,
     rule: str | None = None,
     resource: str | None = None,

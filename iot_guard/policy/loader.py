@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .models import PolicyDocument
+from ..policy_models import PolicyDocument
 
 SECTIONS = ("device_types", "tenants", "tools", "agents")
 

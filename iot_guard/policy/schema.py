@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .models import PolicyDocument
+from ..policy_models import PolicyDocument
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_ID = "https://iot-guard.dev/schemas/policy.json"

@@ -15,7 +15,7 @@ from iot_guard.payloads import (
     PayloadVerdict,
 )
 from iot_guard.policy.loader import load_policy
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 T = "thermostat"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iot_guard.payloads import PayloadValidators, merge_patch
 from iot_guard.payloads.fields import field_problem
 from iot_guard.policy.loader import load_policy
-from iot_guard.policy.models import RISK_ORDER, FieldSpec, PolicyDocument
+from iot_guard.policy_models import RISK_ORDER, FieldSpec, PolicyDocument
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 T = "thermostat"

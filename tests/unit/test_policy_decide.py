@@ -191,6 +191,30 @@ def test_wildcards_or_nul_in_a_publish_topic_are_invalid_names(ops: AgentPolicy)
         assert d.reason_code == NAME_INVALID and not d.allowed, topic
 
 
+def test_topic_rules_are_the_codecs_with_one_set_of_codes(
+    ops: AgentPolicy, policy: CompiledPolicy
+) -> None:
+    """Malformed names are 0x90 and malformed filters 0x8F (the codec's rules and wording,
+    iot_guard.mqtt.topics), checked before anything else; '$' topics that are well formed
+    are then 0x87. Changed on purpose from the hand copy the compiler had: a received
+    name with U+0000 or a wildcard under '$', a share name with U+0000 and any topic of an
+    unknown agent used to get 0x87 or 0x9E."""
+    from iot_guard.mqtt.topics import topic_filter_problem, topic_name_problem
+
+    for topic in ("a\x00b", "$SYS/+", "", "x" * 65536):
+        for d in (ops.decide_receive(topic), ops.decide_publish(topic, b"")):
+            assert d.reason_code == NAME_INVALID and not d.allowed, topic
+            assert d.reason == topic_name_problem(topic)
+    for topic_filter in ("$share/g\x00/x", "$share/g+/x", "a/#/b"):
+        d = ops.decide_subscribe(topic_filter)
+        assert d.reason_code == FILTER_INVALID and d.reason == topic_filter_problem(topic_filter)
+    nobody = policy.deny_all("nobody")
+    assert nobody.decide_publish("a/+", b"").reason_code == NAME_INVALID
+    assert nobody.decide_subscribe("a/#/b").reason_code == FILTER_INVALID
+    assert nobody.decide_publish("a/b", b"").reason_code == NOT_AUTHORIZED
+    assert ops.decide_receive("$SYS/x").reason_code == NOT_AUTHORIZED
+
+
 def test_qos_above_the_tool_maximum_is_refused_naming_it(ops: AgentPolicy) -> None:
     d = ops.decide_publish(f"{DEV}/shadow/update", desired(mode="heat"), qos=2)
     assert d.reason_code == NOT_AUTHORIZED and "maximum QoS 1" in d.reason

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
-from iot_guard.policy.models import PolicyDocument
+from iot_guard.policy_models import PolicyDocument
 
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 

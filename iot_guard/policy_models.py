@@ -2,18 +2,37 @@
 
 These models describe what an operator writes in ``device_policies/``. They are
 validated once at load time; the per-packet path never builds them (see
-``compiler.py`` for the index used per packet).
+``iot_guard/policy/compiler.py`` for the index used per packet).
+
+A leaf module: it imports only the MQTT topic rules (``iot_guard.mqtt.topics``), so
+both ``iot_guard.policy`` (the compiler) and ``iot_guard.payloads`` (the validators)
+import it without a cycle. The risk classes are defined here, once.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from .mqtt.topics import topic_filter_problem, topic_name_problem
+
 RiskClass = Literal["low", "medium", "high", "critical"]
-RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+# The risk classes from lowest to highest; a class's rank is its index.
+RISKS: tuple[str, ...] = get_args(RiskClass)
+RISK_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(RISKS)}
+
+
+def risk_max(a: str, b: str) -> str:
+    """The higher of two risk classes."""
+    return a if RISK_ORDER[a] >= RISK_ORDER[b] else b
+
+
+def risk_above(risk: str) -> str:
+    """The next class up (critical stays critical): a blast radius raises risk one class."""
+    return RISKS[min(RISK_ORDER[risk] + 1, len(RISKS) - 1)]
+
 
 Verb = Literal["publish", "subscribe"]
 PayloadKind = Literal["shadow_update", "config_patch", "command", "none"]
@@ -274,15 +293,25 @@ class PolicyDocument(StrictModel):
 
 
 def template_problems(template: str, verb: str) -> list[str]:
-    """What is wrong with a topic template (empty list: nothing)."""
-    problems: list[str] = []
-    if not template:
-        return ["is empty"]
+    """What is wrong with a topic template (empty list: nothing).
+
+    The MQTT rules are iot_guard.mqtt.topics' (a template is checked as the Topic Name or
+    Topic Filter it stands for, a ``{variable}`` being one plain level); what is added
+    here is the template's own grammar.
+    """
     if template.startswith("$"):
         return ["'$' topics are reserved to the broker and the guard [MQTT-4.7.2-1]"]
-    levels = template.split("/")
+    if verb == "subscribe":
+        mqtt_problem = topic_filter_problem(template)
+    else:
+        mqtt_problem = topic_name_problem(template)
+        if mqtt_problem is not None and ("+" in template or "#" in template):
+            mqtt_problem += "; '+' and '#' are only allowed in subscribe templates"
+    if mqtt_problem is not None:
+        return [mqtt_problem]
+    problems: list[str] = []
     seen: set[str] = set()
-    for i, level in enumerate(levels):
+    for level in template.split("/"):
         match = _TEMPLATE_LEVEL.match(level)
         if match:
             name = match.group(1)
@@ -293,16 +322,6 @@ def template_problems(template: str, verb: str) -> list[str]:
             seen.add(name)
         elif "{" in level or "}" in level:
             problems.append(f"level {level!r}: a variable must be a whole level")
-        elif level == "#":
-            if verb != "subscribe":
-                problems.append("'#' is only allowed in subscribe templates")
-            elif i != len(levels) - 1:
-                problems.append("'#' must be the last level [MQTT-4.7.1-2]")
-        elif level == "+":
-            if verb != "subscribe":
-                problems.append("'+' is only allowed in subscribe templates")
-        elif "#" in level or "+" in level:
-            problems.append(f"level {level!r}: a wildcard must be a whole level [MQTT-4.7.1-3]")
     if "device" in seen and "tenant" not in seen:
         problems.append("{device} needs {tenant} earlier in the topic")
     if "group" in seen and "tenant" not in seen:
