@@ -175,6 +175,76 @@ class ToolConditions(StrictModel):
         description="The commands {command} may name (required for payload kind command; "
         "when absent, every command of the device's type).",
     )
+    approval_chain: Name | None = Field(
+        default=None,
+        description="The approval chain (a key of approvals.chains) that decides this "
+        "tool's held actions; when absent, the default chain for the action's risk.",
+    )
+
+
+FailureType = Literal["failed", "rejected", "timed_out"]
+FAILURE_TYPES: tuple[FailureType, ...] = ("failed", "rejected", "timed_out")
+
+
+class RolloutAbort(StrictModel):
+    """When a rollout stops on its own (AWS IoT Jobs' abortConfig criteria)."""
+
+    failure_pct: float = Field(
+        gt=0,
+        le=100,
+        description="Abort when at least this percentage of the executed devices failed.",
+    )
+    min_executed: int = Field(
+        ge=1,
+        description="...but only once at least this many devices reached a final state.",
+    )
+    failure_types: list[FailureType] = Field(
+        default_factory=lambda: list(FAILURE_TYPES),
+        min_length=1,
+        description="Which device outcomes count as failures (default: all three).",
+    )
+
+
+class Rollout(StrictModel):
+    """Carry an approved group push out device by device instead of on the group topic."""
+
+    device_topic: str = Field(
+        description="Per-device topic template the guard publishes to, e.g. "
+        "tenants/{tenant}/devices/{device}/config/patch.",
+    )
+    result_topic: str = Field(
+        description="Per-device topic template where the device reports the outcome, e.g. "
+        "tenants/{tenant}/devices/{device}/config/result.",
+    )
+    max_per_minute: float = Field(
+        gt=0, le=60_000, description="At most this many devices started per minute (paced)."
+    )
+    canary: int = Field(
+        default=0, ge=0, description="Devices done first; the rest wait for their outcome."
+    )
+    bake_s: float = Field(
+        default=0, ge=0, description="Seconds to wait after the canaries succeeded."
+    )
+    device_timeout_s: float = Field(
+        gt=0, description="A device without a result after this long has timed out."
+    )
+    abort: RolloutAbort | None = Field(
+        default=None, description="Abort criteria; without them a rollout never aborts."
+    )
+
+    @model_validator(mode="after")
+    def _templates_name_a_device(self) -> Rollout:
+        for name, template in (
+            ("device_topic", self.device_topic),
+            ("result_topic", self.result_topic),
+        ):
+            for problem in template_problems(template, "publish"):
+                raise ValueError(f"{name} {template!r}: {problem}")
+            if "{device}" not in template.split("/"):
+                raise ValueError(f"{name} {template!r}: needs {{device}}")
+            if "{group}" in template.split("/") or "{command}" in template.split("/"):
+                raise ValueError(f"{name} {template!r}: may use only {{tenant}} and {{device}}")
+        return self
 
 
 class Tool(StrictModel):
@@ -199,6 +269,10 @@ class Tool(StrictModel):
     conditions: ToolConditions = Field(
         default_factory=ToolConditions, description="Retain, QoS, $share, approval, commands."
     )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="A group publish tool: carry an approved action out device by device.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -220,6 +294,10 @@ class Tool(StrictModel):
             raise ValueError("a subscribe tool has payload kind 'none'")
         if self.payload == "command" and not self.conditions.commands:
             raise ValueError("a command tool must list conditions.commands")
+        if self.rollout is not None and (
+            self.verb != "publish" or not all("{group}" in t.split("/") for t in self.topics)
+        ):
+            raise ValueError("a rollout applies to a publish tool whose topics name {group}")
         return self
 
 
@@ -236,6 +314,54 @@ class Agent(StrictModel):
     )
 
 
+APPROVAL_LEVELS = (1, 2, 3)
+
+
+class Approver(StrictModel):
+    """A human who may decide held actions (a token with role approver names this id)."""
+
+    description: str | None = Field(default=None, description="Who the approver is.")
+    levels: list[Annotated[int, Field(ge=1, le=3)]] = Field(
+        min_length=1, description="The escalation levels (1-3) this approver may act at."
+    )
+
+
+class Admin(StrictModel):
+    """An operator with the admin role (kill switch, cancelling requests)."""
+
+    description: str | None = Field(default=None, description="Who the admin is.")
+
+
+class ApprovalLevel(StrictModel):
+    """One level of an approval chain: who decides there, and for how long."""
+
+    approvers: list[Name] = Field(min_length=1, description="Approvers who decide at this level.")
+    timeout_s: float = Field(
+        gt=0, description="Seconds before the request escalates (or, at the last level, expires)."
+    )
+
+
+class ApprovalChain(StrictModel):
+    """Up to three levels, e.g. on-call operator -> team lead -> security officer."""
+
+    description: str | None = Field(default=None, description="What the chain is for.")
+    levels: list[ApprovalLevel] = Field(
+        min_length=1, max_length=3, description="Level 1 first; a timeout moves to the next."
+    )
+
+
+class Approvals(StrictModel):
+    """Who approves held actions, and how requests escalate and expire."""
+
+    approvers: dict[Name, Approver] = Field(
+        default_factory=dict, description="Approvers by id, with the levels they may act at."
+    )
+    admins: dict[Name, Admin] = Field(default_factory=dict, description="Admins by id.")
+    chains: dict[Name, ApprovalChain] = Field(
+        default_factory=dict, description="Approval chains by name; a tool names its chain."
+    )
+
+
 class PolicyDocument(StrictModel):
     """The whole policy: the union of every YAML file in the policy directory."""
 
@@ -247,6 +373,9 @@ class PolicyDocument(StrictModel):
     )
     tools: dict[Name, Tool] = Field(default_factory=dict, description="Tools by name.")
     agents: dict[Name, Agent] = Field(default_factory=dict, description="Agents by id.")
+    approvals: Approvals = Field(
+        default_factory=Approvals, description="Approvers, admins and approval chains."
+    )
 
     def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Cross references that pydantic cannot see, as (path, message) pairs."""
@@ -278,6 +407,7 @@ class PolicyDocument(StrictModel):
                             f"no device type has a command {command!r}",
                         )
                     )
+        problems.extend(self._approval_problems())
         for agent_name, agent in self.agents.items():
             for i, tenant_name in enumerate(agent.tenants):
                 if tenant_name not in self.tenants:
@@ -289,6 +419,43 @@ class PolicyDocument(StrictModel):
                     problems.append(
                         (("agents", agent_name, "tools", i), f"unknown tool {tool_name!r}")
                     )
+        return problems
+
+
+    def _approval_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Approvers, chains and tools that name each other consistently."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        section = self.approvals
+        for who in (*section.approvers, *section.admins):
+            if who in self.agents:
+                # An agent identity can never approve (or administer) its own actions.
+                where = "approvers" if who in section.approvers else "admins"
+                problems.append(
+                    (
+                        ("approvals", where, who),
+                        f"{who!r} is also an agent; an agent never approves",
+                    )
+                )
+        for chain_name, chain in section.chains.items():
+            for level_no, level in enumerate(chain.levels, start=1):
+                for i, who in enumerate(level.approvers):
+                    path: tuple[str | int, ...] = ("approvals", "chains", chain_name)
+                    path += ("levels", level_no - 1, "approvers", i)
+                    approver = section.approvers.get(who)
+                    if approver is None:
+                        problems.append((path, f"unknown approver {who!r}"))
+                    elif level_no not in approver.levels:
+                        problems.append(
+                            (path, f"approver {who!r} may not act at level {level_no} "
+                                   f"(levels {approver.levels})")
+                        )
+        for tool_name, tool in self.tools.items():
+            chain_ref = tool.conditions.approval_chain
+            if chain_ref is not None and chain_ref not in section.chains:
+                problems.append(
+                    (("tools", tool_name, "conditions", "approval_chain"),
+                     f"unknown approval chain {chain_ref!r}")
+                )
         return problems
 
 

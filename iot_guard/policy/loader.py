@@ -1,8 +1,8 @@
 """Load a policy directory into a validated :class:`PolicyDocument`, with file:line errors.
 
 Every ``*.yaml`` / ``*.yml`` file under the directory (recursive, sorted) is one part
-of the policy. Each file is a mapping whose top-level keys are among the four
-sections (``device_types``, ``tenants``, ``tools``, ``agents``); sections are merged
+of the policy. Each file is a mapping whose top-level keys are among the five
+sections (``device_types``, ``tenants``, ``tools``, ``agents``, ``approvals``); sections are merged
 across files, and one entry (say ``tenants.acme``) defined in two files is an error
 naming both places.
 
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ..policy_models import PolicyDocument
 
-SECTIONS = ("device_types", "tenants", "tools", "agents")
+SECTIONS = ("device_types", "tenants", "tools", "agents", "approvals")
 
 PathKey = tuple[str | int, ...]
 

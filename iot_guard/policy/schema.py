@@ -36,7 +36,7 @@ def _tighten(node: Any) -> None:
 
 def policy_json_schema() -> dict[str, Any]:
     """One policy file: an object with the optional sections device_types, tenants, tools,
-    agents (every section may be split across files)."""
+    agents, approvals (every section may be split across files)."""
     schema: dict[str, Any] = PolicyDocument.model_json_schema()
     _tighten(schema)
     tool = schema["$defs"]["Tool"]
@@ -52,7 +52,7 @@ def policy_json_schema() -> dict[str, Any]:
     schema["title"] = "iot-guard policy file"
     schema["description"] = (
         "One file of an iot-guard policy directory. Every *.yaml file under the directory "
-        "is merged; each may hold any of the four sections."
+        "is merged; each may hold any of the five sections."
     )
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
 

@@ -50,6 +50,7 @@ def test_example_fleet_loads_with_every_registry_entry() -> None:
     assert sorted(doc.agents) == ["globex-agent", "observer", "ops-agent"]
     assert [p.name for p in source.files] == [
         "agents.yaml",
+        "approvals.yaml",
         "device_types.yaml",
         "tenants.yaml",
         "tools.yaml",
@@ -162,9 +163,9 @@ def test_unknown_section_and_non_mapping_file(tmp_path: Path) -> None:
     problems = problems_of(tmp_path)
     assert problems == [
         f"{tmp_path / 'a.yaml'}:1: agent: unknown section; expected one of "
-        "device_types, tenants, tools, agents",
+        "device_types, tenants, tools, agents, approvals",
         f"{tmp_path / 'b.yaml'}:1: a policy file must be a mapping of sections "
-        "('device_types', 'tenants', 'tools', 'agents')",
+        "('device_types', 'tenants', 'tools', 'agents', 'approvals')",
     ]
 
 
