@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iot_guard.policy.models import Approvals
+from iot_guard.policy_models import Approvals
 
 MEDIUM_TIMEOUT_S = 15 * 60.0
 HIGH_TIMEOUT_S = 5 * 60.0

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from iot_guard.policy.models import Rollout as RolloutModel
+from iot_guard.policy_models import Rollout as RolloutModel
 
 QUEUED = "queued"
 IN_PROGRESS = "in_progress"

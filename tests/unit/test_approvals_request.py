@@ -8,7 +8,7 @@ import pytest
 
 from iot_guard.approvals.chains import Chain, Level, approver_levels, chain_for
 from iot_guard.approvals.request import ApprovalError, ApprovalRequest, Binding, Status
-from iot_guard.policy.models import Approvals
+from iot_guard.policy_models import Approvals
 
 T0 = 1_000_000.0
 CHAIN = Chain(
