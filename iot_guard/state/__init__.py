@@ -30,6 +30,7 @@ from .records import (
     FlagSnapshot,
     Grant,
     Kill,
+    Lift,
     RateLimit,
     Record,
     Revocation,
@@ -42,7 +43,7 @@ from .records import (
 __all__ = [
     "ALL_AGENTS", "DEVICE_DONE", "DEVICE_STATUSES", "AlreadyExists", "ApprovalStore",
     "Baseline", "ChainHead", "ChainHeadStore", "CounterStore", "DeviceState", "FlagEvent",
-    "FlagSnapshot", "FlagStore", "FlagView", "Grant", "Kill", "RateLimit", "RateLimiter",
+    "FlagSnapshot", "FlagStore", "FlagView", "Grant", "Kill", "Lift", "RateLimit", "RateLimiter",
     "Record", "Revocation", "State", "StateError", "StateUnavailable", "Unsubscribe",
     "VoidBefore", "default_state_dir", "open_state", "rollout_counts",
 ]

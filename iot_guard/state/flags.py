@@ -66,10 +66,12 @@ def diff_flags(old: FlagSnapshot, new: FlagSnapshot) -> list[FlagEvent]:
     events: list[FlagEvent] = []
     for agent, kill in new.kills.items():
         if old.kills.get(agent) != kill:
-            events.append(FlagEvent("kill", agent, kill.reason, kill.at))
+            events.append(FlagEvent("kill", agent, kill.reason, kill.at, by=kill.by))
     for agent, kill in old.kills.items():
         if agent not in new.kills:
-            events.append(FlagEvent("lift", agent, kill.reason, kill.at))
+            lift = new.lifts.get(agent)
+            by, at = (lift.by, lift.at) if lift is not None else (None, kill.at)
+            events.append(FlagEvent("lift", agent, kill.reason, at, by=by))
     for jti, rev in new.revoked.items():
         if jti not in old.revoked:
             events.append(FlagEvent("revoke", rev.agent, rev.reason, rev.at, jti=jti))

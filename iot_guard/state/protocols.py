@@ -2,7 +2,9 @@
 
 Every method that touches shared state is ``async`` (a Redis backend talks to a server);
 what the per-packet path needs is synchronous and served from local memory
-(``RateLimiter``, ``FlagView``), kept current by the store off that path.
+(``RateLimiter``, ``FlagView``), kept current by the store off that path. Times are
+wall-clock seconds (``time.time()``); stores read their own clock (injected at open, a fake
+one in tests; a shared backend may use the server's, so guards with skewed clocks agree).
 
 Atomicity. Each method documents its guarantee: "atomic" means that its check and its
 write happen as one step against the authoritative state, even when several guard
@@ -11,10 +13,30 @@ writer at a time across processes); the Redis backend (issue 11) must run it as 
 script (or a MULTI/EXEC guarded by WATCH). The contract tests in
 ``tests/unit/test_state_contract.py`` check these guarantees for every backend.
 
+Sharing (several guards on one backend, issue 11):
+
+- Approvals: every transition is a compare-and-set on the status, so two guards deciding at
+  once cannot both win; carrying out is guarded by a claim with a lease that the executing
+  guard renews, and per-device rollout states are compare-and-set too, so another guard can
+  resume a rollout from the store without sending any device its patch twice.
+- Rate limits: the authoritative bucket lives in the backend; each guard's limiter consumes a
+  lease of units taken in batches off the packet path (see ``CounterStore``), so one budget
+  is shared with a bounded, documented overshoot, and no packet waits for the backend.
+- Baselines: guards add their counts per window atomically (``fold_baseline``).
+- Flags: the authoritative state is durable keys; a change rings a doorbell (pub/sub, or
+  ``data_version`` polling for SQLite) and every guard also re-reads on reconnect and at a
+  short interval, because a doorbell can be lost. The view always holds the last state read.
+- Audit chain heads: one per guard instance, compare-and-set, never two writers.
+
+Failure. A backend that cannot answer raises ``StateError`` (one line, no credentials). The
+local views keep the last known state meanwhile: a killed agent stays killed. What a caller
+does then is its choice to fail closed (issue 11: approvals cannot be decided or executed).
+
 Watchers are a doorbell, not the state: a callback says "something changed", carries what
 changed as best known, may come more than once for one change (after a reconnect or a
 re-read), and must be cheap and idempotent (re-read the store or the view if unsure).
-Callbacks run on the event loop, never inside a store operation.
+Callbacks run on the event loop, never inside a store operation; one that raises is logged
+and the others still run.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ number instead of two, and no refill timer.
 
 ``gcra_take`` is the one copy of the rule: ``LocalRateLimiter`` runs it on the per-packet
 path, and a shared backend's atomic script (issue 11: Lua on Redis time) must give the same
-answers (the contract tests check it through ``CounterStore.take``).
+answers (the contract tests check it through ``CounterStore.take``). Times are wall-clock
+seconds (``time.time()``), the clock the session's ``now`` comes from.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .records import Grant, RateLimit
 
 # A rounding allowance so that a take exactly on the boundary is not refused by float noise.
 _EPSILON = 1e-9
+_ONE = Grant(1)  # the common answer, built once
 
 
 def gcra_take(
@@ -29,23 +31,20 @@ def gcra_take(
     nothing (one action that costs ``n``)."""
     if n < 1:
         raise ValueError(f"take at least one unit, not {n}")
-    if not partial and n > limit.burst:
-        return Grant(0, math.inf), tat  # never fits: an action dearer than the whole burst
     interval = limit.interval
     start = now if tat is None or tat < now else tat
-    # Units free now: the room left in the burst window, in whole intervals.
-    free = math.floor((now + limit.burst * interval - start) / interval + _EPSILON)
-    granted = min(n, free) if partial else (n if free >= n else 0)
-    if granted <= 0:
-        granted = 0
-    new_tat = start + granted * interval if granted else tat
-    retry_after = 0.0
-    if granted < n:
-        wanted = 1 if partial else n - granted
-        # The first moment at which ``wanted`` more units fit in the burst window.
-        after = (new_tat if new_tat is not None and new_tat > now else now) + wanted * interval
-        retry_after = max(0.0, after - limit.burst * interval - now)
-    return Grant(granted, retry_after), new_tat
+    # The bucket may run at most ``window`` ahead of now.
+    room = now + limit.window - start
+    if n * interval <= room + _EPSILON:
+        return (_ONE if n == 1 else Grant(n)), start + n * interval
+    if not partial:
+        if n > limit.burst:  # an action dearer than the whole burst never fits
+            return Grant(0, math.inf), tat
+        return Grant(0, n * interval - room), tat
+    free = max(0, math.floor(room / interval + _EPSILON))
+    new_tat = start + free * interval if free else tat
+    # The next single unit frees up when the bucket has one interval of room again.
+    return Grant(free, (start + free * interval) + interval - limit.window - now), new_tat
 
 
 class LocalRateLimiter:
@@ -55,23 +54,37 @@ class LocalRateLimiter:
     missing key means, so it is dropped by an amortised sweep (every time the table doubles).
     """
 
+    __slots__ = ("_tat", "_sweep_at")
+
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
         self._sweep_at = 1024
 
     def try_take(self, key: str, limit: RateLimit, now: float, n: int = 1) -> Grant:
         """All or nothing: ``n`` units for one action, or a refusal with ``retry_after``."""
-        return self._take(key, limit, now, n, partial=False)
+        # The allowed case of ``gcra_take`` inlined (this runs per packet; a property test
+        # holds the two to the same answers); a refusal takes the general path.
+        tats = self._tat
+        tat = tats.get(key)
+        start = now if tat is None or tat < now else tat
+        new_tat = start + n * limit.interval
+        if n >= 1 and new_tat <= now + limit.window + _EPSILON:
+            tats[key] = new_tat
+            if len(tats) >= self._sweep_at:
+                self.sweep(now)
+            return _ONE if n == 1 else Grant(n)
+        return self._take(key, limit, now, n, False)
 
     def take_up_to(self, key: str, limit: RateLimit, now: float, n: int) -> Grant:
         """As many of ``n`` units as are free (what a lease asks for)."""
-        return self._take(key, limit, now, n, partial=True)
+        return self._take(key, limit, now, n, True)
 
-    def _take(self, key: str, limit: RateLimit, now: float, n: int, *, partial: bool) -> Grant:
-        grant, tat = gcra_take(self._tat.get(key), now, limit, n, partial=partial)
+    def _take(self, key: str, limit: RateLimit, now: float, n: int, partial: bool) -> Grant:
+        tats = self._tat
+        grant, tat = gcra_take(tats.get(key), now, limit, n, partial=partial)
         if tat is not None:
-            self._tat[key] = tat
-            if len(self._tat) >= self._sweep_at:
+            tats[key] = tat
+            if len(tats) >= self._sweep_at:
                 self.sweep(now)
         return grant
 

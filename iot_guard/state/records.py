@@ -82,21 +82,24 @@ def rollout_counts(devices: list[DeviceState]) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """A rate with a burst: ``per_minute`` units per minute, at most ``burst`` at once."""
+    """A rate with a burst: ``per_minute`` units per minute, at most ``burst`` at once.
+
+    ``interval`` (seconds per unit, GCRA's emission interval T) and ``window`` (``burst``
+    intervals, how far ahead of now a bucket may run) are computed once, not per packet.
+    """
 
     per_minute: float
     burst: int = 1
+    interval: float = field(init=False, repr=False, compare=False)
+    window: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.per_minute > 0 and math.isfinite(self.per_minute)):
             raise ValueError(f"rate must be a positive number per minute, not {self.per_minute}")
         if self.burst < 1:
             raise ValueError(f"burst must be at least 1, not {self.burst}")
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two units at the steady rate (GCRA's emission interval T)."""
-        return 60.0 / self.per_minute
+        object.__setattr__(self, "interval", 60.0 / self.per_minute)
+        object.__setattr__(self, "window", self.burst * self.interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,16 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class Lift:
+    """The last lift of ``agent``'s switch: who, when, and the kill it ended."""
+
+    agent: str
+    by: str
+    at: float
+    kill: Kill
+
+
+@dataclass(frozen=True, slots=True)
 class Revocation:
     """A revoked token id; forgotten after ``expires_at`` (the token is dead by then anyway)."""
 
@@ -173,6 +186,7 @@ class FlagSnapshot:
     """Every flag at one moment: what ``FlagView`` answers from."""
 
     kills: dict[str, Kill] = field(default_factory=dict)
+    lifts: dict[str, Lift] = field(default_factory=dict)
     revoked: dict[str, Revocation] = field(default_factory=dict)
     void_before: dict[str, VoidBefore] = field(default_factory=dict)
 
@@ -183,13 +197,16 @@ FlagEventKind = Literal["kill", "lift", "revoke", "void_before"]
 @dataclass(frozen=True, slots=True)
 class FlagEvent:
     """A change of the flags, as pushed to watchers. ``agent`` is ``ALL_AGENTS`` for the
-    fleet-wide switch; ``jti`` is set for ``revoke``; ``at`` is the flag's own time."""
+    fleet-wide switch; ``jti`` is set for ``revoke``. ``reason``, ``by`` and ``at`` say why,
+    who and when: for a lift, who lifted it and when, with the lifted kill's reason; for
+    ``void_before``, ``at`` is the void-before time."""
 
     kind: FlagEventKind
     agent: str | None
     reason: str
     at: float
     jti: str | None = None
+    by: str | None = None
 
 
 # ----------------------------------------------------------------------------- audit chain

@@ -49,6 +49,7 @@ from .records import (
     FlagSnapshot,
     Grant,
     Kill,
+    Lift,
     RateLimit,
     Record,
     Revocation,
@@ -79,7 +80,8 @@ CREATE TABLE IF NOT EXISTS rollout_devices (
     status TEXT NOT NULL, at REAL NOT NULL, detail TEXT,
     PRIMARY KEY (record_id, device));
 CREATE TABLE IF NOT EXISTS kills (
-    agent TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL);
+    agent TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL,
+    lifted_by TEXT, lifted_at REAL);
 CREATE TABLE IF NOT EXISTS revoked (
     jti TEXT PRIMARY KEY, agent TEXT, reason TEXT NOT NULL, at REAL NOT NULL,
     expires_at REAL NOT NULL);
@@ -442,24 +444,19 @@ class SqliteApprovalStore:
             _notify(self._watchers, [rec])
         return rec
 
-    def _poll(
-        self, conn: sqlite3.Connection, foreign: bool, rev_before: int
-    ) -> builtins.list[Record]:
-        """On the database thread, from the poller: the records other processes changed."""
-        if not foreign:
-            # Nobody else committed, so every rev up to ``rev_before`` is one of ours.
-            self._last_rev = max(self._last_rev, rev_before)
-            found: list[Record] = []
-        else:
-            rows = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE rev > ? ORDER BY rev",
-                (self._last_rev,),
-            )
-            found = [_record(r) for r in rows]
-            if found:
-                self._last_rev = max(self._last_rev, found[-1].rev)
+    def _changed_elsewhere(self, foreign: bool, rev_seen: int, rows: builtins.list[Record]
+                           ) -> builtins.list[Record]:
+        """On the event loop, after a poll: the records another process changed.
+
+        ``rev_seen``: the store's rev when no other process had committed since the last
+        poll (so every rev up to it is one of ours), or the highest rev in ``rows``. Our own
+        writes are announced at once by ``_announce``; their revs are remembered until the
+        poll passes them, so they are not announced twice.
+        """
+        self._last_rev = max(self._last_rev, rev_seen)
+        found = [r for r in rows if r.rev not in self._own_revs] if foreign else []
         self._own_revs = {r for r in self._own_revs if r > self._last_rev}
-        return [r for r in found if r.rev not in self._own_revs]
+        return found
 
 
 def _touch(conn: sqlite3.Connection, record_id: str, now: float) -> Record | None:
@@ -529,7 +526,16 @@ def _baseline(conn: sqlite3.Connection, key: str) -> Baseline | None:
 
 
 def _load_flags(conn: sqlite3.Connection, now: float) -> FlagSnapshot:
-    kills = {r[0]: Kill(*r) for r in conn.execute("SELECT agent, reason, by, at FROM kills")}
+    kills: dict[str, Kill] = {}
+    lifts: dict[str, Lift] = {}
+    for agent, reason, by, at, lifted_by, lifted_at in conn.execute(
+        "SELECT agent, reason, by, at, lifted_by, lifted_at FROM kills"
+    ):
+        kill = Kill(agent, reason, by, at)
+        if lifted_at is None:
+            kills[agent] = kill
+        else:
+            lifts[agent] = Lift(agent, lifted_by, lifted_at, kill)
     revoked = {
         r[0]: Revocation(*r)
         for r in conn.execute(
@@ -538,7 +544,7 @@ def _load_flags(conn: sqlite3.Connection, now: float) -> FlagSnapshot:
     }
     void = {r[0]: VoidBefore(*r) for r in conn.execute(
         "SELECT agent, before, reason FROM void_before")}
-    return FlagSnapshot(kills, revoked, void)
+    return FlagSnapshot(kills, lifts, revoked, void)
 
 
 def _void_max(conn: sqlite3.Connection, agent: str, before: float, reason: str) -> None:
@@ -567,8 +573,12 @@ class SqliteFlagStore:
 
         def op(conn: sqlite3.Connection) -> tuple[Kill, FlagSnapshot]:
             with _immediate(conn):
+                # A switch in force stays as it is (idempotent); a lifted one is set anew.
                 conn.execute(
-                    "INSERT OR IGNORE INTO kills VALUES (?, ?, ?, ?)", (agent, reason, by, now)
+                    "INSERT INTO kills VALUES (?, ?, ?, ?, NULL, NULL) ON CONFLICT (agent) DO "
+                    "UPDATE SET reason = excluded.reason, by = excluded.by, at = excluded.at, "
+                    "lifted_by = NULL, lifted_at = NULL WHERE lifted_at IS NOT NULL",
+                    (agent, reason, by, now),
                 )
                 _void_max(conn, agent, now, f"kill switch by {by}: {reason}")
                 row = conn.execute(
@@ -585,7 +595,10 @@ class SqliteFlagStore:
 
         def op(conn: sqlite3.Connection) -> tuple[bool, FlagSnapshot]:
             with _immediate(conn):
-                lifted = conn.execute("DELETE FROM kills WHERE agent = ?", (agent,)).rowcount
+                lifted = conn.execute(
+                    "UPDATE kills SET lifted_by = ?, lifted_at = ? "
+                    "WHERE agent = ? AND lifted_at IS NULL", (by, now, agent),
+                ).rowcount
             return bool(lifted), _load_flags(conn, now)
 
         lifted, snap = await self._db.run(op)
@@ -734,21 +747,25 @@ class EmbeddedState:
     async def poll(self) -> None:
         """Look once for changes other processes committed; push them to views and watchers."""
         now = self._clock()
+        after = self.approvals._last_rev
 
-        def op(conn: sqlite3.Connection) -> tuple[list[Record], FlagSnapshot | None]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, int, list[Record], FlagSnapshot | None]:
             # The rev before data_version: if data_version did not move, nobody else
             # committed before the rev was read, so every rev up to it is ours.
             rev = int(conn.execute("SELECT value FROM seq WHERE name = 'rev'").fetchone()[0])
             version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-            foreign = version != self._data_version
-            self._data_version = version
-            changed = self.approvals._poll(conn, foreign, rev)
-            return changed, _load_flags(conn, now) if foreign else None
+            if version == self._data_version:
+                return False, rev, [], None
+            self._data_version = version  # only this thread reads or writes it
+            rows = [_record(r) for r in conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE rev > ? ORDER BY rev", (after,))]
+            return True, rows[-1].rev if rows else after, rows, _load_flags(conn, now)
 
-        changed, snap = await self._db.run(op)
+        foreign, rev_seen, rows, snap = await self._db.run(op)
         if snap is not None:
             self.flags._apply(snap)
-        _notify(self.approvals._watchers, changed)
+        _notify(self.approvals._watchers,
+                self.approvals._changed_elsewhere(foreign, rev_seen, rows))
 
     async def _poll_forever(self) -> None:
         while True:

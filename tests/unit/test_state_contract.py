@@ -441,6 +441,10 @@ async def test_kill_and_lift_one_agent(state: State, handles: Handles) -> None:
     assert await state.flags.lift("ops-1", "secops") is True
     assert view.is_killed("ops-1") is None
     assert await state.flags.lift("ops-1", "secops") is False
+    handles.clock.advance(30)
+    rekill = await state.flags.kill("ops-1", "again", "bob")  # a lifted switch is set anew
+    assert (rekill.reason, rekill.by, rekill.at) == ("again", "bob", handles.clock.now)
+    assert "again" in (view.is_killed("ops-1") or "")
 
 
 async def test_tokens_issued_before_a_kill_stay_void_after_the_lift(
@@ -498,7 +502,7 @@ async def test_flag_watchers_run_after_the_view_shows_the_change(state: State) -
     seen: list[tuple[FlagEvent, str | None]] = []
     stop = state.flags.watch(lambda e: seen.append((e, state.flags.view.is_killed("ops-1"))))
     await state.flags.kill("ops-1", "why", "secops")
-    await state.flags.lift("ops-1", "secops")
+    await state.flags.lift("ops-1", "root")
     await state.flags.revoke("j1", expires_at=1e12, reason="leak", agent="ops-1")
     kinds = [(e.kind, e.agent) for e, _ in seen]
     assert kinds == [("kill", "ops-1"), ("void_before", "ops-1"), ("lift", "ops-1"),
@@ -506,6 +510,7 @@ async def test_flag_watchers_run_after_the_view_shows_the_change(state: State) -
     assert seen[0][1] is not None  # the view said "killed" when the kill rang
     assert seen[2][1] is None  # and "not killed" when the lift rang
     assert seen[3][0].jti == "j1"
+    assert seen[0][0].by == "secops" and seen[2][0].by == "root" and seen[2][0].reason == "why"
     stop()
     await state.flags.kill("ops-2", "x", "y")
     assert len(seen) == 4
@@ -518,8 +523,10 @@ async def test_a_kill_through_another_guard_reaches_this_view(handles: Handles) 
     await b.flags.kill("ops-1", "from b", "secops")
     await eventually("guard a sees the kill", lambda: a.flags.view.is_killed("ops-1") is not None)
     assert any(e.kind == "kill" and e.agent == "ops-1" for e in events)
-    await b.flags.lift("ops-1", "secops")
+    await b.flags.lift("ops-1", "root")
     await eventually("guard a sees the lift", lambda: a.flags.view.is_killed("ops-1") is None)
+    await eventually("guard a hears who lifted it",
+                     lambda: any(e.kind == "lift" and e.by == "root" for e in events))
 
 
 async def test_flags_survive_a_restart_and_load_before_open_returns(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iot_guard.state import (
     ALL_AGENTS,
@@ -154,3 +156,32 @@ def test_diff_names_each_change() -> None:
     assert kinds == [("kill", "b", None), ("lift", "a", None), ("revoke", "a", "j"),
                      ("void_before", "b", None)]
     assert diff_flags(new, new) == []
+
+
+# A token bucket written the textbook way (tokens refill continuously up to the burst): GCRA
+# must answer exactly like it. Times are multiples of 1/4 s with one unit per second, so the
+# arithmetic is exact in binary floating point.
+@settings(max_examples=300, deadline=None)
+@given(
+    burst=st.integers(1, 5),
+    takes=st.lists(st.tuples(st.integers(0, 12), st.integers(1, 3), st.booleans()), max_size=40),
+)
+def test_limiter_answers_like_a_token_bucket(
+    burst: int, takes: list[tuple[int, int, bool]]
+) -> None:
+    limit = RateLimit(per_minute=60, burst=burst)
+    limiter = LocalRateLimiter()
+    tokens, last, now = float(burst), 0.0, 0.0
+    for quarters, n, partial in takes:
+        now += quarters / 4
+        tokens, last = min(float(burst), tokens + (now - last)), now
+        want = min(n, int(tokens)) if partial else (n if tokens >= n else 0)
+        tokens -= want
+        got = (limiter.take_up_to if partial else limiter.try_take)("k", limit, now, n)
+        assert got.granted == want, (now, n, partial)
+        if want < n:
+            needed = 1 if partial else n
+            expected = math.inf if needed > burst else needed - tokens
+            assert got.retry_after == pytest.approx(expected)
+        else:
+            assert got.retry_after == 0.0

@@ -131,3 +131,28 @@ async def test_another_process_writing_the_state_dir_reaches_the_guard_within_1s
         assert guard.flags.view.is_killed("ops-1") is not None
     finally:
         await guard.close()
+
+
+@pytest.mark.asyncio
+async def test_poll_announces_each_change_once(tmp_path: Path) -> None:
+    """Own changes ring at once and are not rung again by the poll; another process's
+    changes ring on the poll that sees them, once."""
+    guard = await open_state(tmp_path, poll_s=0)
+    other = await open_state(tmp_path, poll_s=0)
+    try:
+        assert isinstance(guard, EmbeddedState)
+        seen: list[tuple[str, str]] = []
+        guard.approvals.watch(lambda r: seen.append((r.id, r.status)))
+        await guard.approvals.create("own-1", "pending", {})
+        await guard.poll()  # nothing from elsewhere
+        await other.approvals.create("other-1", "pending", {})
+        await guard.approvals.create("own-2", "pending", {})
+        await guard.poll()
+        await guard.poll()
+        await other.approvals.update("own-1", "pending", status="approved")
+        await guard.poll()
+        assert seen == [("own-1", "pending"), ("own-2", "pending"), ("other-1", "pending"),
+                        ("own-1", "approved")]
+    finally:
+        await other.close()
+        await guard.close()
