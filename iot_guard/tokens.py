@@ -1,10 +1,13 @@
-"""Short-lived agent tokens: HMAC-SHA256 signed claims.
+"""Short-lived tokens: HMAC-SHA256 signed claims, for agents, approvers and admins.
 
 Wire form: ``igt1.<claims>.<signature>``, both parts unpadded base64url. The claims are
-compact JSON: ``sub`` (agent id), ``iat`` and ``exp`` (epoch seconds), ``jti`` (token
-id, for the audit log and revocation later) and optionally ``tools`` (a narrower
-allowlist than the agent's). The agent presents the token as its MQTT password; it
-never holds broker credentials.
+compact JSON: ``sub`` (agent, approver or admin id), ``iat`` and ``exp`` (epoch seconds),
+``jti`` (token id, for the audit log and revocation later), optionally ``tools`` (a
+narrower allowlist than the agent's) and ``role``: ``agent`` when absent (every token
+minted before roles existed), ``approver`` or ``admin`` (the admin HTTP API). The agent
+presents its token as its MQTT password; it never holds broker credentials. A token is
+good for one role only: ``verify_token`` refuses an approver's token at the MQTT door and
+the admin API tells an agent's token apart, so one kind can never stand in for another.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from pathlib import Path
 PREFIX = "igt1"
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 4096
+ROLE_AGENT, ROLE_APPROVER, ROLE_ADMIN = "agent", "approver", "admin"
+ROLES = frozenset({ROLE_AGENT, ROLE_APPROVER, ROLE_ADMIN})
 
 
 class TokenError(Exception):
-    """Why a token is refused; ``kind`` is one of malformed, bad_signature, expired."""
+    """Why a token is refused; ``kind`` is one of malformed, bad_signature, expired, wrong_role."""
 
     def __init__(self, kind: str, message: str):
         self.kind = kind
@@ -38,6 +43,7 @@ class TokenClaims:
     expires_at: float
     token_id: str
     tools: frozenset[str] | None = None
+    role: str = ROLE_AGENT
 
 
 def _b64encode(data: bytes) -> str:
@@ -77,11 +83,17 @@ def issue_token(
     tools: list[str] | None = None,
     *,
     now: float | None = None,
+    role: str = ROLE_AGENT,
 ) -> str:
-    """Mint a token for ``agent_id`` valid for ``ttl_s`` seconds."""
+    """Mint a token for ``agent_id`` (an approver's or admin's id with ``role``) valid for
+    ``ttl_s`` seconds."""
     check_secret(secret)
     if ttl_s <= 0:
         raise ValueError("ttl must be positive")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {sorted(ROLES)}")
+    if tools is not None and role != ROLE_AGENT:
+        raise ValueError("only agent tokens carry a tool list")
     issued = time.time() if now is None else now
     claims: dict[str, object] = {
         "sub": agent_id,
@@ -91,13 +103,21 @@ def issue_token(
     }
     if tools is not None:
         claims["tools"] = sorted(set(tools))
+    if role != ROLE_AGENT:  # agent tokens stay as they were: no role claim means agent
+        claims["role"] = role
     body = _b64encode(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     signed_part = f"{PREFIX}.{body}"
     return f"{signed_part}.{_b64encode(_signature(secret, signed_part))}"
 
 
-def verify_token(secret: bytes, token: str | bytes, now: float) -> TokenClaims:
-    """Check signature first, then shape, then expiry; raise TokenError if refused."""
+def verify_token(
+    secret: bytes,
+    token: str | bytes,
+    now: float,
+    roles: frozenset[str] = frozenset({ROLE_AGENT}),
+) -> TokenClaims:
+    """Check signature first, then shape, then expiry, then that the token's role is one of
+    ``roles`` (agent only by default: the MQTT door); raise TokenError if refused."""
     if isinstance(token, bytes):
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("malformed", "token too long")
@@ -123,7 +143,8 @@ def verify_token(secret: bytes, token: str | bytes, now: float) -> TokenClaims:
         expires_at = float(claims["exp"])
         token_id = str(claims["jti"])
         tools = claims.get("tools")
-        if not isinstance(agent_id, str) or (
+        role = claims.get("role", ROLE_AGENT)
+        if not isinstance(agent_id, str) or role not in ROLES or (
             tools is not None
             and not (isinstance(tools, list) and all(isinstance(t, str) for t in tools))
         ):
@@ -132,10 +153,15 @@ def verify_token(secret: bytes, token: str | bytes, now: float) -> TokenClaims:
         raise TokenError("malformed", "token claims are malformed") from None
     if now >= expires_at:
         raise TokenError("expired", f"token expired {int(now - expires_at)} s ago")
+    if role not in roles:
+        raise TokenError(
+            "wrong_role", f"this is an {role} token; expected {' or '.join(sorted(roles))}"
+        )
     return TokenClaims(
         agent_id=agent_id,
         issued_at=issued_at,
         expires_at=expires_at,
         token_id=token_id,
         tools=frozenset(tools) if tools is not None else None,
+        role=role,
     )
