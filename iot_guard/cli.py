@@ -125,24 +125,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- tokens
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
-    from .tokens import issue_token, read_secret_file
+    from .tokens import ROLE_ADMIN, ROLE_AGENT, ROLE_APPROVER, issue_token, read_secret_file
 
     try:
         secret = read_secret_file(args.secret_file)
     except (OSError, ValueError) as exc:
         raise CliError(f"secret file: {exc}") from exc
     tools = _tool_list(args.tools)
+    role, subject = (
+        (ROLE_APPROVER, args.approver) if args.approver else
+        (ROLE_ADMIN, args.admin) if args.admin else (ROLE_AGENT, args.agent)
+    )
+    if tools is not None and role != ROLE_AGENT:
+        raise CliError("--tools narrows an agent's token; approver and admin tokens have none")
     if args.policy:
         from .policy.loader import load_policy
 
         document = load_policy(args.policy)
-        agent = document.agents.get(args.agent)
-        if agent is None:
-            raise CliError(f"agent {args.agent!r} is not in the policy {args.policy}")
-        extra = sorted(set(tools or []) - set(agent.tools))
-        if extra:
-            raise CliError(f"agent {args.agent!r} has no tools {extra}")
-    print(issue_token(secret, args.agent, ttl_s=args.ttl, tools=tools))
+        if role != ROLE_AGENT:
+            from .admin.directory import listed_problem
+
+            problem = listed_problem(document, role, subject)
+            if problem:
+                raise CliError(f"{problem} ({args.policy})")
+        else:
+            agent = document.agents.get(subject)
+            if agent is None:
+                raise CliError(f"agent {subject!r} is not in the policy {args.policy}")
+            extra = sorted(set(tools or []) - set(agent.tools))
+            if extra:
+                raise CliError(f"agent {subject!r} has no tools {extra}")
+    print(issue_token(secret, subject, ttl_s=args.ttl, tools=tools, role=role))
     return EXIT_OK
 
 
@@ -245,8 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="agent tokens").add_subparsers(
         dest="token_command", required=True
     )
-    issue = token.add_parser("issue", help="print a signed, short-lived token for an agent")
-    issue.add_argument("--agent", required=True)
+    issue = token.add_parser(
+        "issue", help="print a signed, short-lived token for an agent, approver or admin"
+    )
+    who = issue.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", metavar="ID", help="an agent (MQTT password)")
+    who.add_argument("--approver", metavar="ID", help="an approver of the policy (admin API)")
+    who.add_argument("--admin", metavar="ID", help="an admin of the policy (admin API)")
     issue.add_argument("--secret-file", required=True)
     issue.add_argument("--ttl", type=float, default=900, help="seconds (default 900)")
     issue.add_argument("--tools", help="comma-separated narrower tool list")
@@ -276,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=cmd_policy_explain)
     schema = policy.add_parser("schema", help="print the policy format's JSON Schema")
     schema.set_defaults(handler=cmd_policy_schema)
+
+    from .admin.cli import register as register_approvals
+
+    register_approvals(commands)
 
     try:
         from simulator.cli import register
