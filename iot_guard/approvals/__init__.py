@@ -7,5 +7,6 @@ the service that resolves holds and carries approved actions out, and staged rol
 - ``executor``: the guard's own MQTT connection that publishes approved actions
 - ``runner``: paces a rollout on the loop (asyncio-throttle), timers and results
 - ``service``: ``ApprovalService`` (the admin API's contract), persistence, notifications
+- ``webhooks``: signed JSON POSTs of every transition, delivered in the background
 - ``addon``: the server hooks (``on_hold``, ``on_guard_subscribe``, start/stop)
 """

@@ -1,0 +1,259 @@
+"""Webhooks: a signed JSON POST to each configured URL on every approval transition.
+
+Never in the guard's way: ``notify`` (the ApprovalService subscriber) only puts the view
+on a bounded queue per target; a background task per target delivers in order, retries
+with bounded exponential backoff, and audits what it gives up on. A full queue drops the
+event and audits the drop -- the guard never waits for a chat server.
+
+Signature (the scheme of Stripe's and Slack's signing secrets): header
+``X-IoT-Guard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+A receiver recomputes the HMAC over the exact body bytes, compares in constant time, and
+refuses a timestamp more than 5 minutes from its clock (``verify_signature``): a captured
+request cannot be replayed later, and ``X-IoT-Guard-Delivery`` (the same on every retry of
+one event) lets it drop a duplicate within the window. The body has a Slack-compatible
+``text`` field, so a Slack incoming-webhook URL works as a target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..audit import utc_iso
+
+log = logging.getLogger("iot_guard.approvals.webhooks")
+
+SIGNATURE_HEADER = "X-IoT-Guard-Signature"
+DELIVERY_HEADER = "X-IoT-Guard-Delivery"
+EVENT_HEADER = "X-IoT-Guard-Event"
+REPLAY_WINDOW_S = 300
+# Retried: the receiver may succeed later. Any other 4xx is the request's fault: given up.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class SignatureError(Exception):
+    """Why a received webhook is refused."""
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify_signature(
+    secret: bytes, header: str | None, body: bytes, now: float, window_s: float = REPLAY_WINDOW_S
+) -> int:
+    """Check a received webhook; return its timestamp or raise SignatureError."""
+    if not header:
+        raise SignatureError(f"no {SIGNATURE_HEADER} header")
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        fields.setdefault(key, []).append(value)
+    try:
+        timestamp = int(fields["t"][0])
+    except (KeyError, ValueError):
+        raise SignatureError("no timestamp t=<unix seconds>") from None
+    if abs(now - timestamp) > window_s:
+        raise SignatureError(f"timestamp is {int(now - timestamp)} s old: outside the window")
+    expected = sign(secret, timestamp, body).partition(",v1=")[2]
+    # Several v1= values are allowed (secret rotation): one must match.
+    if not any(hmac.compare_digest(expected, given) for given in fields.get("v1", [])):
+        raise SignatureError("signature does not match the body")
+    return timestamp
+
+
+def retry_delays(max_attempts: int, base_s: float, cap_s: float) -> list[float]:
+    """Waits between attempts: base, 2*base, 4*base ... each at most cap (bounded)."""
+    return [min(cap_s, base_s * 2**i) for i in range(max(0, max_attempts - 1))]
+
+
+def message_text(view: dict[str, Any]) -> str:
+    """One line a person reads in a chat channel (Slack's ``text``)."""
+    status = view.get("status", "?")
+    devices = view.get("devices") or []
+    text = (
+        f"[iot-guard] approval {view.get('id')} {status}: {view.get('agent_id')} "
+        f"{view.get('tool')} on {view.get('topic')} ({len(devices)} device"
+        f"{'' if len(devices) == 1 else 's'}, {view.get('risk')} risk)"
+    )
+    if status in ("pending", "escalated"):
+        text += f"; level {view.get('level')}; held because {view.get('reason')}"
+    history = view.get("history") or []
+    if history and status not in ("pending",):
+        last = history[-1]
+        text += f"; {last.get('action')} by {last.get('who')}"
+        if last.get("reason"):
+            text += f": {last.get('reason')}"
+    rollout = view.get("rollout")
+    if rollout:
+        counts = ", ".join(f"{k} {v}" for k, v in (rollout.get("counts") or {}).items() if v)
+        text += f"; rollout {rollout.get('status')} ({counts})"
+    return text
+
+
+def webhook_body(view: dict[str, Any], delivery: str, now: float) -> bytes:
+    """The POSTed JSON: the transition, the request view without the raw payload (its
+    digest identifies it; the payload stays in the guard), and Slack's ``text``."""
+    request = {k: v for k, v in view.items() if k not in ("payload", "payload_encoding")}
+    body = {
+        "type": f"approval.{view.get('status')}",
+        "delivery": delivery,
+        "sent_at": utc_iso(now),
+        "text": message_text(view),
+        "request": request,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def redact_url(url: str) -> str:
+    """Scheme, host and port only: a webhook URL's path often is its secret (Slack)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+
+
+# ----------------------------------------------------------------------------- delivery
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    url: str
+    secret: bytes
+    timeout_s: float = 5.0
+
+
+class WebhookNotifier:
+    """Deliver approval transitions to webhook targets in the background."""
+
+    def __init__(
+        self,
+        targets: list[WebhookTarget],
+        audit: Callable[[dict[str, Any]], None],
+        *,
+        queue_size: int = 1000,
+        max_attempts: int = 6,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.targets = targets
+        self._audit = audit
+        self.queue_size = queue_size
+        self.delays = retry_delays(max_attempts, base_delay_s, max_delay_s)
+        self.clock = clock
+        self._queues = [asyncio.Queue[dict[str, Any]](queue_size) for _ in targets]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def notify(self, view: dict[str, Any]) -> None:
+        """ApprovalService subscriber: never blocks, never raises into the service."""
+        for target, queue in zip(self.targets, self._queues, strict=True):
+            try:
+                queue.put_nowait(view)
+            except asyncio.QueueFull:
+                self.dropped += 1
+                self._record("webhook_dropped", target, view, note=(
+                    f"queue full ({self.queue_size} undelivered): event dropped"
+                ))
+
+    async def start(self, server: object = None) -> None:
+        self._http = aiohttp.ClientSession()
+        self._tasks = [
+            asyncio.create_task(self._deliver_all(target, queue), name="iot-guard-webhook")
+            for target, queue in zip(self.targets, self._queues, strict=True)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def idle(self) -> None:
+        """Wait until every queued event is delivered or given up (tests, clean stop)."""
+        await asyncio.gather(*(queue.join() for queue in self._queues))
+
+    async def _deliver_all(
+        self, target: WebhookTarget, queue: asyncio.Queue[dict[str, Any]]
+    ) -> None:
+        while True:
+            view = await queue.get()
+            try:
+                await self._deliver(target, view)
+            except Exception:  # a bug here must not end deliveries to this target
+                log.exception("webhook delivery to %s failed", redact_url(target.url))
+            finally:
+                queue.task_done()
+
+    async def _deliver(self, target: WebhookTarget, view: dict[str, Any]) -> None:
+        assert self._http is not None, "start() first"
+        delivery = secrets.token_hex(8)
+        body = webhook_body(view, delivery, self.clock())
+        outcome = ""
+        for attempt in range(len(self.delays) + 1):
+            if attempt:
+                await asyncio.sleep(self.delays[attempt - 1])
+            # Signed afresh at each attempt: a late retry still falls in the replay window.
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(target.secret, int(self.clock()), body),
+                DELIVERY_HEADER: delivery,
+                EVENT_HEADER: f"approval.{view.get('status')}",
+            }
+            try:
+                async with self._http.post(
+                    target.url, data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=target.timeout_s), allow_redirects=False,
+                ) as response:
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            if 200 <= status < 300:
+                self.delivered += 1
+                return
+            outcome = f"HTTP {status}"
+            if status not in RETRY_STATUSES:
+                break
+        self.failed += 1
+        self._record("webhook_failed", target, view, note=(
+            f"gave up after {attempt + 1} attempt(s): {outcome}"
+        ), delivery=delivery)
+
+    def _record(
+        self, event: str, target: WebhookTarget, view: dict[str, Any], *, note: str,
+        delivery: str | None = None,
+    ) -> None:
+        record = {
+            "timestamp": utc_iso(self.clock()),
+            "event": event,
+            "webhook": redact_url(target.url),
+            "approval_id": view.get("id"),
+            "approval_status": view.get("status"),
+            "note": note,
+        }
+        if delivery:
+            record["delivery"] = delivery
+        log.warning("%s: %s %s", event, record["webhook"], note)
+        try:
+            self._audit(record)
+        except Exception:  # an audit failure is logged; the guard's own path fails closed
+            log.exception("could not audit %s", event)
