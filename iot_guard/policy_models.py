@@ -350,6 +350,30 @@ class ApprovalChain(StrictModel):
     )
 
 
+class Webhook(StrictModel):
+    """A URL that receives a signed JSON POST on every approval transition."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^/\s]+(/\S*)?$")] = Field(
+        description="http(s) URL; a Slack incoming-webhook URL works (the body has `text`)."
+    )
+    secret_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the signing secret (keeps "
+        "the secret out of the policy files).",
+    )
+    secret: str | None = Field(
+        default=None, min_length=16,
+        description="The signing secret itself (prefer secret_env).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per-attempt timeout.")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Webhook:
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret or secret_env")
+        return self
+
+
 class Approvals(StrictModel):
     """Who approves held actions, and how requests escalate and expire."""
 
@@ -359,6 +383,10 @@ class Approvals(StrictModel):
     admins: dict[Name, Admin] = Field(default_factory=dict, description="Admins by id.")
     chains: dict[Name, ApprovalChain] = Field(
         default_factory=dict, description="Approval chains by name; a tool names its chain."
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        description="Signed JSON POSTs on every transition (HMAC-SHA256, see the README).",
     )
 
 

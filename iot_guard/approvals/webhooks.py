@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..audit import utc_iso
+from ..policy_models import Webhook
 
 log = logging.getLogger("iot_guard.approvals.webhooks")
 
@@ -132,6 +133,22 @@ class WebhookTarget:
     url: str
     secret: bytes
     timeout_s: float = 5.0
+
+
+def targets_from_policy(
+    webhooks: Sequence[Webhook], environ: Mapping[str, str]
+) -> list[WebhookTarget]:
+    """The policy's ``approvals.webhooks``; a missing secret variable is an error at start
+    (an unsigned webhook is never sent)."""
+    targets = []
+    for i, hook in enumerate(webhooks):
+        secret = hook.secret if hook.secret is not None else environ.get(hook.secret_env or "")
+        if not secret:
+            raise ValueError(
+                f"approvals.webhooks[{i}]: environment variable {hook.secret_env} is not set"
+            )
+        targets.append(WebhookTarget(hook.url, secret.encode(), hook.timeout_s))
+    return targets
 
 
 class WebhookNotifier:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from iot_guard.admin.auth import AuthError, authenticate, bearer_token
@@ -9,6 +11,7 @@ from iot_guard.tokens import TokenError, issue_token, verify_token
 
 SECRET = b"admin-test-secret-admin-test-secret-42"
 NOW = 1_800_000_000.0
+POLICY = Path(__file__).parents[2] / "device_policies"
 
 
 class Directory:
@@ -94,3 +97,34 @@ def test_listed_callers_get_their_levels() -> None:
 def test_a_route_may_take_one_role_only() -> None:
     err = refused(f"Bearer {token('alice', 'approver')}", roles=frozenset({"admin"}))
     assert err.status == 403 and "role admin" in err.detail
+
+
+def test_policy_directory_and_token_issue_checks() -> None:
+    from iot_guard.admin.directory import PolicyDirectory, listed_problem
+    from iot_guard.policy.loader import load_policy
+
+    document = load_policy(POLICY)
+    directory = PolicyDirectory(lambda: document)
+    assert directory.approver_levels("bob") == {2}
+    assert directory.approver_levels("ops-agent") == set()
+    assert directory.is_admin("secops") and not directory.is_admin("alice")
+    assert listed_problem(document, "approver", "carol") is None
+    assert "not listed" in (listed_problem(document, "approver", "mallory") or "")
+    assert "approvals.admins" in (listed_problem(document, "admin", "alice") or "")
+
+
+def test_webhook_policy_needs_exactly_one_secret_and_reads_the_environment() -> None:
+    from pydantic import ValidationError
+
+    from iot_guard.approvals.webhooks import targets_from_policy
+    from iot_guard.policy_models import Webhook
+
+    hook = Webhook(url="https://hooks.example/x", secret_env="HOOK_SECRET")
+    (target,) = targets_from_policy([hook], {"HOOK_SECRET": "s3cret"})
+    assert (target.url, target.secret) == ("https://hooks.example/x", b"s3cret")
+    with pytest.raises(ValueError, match="HOOK_SECRET is not set"):
+        targets_from_policy([hook], {})
+    for bad in ({"url": "https://h/x"}, {"url": "ftp://h/x", "secret": "x" * 16},
+                {"url": "https://h/x", "secret": "x" * 16, "secret_env": "A"}):
+        with pytest.raises(ValidationError):
+            Webhook(**bad)  # type: ignore[arg-type]
