@@ -67,7 +67,9 @@ class ApprovalStore(Protocol):
     say which statuses a transition starts from, and the store applies it atomically."""
 
     async def create(self, record_id: str, status: str, body: Mapping[str, Any]) -> Record:
-        """Store a new record. Atomic; raises ``AlreadyExists`` if the id is taken."""
+        """Store a new record. Atomic; raises ``AlreadyExists`` if the id is taken. The body
+        must be strict JSON: ``TypeError`` for values JSON cannot hold (bytes: encode them),
+        ``ValueError`` for NaN/Infinity; nothing is stored then (same for ``changes``)."""
         ...
 
     async def get(self, record_id: str) -> Record | None:

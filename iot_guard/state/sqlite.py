@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS chain_heads (
 """
 
 
+def _json(body: Mapping[str, Any]) -> str:
+    """A body as strict JSON, before anything touches the file: TypeError for what JSON
+    cannot hold (bytes...), ValueError for NaN/Infinity (not JSON, RFC 8259 §6)."""
+    return json.dumps(dict(body), allow_nan=False, separators=(",", ":"))
+
+
 def _statuses(expect: str | Collection[str]) -> tuple[str, ...]:
     return (expect,) if isinstance(expect, str) else tuple(expect)
 
@@ -189,10 +195,13 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # Also when COMMIT itself failed (disk full, I/O error): never leave the connection
+        # inside a transaction, or every later operation would fail.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _next_rev(conn: sqlite3.Connection) -> int:
@@ -219,7 +228,7 @@ def _write(conn: sqlite3.Connection, rec: Record) -> None:
     conn.execute(
         "UPDATE records SET status = ?, body = ?, updated_at = ?, rev = ?, owner = ?, "
         "lease_until = ? WHERE id = ?",
-        (rec.status, json.dumps(rec.body), rec.updated_at, rec.rev, rec.owner, rec.lease_until,
+        (rec.status, _json(rec.body), rec.updated_at, rec.rev, rec.owner, rec.lease_until,
          rec.id),
     )
 
@@ -239,7 +248,7 @@ class SqliteApprovalStore:
         self._last_rev = 0
 
     async def create(self, record_id: str, status: str, body: Mapping[str, Any]) -> Record:
-        text = json.dumps(dict(body))  # refuse what is not JSON before touching the file
+        text = _json(body)
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Record:
@@ -289,7 +298,7 @@ class SqliteApprovalStore:
         owner: str | None = None,
     ) -> Record | None:
         wanted = _statuses(expect)
-        delta = json.loads(json.dumps(dict(changes or {})))  # JSON-only, and our own copy
+        delta = json.loads(_json(changes or {}))  # our own copy
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Record | None:

@@ -1,8 +1,12 @@
 """The state store contract: every backend must pass every test here.
 
-To add a backend (issue 11: Redis), write a class like ``SqliteBackend`` below, whose
-``open()`` opens *another handle* on the same shared state each time it is called (a second
-guard, or the same guard after a restart), and add it to ``BACKENDS``. Nothing else changes.
+To add a backend (issue 11: Redis): write a fixture ``state_backend_<name>`` like
+``state_backend_sqlite`` below (it may use other fixtures, e.g. a real redis-server on a
+free port, and must start from empty state), returning an object with a ``clock`` and an
+``async open()`` that opens *another handle* on the same shared state each time it is called
+(a second guard, or the same guard after a restart); add ``<name>`` to ``BACKENDS``. Nothing
+else changes. The tests drive the stores' clock (``FakeClock``): a backend that reads the
+server's time in production must take the injected clock when one is given.
 
 Two handles opened from one backend are two independent clients (two SQLite connections on
 two threads; two Redis connections), so the races below are real races at the store.
@@ -14,7 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import pytest
 import pytest_asyncio
@@ -53,24 +57,35 @@ class FakeClock:
         self.now += seconds
 
 
+class Backend(Protocol):
+    clock: FakeClock
+
+    async def open(self) -> State: ...
+
+
 class SqliteBackend:
-    def __init__(self, tmp_path: Path, clock: FakeClock) -> None:
-        self.directory = tmp_path / "state"
-        self.clock = clock
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.clock = FakeClock()
 
     async def open(self) -> State:
         return await open_state(self.directory, clock=self.clock, poll_s=POLL_S)
 
 
-BACKENDS: dict[str, Callable[[Path, FakeClock], Any]] = {"sqlite": SqliteBackend}
+@pytest.fixture
+def state_backend_sqlite(tmp_path: Path) -> Backend:
+    return SqliteBackend(tmp_path / "state")
+
+
+BACKENDS = ["sqlite"]
 
 
 class Handles:
     """Opens handles on one backend and closes them all at the end of the test."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.clock: FakeClock = backend.clock
+        self.clock = backend.clock
         self.opened: list[State] = []
 
     async def open(self) -> State:
@@ -88,9 +103,9 @@ class Handles:
             await state.close()
 
 
-@pytest_asyncio.fixture(params=sorted(BACKENDS))
-async def handles(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Handles]:
-    h = Handles(BACKENDS[request.param](tmp_path, FakeClock()))
+@pytest_asyncio.fixture(params=BACKENDS)
+async def handles(request: pytest.FixtureRequest) -> AsyncIterator[Handles]:
+    h = Handles(request.getfixturevalue(f"state_backend_{request.param}"))
     try:
         yield h
     finally:
@@ -135,12 +150,20 @@ async def test_create_an_existing_id_fails_and_keeps_the_first(state: State) -> 
         await state.approvals.create("r1", "approved", {"v": 2})
     got = await state.approvals.get("r1")
     assert got is not None and got.status == "pending" and got.body == {"v": 1}
+    assert (await state.approvals.create("r2", "pending", {})).id == "r2"  # store still usable
 
 
 async def test_create_refuses_a_body_that_is_not_json(state: State) -> None:
     with pytest.raises(TypeError):
         await state.approvals.create("r1", "pending", {"payload": b"raw"})
+    with pytest.raises(ValueError):
+        await state.approvals.create("r1", "pending", {"risk": float("nan")})
     assert await state.approvals.get("r1") is None
+    await state.approvals.create("r1", "pending", {"ok": 1})
+    with pytest.raises(ValueError):
+        await state.approvals.update("r1", "pending", status="x", changes={"v": float("inf")})
+    unchanged = await state.approvals.get("r1")
+    assert unchanged is not None and unchanged.status == "pending" and unchanged.body == {"ok": 1}
 
 
 async def test_list_filters_by_status_newest_first(state: State, handles: Handles) -> None:

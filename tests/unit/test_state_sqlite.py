@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iot_guard.state import StateError, StateUnavailable, default_state_dir, open_state
-from iot_guard.state.sqlite import DB_NAME, EmbeddedState
+from iot_guard.state.sqlite import DB_NAME, EmbeddedState, _immediate
 
 
 @pytest.mark.asyncio
@@ -156,3 +156,21 @@ async def test_poll_announces_each_change_once(tmp_path: Path) -> None:
     finally:
         await other.close()
         await guard.close()
+
+
+def test_a_failed_commit_leaves_no_transaction_open() -> None:
+    """A COMMIT that fails (here a deferred foreign key; on a guard, disk full) must not
+    leave the connection inside the transaction, or every later write would fail."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TABLE c (pid INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(sqlite3.IntegrityError), _immediate(conn):
+            conn.execute("INSERT INTO c VALUES (1)")
+        assert not conn.in_transaction
+        with _immediate(conn):
+            conn.execute("INSERT INTO p VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM p").fetchone()[0] == 1
+    finally:
+        conn.close()
