@@ -83,14 +83,14 @@ def _check_code(code: int, allowed: frozenset[int], ptype: int) -> None:
 
 
 def _code_and_props(
-    packet: bytes, i: int, end: int, ptype: int
+    packet: bytes, i: int, end: int, ptype: int, codes: dict[int, frozenset[int]]
 ) -> tuple[int, dict[int, object], int]:
     """v5 acks, DISCONNECT, AUTH: a reason code then properties, each omissible from the end
     (reason code 0 and no properties; 3.4.2.1, 3.14.2.1, 3.15.2.1)."""
     if i >= end:
         return 0, {}, i
     code = packet[i]
-    _check_code(code, rc.CODES_BY_PACKET[ptype], ptype)
+    _check_code(code, codes[ptype], ptype)
     if i + 1 < end:
         props, i = parse_properties(packet, i + 1, end, ptype)
         return code, props, i
@@ -118,6 +118,7 @@ class StreamParser:
         "_error",
         "_ready",
         "_handlers",
+        "_codes",
     )
 
     def __init__(
@@ -144,6 +145,8 @@ class StreamParser:
         # Client side: CONNACK seen.
         self._ready = side == "server" and protocol_level is not None
         server = side == "server"
+        # Reason codes the peer may send: the spec's "sent by" column (reason_codes.py).
+        self._codes = rc.CODES_FROM_CLIENT if server else rc.CODES_FROM_SERVER
         self._handlers: dict[int, Callable[[bytes, int, int], Packet]] = {
             PacketType.CONNECT: self._connect,
             PacketType.CONNACK: self._connack,
@@ -452,7 +455,7 @@ class StreamParser:
         props: dict[int, object] = {}
         # v5: reason code and properties may be omitted (rl 2) or properties alone (rl 3).
         if self.protocol_level == 5:
-            code, props, i = _code_and_props(packet, i, end, ptype)
+            code, props, i = _code_and_props(packet, i, end, ptype, self._codes)
         _no_trailing(i, end, PacketType(ptype).name)
         return _ACK_CLASSES[ptype](packet_id, code, props, packet)
 
@@ -553,7 +556,7 @@ class StreamParser:
         code = 0
         props: dict[int, object] = {}
         if self.protocol_level == 5:
-            code, props, i = _code_and_props(packet, i, end, PacketType.DISCONNECT)
+            code, props, i = _code_and_props(packet, i, end, PacketType.DISCONNECT, self._codes)
             if self.side == "client" and PropertyId.SESSION_EXPIRY_INTERVAL in props:
                 raise protocol_error(
                     "session expiry interval in a server DISCONNECT [MQTT-3.14.2-2]"
@@ -570,7 +573,7 @@ class StreamParser:
             raise malformed("reserved flags of AUTH must be 0 [MQTT-3.15.1-1]")
         end = len(packet)
         has_body = i < end
-        code, props, i = _code_and_props(packet, i, end, PacketType.AUTH)
+        code, props, i = _code_and_props(packet, i, end, PacketType.AUTH, self._codes)
         if has_body and PropertyId.AUTHENTICATION_METHOD not in props:
             # Only the abbreviated AUTH (reason 0, no properties) may lack it.
             raise protocol_error("AUTH without an authentication method (3.15.2.2.2)")

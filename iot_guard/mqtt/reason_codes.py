@@ -148,6 +148,28 @@ CODES_BY_PACKET: dict[int, frozenset[int]] = {
     PacketType.AUTH: AUTH_CODES,
 }
 
+# The "sent by" column of each v5 reason code table: codes only one side may send. A
+# parser refuses a code the peer it reads may not send (a client DISCONNECT with 0x8B
+# "server shutting down" is a protocol error, not something to forward).
+_SERVER_ONLY: dict[int, frozenset[int]] = {
+    PacketType.PUBACK: frozenset({0x10}),  # 3.4.2.1: "sent only by the Server"
+    PacketType.PUBREC: frozenset({0x10}),  # 3.5.2.1
+    PacketType.DISCONNECT: frozenset(  # 3.14.2.1
+        {0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2}
+    ),
+}
+_CLIENT_ONLY: dict[int, frozenset[int]] = {
+    PacketType.DISCONNECT: frozenset({0x04}),  # disconnect with will message
+    PacketType.AUTH: frozenset({0x19}),  # re-authenticate (3.15.2.1)
+}
+# What a parser accepts, by the side it reads: a server reads what clients send.
+CODES_FROM_CLIENT: dict[int, frozenset[int]] = {
+    ptype: codes - _SERVER_ONLY.get(ptype, frozenset()) for ptype, codes in CODES_BY_PACKET.items()
+}
+CODES_FROM_SERVER: dict[int, frozenset[int]] = {
+    ptype: codes - _CLIENT_ONLY.get(ptype, frozenset()) for ptype, codes in CODES_BY_PACKET.items()
+}
+
 # v3.1.1 SUBACK return codes [MQTT-3.9.3-2]: granted QoS 0..2 or 0x80 failure.
 SUBACK_V3_CODES = frozenset({0x00, 0x01, 0x02, 0x80})
 

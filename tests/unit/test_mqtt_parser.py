@@ -630,11 +630,11 @@ def test_v5_ack_trailing_bytes_after_properties_are_malformed() -> None:
 def test_v5_ack_short_forms() -> None:
     parser = server(5)
     got = parser.feed(
-        frame(0x40, b"\x00\x05") + frame(0x40, b"\x00\x06\x10") + frame(0x62, b"\x00\x07\x92\x00")
+        frame(0x40, b"\x00\x05") + frame(0x40, b"\x00\x06\x83") + frame(0x62, b"\x00\x07\x92\x00")
     )
     assert [(p.packet_id, p.reason_code, p.properties) for p in got] == [
         (5, 0, {}),
-        (6, 0x10, {}),
+        (6, 0x83, {}),
         (7, 0x92, {}),
     ]
     assert isinstance(got[2], PubRel)
@@ -643,6 +643,23 @@ def test_v5_ack_short_forms() -> None:
 def test_v5_ack_reason_code_not_allowed_is_refused() -> None:
     refused(server(5), frame(0x40, b"\x00\x01\x92"), PROTOCOL)  # 0x92 is PUBREL/PUBCOMP only
     refused(server(5), frame(0x62, b"\x00\x01\x87"), PROTOCOL)
+
+
+@pytest.mark.parametrize("code", [0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x9B, 0x9C, 0x9D, 0x9E, 0xA0])
+def test_v5_client_disconnect_with_a_server_only_reason_code_is_refused(code: int) -> None:
+    # 3.14.2.1 "sent by": these codes are the server's; a client sending one breaks the spec.
+    refused(server(5), frame(0xE0, bytes([code])), PROTOCOL)
+
+
+def test_v5_reason_codes_are_checked_against_the_sender_side() -> None:
+    refused(server(5), frame(0x40, b"\x00\x01\x10"), PROTOCOL)  # "no matching subscribers"
+    refused(server(5), frame(0x50, b"\x00\x01\x10"), PROTOCOL)
+    assert server(5).feed(frame(0xE0, b"\x04"))[0].reason_code == 0x04  # client: with will
+    assert server(5).feed(frame(0xE0, b"\x98"))[0].reason_code == 0x98  # either side
+    broker = client(5)
+    assert broker.feed(frame(0x40, b"\x00\x01\x10"))[0].reason_code == 0x10
+    assert broker.feed(frame(0xE0, b"\x8B"))[0].reason_code == 0x8B
+    refused(client(5), frame(0xE0, b"\x04"), PROTOCOL)  # only a client asks for its will
 
 
 def test_v5_disconnect_forms() -> None:
@@ -680,7 +697,7 @@ def _session_v5() -> list[bytes]:
         encode(Connect("agent", 5, properties={PropertyId.RECEIVE_MAXIMUM: 5}), 5),
         encode(Publish("tenants/acme/x", b"p" * 200, 1, packet_id=1), 5),
         encode(Subscribe(2, [Subscription("a/#", 1)], {PropertyId.SUBSCRIPTION_IDENTIFIER: 9}), 5),
-        encode(PubAck(3, 0x10, {PropertyId.REASON_STRING: "r"}), 5),
+        encode(PubAck(3, 0x83, {PropertyId.REASON_STRING: "r"}), 5),
         encode(Publish("big", b"z" * 20000), 5),
         encode(PingReq(), 5),
         encode(Unsubscribe(4, ["a/#"]), 5),
