@@ -66,6 +66,20 @@ class AuditLog:
         except (OSError, ValueError) as exc:
             raise AuditError(f"cannot write audit log: {exc}") from exc
 
+    def reopen(self) -> None:
+        """Open the path again (logrotate moved the file away): later records go to a
+        fresh file at the same path. Raises AuditError when it cannot be opened."""
+        if self.path is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot reopen audit log {self.path}: {exc}") from exc
+        with self._lock:
+            old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:

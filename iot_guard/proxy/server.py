@@ -13,15 +13,18 @@ import logging
 import secrets
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from ..audit import AuditLog
+from ..checks import Check, Pipeline
 from ..policy.compiler import CompiledPolicy
 from ..session import GuardSession, SessionSettings
 from ..tokens import check_secret
+from .control import ControlPlane
+from .hooks import Hooks
 from .link import AgentProtocol, Link
 
 log = logging.getLogger("iot_guard.proxy")
@@ -58,7 +61,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class GuardServer:
-    def __init__(self, config: GuardConfig, policy: CompiledPolicy | None = None) -> None:
+    """The listener, the live links, and what they share: policy, audit log, checks,
+    addons and the control plane (``server.control``)."""
+
+    def __init__(
+        self,
+        config: GuardConfig,
+        policy: CompiledPolicy | None = None,
+        *,
+        checks: Iterable[Check] = (),
+        addons: Iterable[object] = (),
+    ) -> None:
         check_secret(config.secret)
         if config.upstream_password is not None and config.upstream_username is None:
             # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22].
@@ -70,6 +83,9 @@ class GuardServer:
         # full passes, which otherwise pause every session for ~0.1 s at 10k tenants.
         gc.freeze()
         self.audit = AuditLog(config.audit_path)
+        self.pipeline = Pipeline(checks)
+        self.hooks = Hooks(addons)
+        self.control = ControlPlane(self)
         self.settings = SessionSettings(
             secret=config.secret,
             upstream_username=config.upstream_username,
@@ -78,12 +94,15 @@ class GuardServer:
                 else None
             ),
             max_packet_size=config.max_packet_size,
+            connect_timeout=config.connect_timeout,
+            # Holds are parked only where an addon resolves them; otherwise refused.
+            holds=self.hooks.has("on_hold"),
         )
         self.links: set[Link] = set()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
-        self._upstream_ssl = self._upstream_context()
+        self.upstream_ssl = self._upstream_context()
 
     def _listener_context(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None:
@@ -102,22 +121,27 @@ class GuardServer:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
-    def _new_link(self) -> Link:
+    def new_link(self) -> Link:
         session_id = f"{self._prefix}-{next(self._ids)}"
-        session = GuardSession(self.policy, self.settings, session_id)
-        link = Link(session, self.config, self.audit, self._upstream_ssl, self.links.discard)
+        session = GuardSession(self.policy, self.settings, session_id, pipeline=self.pipeline,
+                               new_hold_id=_approval_id)
+        link = Link(session, self)
         self.links.add(link)
         return link
+
+    def link_closed(self, link: Link) -> None:
+        self.links.discard(link)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AgentProtocol(self._new_link),
+            lambda: AgentProtocol(self),
             self.config.listen_host,
             self.config.listen_port,
             ssl=self._listener_context(),
             reuse_address=True,
         )
+        await self.hooks.start(self)
         log.info("iot-guard listening on %s:%d -> upstream %s:%d", self.config.listen_host,
                  self.port, self.config.upstream_host, self.config.upstream_port)
 
@@ -133,14 +157,27 @@ class GuardServer:
             link.close("guard shutting down")
         if self._server is not None:
             await self._server.wait_closed()
+        await self.hooks.stop()
         self.audit.close()
+
+
+def _approval_id() -> str:
+    """Ids of held actions: unguessable and unique across restarts (they are stored)."""
+    return secrets.token_hex(6)
 
 
 class GuardThread:
     """A GuardServer on its own event loop in a daemon thread."""
 
-    def __init__(self, config: GuardConfig, policy: CompiledPolicy | None = None) -> None:
-        self.server = GuardServer(config, policy)
+    def __init__(
+        self,
+        config: GuardConfig,
+        policy: CompiledPolicy | None = None,
+        *,
+        checks: Iterable[Check] = (),
+        addons: Iterable[object] = (),
+    ) -> None:
+        self.server = GuardServer(config, policy, checks=checks, addons=addons)
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name="iot-guard", daemon=True)
         self._started = threading.Event()

@@ -1,10 +1,40 @@
-"""The sans-IO guard session: one agent connection's state machine."""
+"""The sans-IO guard session: one agent connection's state machine (events in, commands out)."""
 
-from .actions import Action, Close, ExpireAt, OpenUpstream, SendToAgent, SendToBroker, WriteAudit
+from .commands import (
+    CancelTimer,
+    Close,
+    Command,
+    GuardSubscribed,
+    HeldAction,
+    OpenUpstream,
+    SendToAgent,
+    SendToBroker,
+    SetTimer,
+    StartHold,
+    WriteAudit,
+)
+from .events import (
+    AgentClosed,
+    AgentData,
+    AgentOpened,
+    BrokerClosed,
+    BrokerData,
+    BrokerUnreachable,
+    Event,
+    GuardNotice,
+    HoldResolved,
+    Kick,
+    PolicySwapped,
+    TimerFired,
+)
 from .feedback import EVENTS_TOPIC
-from .session import GuardSession, SessionSettings, State
+from .session import GuardSession, SessionSettings
+from .state import State
 
 __all__ = [
-    "Action", "Close", "ExpireAt", "OpenUpstream", "SendToAgent", "SendToBroker", "WriteAudit",
+    "CancelTimer", "Close", "Command", "GuardSubscribed", "HeldAction", "OpenUpstream",
+    "SendToAgent", "SendToBroker", "SetTimer", "StartHold", "WriteAudit",
+    "AgentClosed", "AgentData", "AgentOpened", "BrokerClosed", "BrokerData", "BrokerUnreachable",
+    "Event", "GuardNotice", "HoldResolved", "Kick", "PolicySwapped", "TimerFired",
     "EVENTS_TOPIC", "GuardSession", "SessionSettings", "State",
 ]

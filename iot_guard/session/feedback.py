@@ -28,8 +28,10 @@ def guard_refusal(reason: str, reason_code: int) -> Decision:
     )
 
 
-def event_payload(decision: Decision, action: str, topic: str, now: float) -> bytes:
-    event = {
+def event_payload(
+    decision: Decision, action: str, topic: str, now: float, approval_id: str | None = None
+) -> bytes:
+    event: dict[str, object] = {
         "decision": decision.verdict.value,
         "action": action,
         "topic": topic,
@@ -40,6 +42,8 @@ def event_payload(decision: Decision, action: str, topic: str, now: float) -> by
         "risk": decision.risk,
         "timestamp": utc_iso(now),
     }
+    if approval_id is not None:
+        event["approval_id"] = approval_id
     return json.dumps(event, separators=(",", ":")).encode()
 
 

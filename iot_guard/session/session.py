@@ -1,27 +1,32 @@
-"""One agent connection, as a sans-IO state machine: bytes in, actions out.
+"""One agent connection, as a sans-IO state machine: events in, commands out.
 
-``GuardSession.from_agent(data, now)`` and ``from_broker(data, now)`` parse what
-arrived, decide about every packet with the compiled policy and return the actions
-the proxy must carry out (send bytes, write audit, open the upstream, close). The
-session never reads a clock or a socket: ``now`` is passed in.
+``GuardSession.handle(event, now)`` takes what happened (agent bytes, broker bytes, a
+close, a timer, a hold's outcome, a control-plane request: ``events.py``) and returns
+the commands the proxy must carry out (send bytes, write audit, open the upstream, set
+a timer, start a hold, close: ``commands.py``). The session never reads a clock or a
+socket: ``now`` is passed in. Every state change goes through ``state.py``'s table.
 
 Packets that pass unchanged are forwarded as their original bytes; packet ids pass
 through. The guard only writes packets of its own where it must: the rewritten
-CONNECT and CONNACK, acknowledgements of refused messages, SUBACK/UNSUBACK merges,
-``$guard/events`` and DISCONNECT.
+CONNECT and CONNACK, acknowledgements of refused or held messages, SUBACK/UNSUBACK
+merges, ``$guard/...`` deliveries and DISCONNECT.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
+from ..checks import Pipeline, Request
+from ..checks.pipeline import Judgement
 from ..mqtt import (
     Auth,
     Connack,
     Connect,
     Disconnect,
+    Packet,
     PropertyId,
     ProtocolError,
     PubAck,
@@ -37,11 +42,39 @@ from ..mqtt import (
     Unsubscribe,
     encode,
 )
+from ..mqtt.topics import topic_matches, validate_topic_filter
 from ..policy.compiler import AgentPolicy, CompiledPolicy
 from ..policy.decision import Decision, Verdict
 from ..tokens import TokenError, verify_token
-from .actions import Action, Close, ExpireAt, OpenUpstream, SendToAgent, SendToBroker, WriteAudit
+from .commands import (
+    CancelTimer,
+    Close,
+    Command,
+    GuardSubscribed,
+    HeldAction,
+    OpenUpstream,
+    SendToAgent,
+    SendToBroker,
+    SetTimer,
+    StartHold,
+    WriteAudit,
+)
+from .events import (
+    AgentClosed,
+    AgentData,
+    AgentOpened,
+    BrokerClosed,
+    BrokerData,
+    BrokerUnreachable,
+    Event,
+    GuardNotice,
+    HoldResolved,
+    Kick,
+    PolicySwapped,
+    TimerFired,
+)
 from .feedback import EVENTS_TOPIC, audit_record, event_payload, guard_refusal
+from .state import State, Trigger, next_state
 
 # Client ids an agent may choose; the upstream id is namespaced anyway, this only keeps
 # audit lines and broker logs readable.
@@ -56,12 +89,18 @@ STRIPPED_CONNECT_PROPERTIES = (
     PropertyId.REQUEST_RESPONSE_INFORMATION,
 )
 
+# The guard's own topics, answered by the guard and never forwarded: refusal events, and
+# the state of the agent's approval requests.
+GUARD_PREFIX = "$guard/"
+APPROVALS_PREFIX = "$guard/approvals/"
 
-class State(Enum):
-    AWAITING_CONNECT = "awaiting_connect"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSED = "closed"
+# Timer keys (``SetTimer`` / ``TimerFired``).
+CONNECT_TIMER = "connect"
+TOKEN_TIMER = "token-expiry"
+
+# What a guard-built packet may lose to fit the client's Maximum Packet Size: the spec
+# lets a sender drop these two first [MQTT-3.1.2-24/25, 3.4.2.2.2].
+_DROPPABLE_PROPERTIES = (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +110,11 @@ class SessionSettings:
     upstream_password: bytes | None = None
     max_packet_size: int = 256 * 1024
     client_id_prefix: str = "iotguard"
+    # A client that never sends CONNECT is closed after this long [MQTT-3.1.4].
+    connect_timeout: float = 10.0
+    # True when something resolves holds (the approvals service); without it a held
+    # action is refused and says so, never parked where nobody will look.
+    holds: bool = False
 
 
 @dataclass(slots=True)
@@ -89,39 +133,67 @@ class GuardSession:
         settings: SessionSettings,
         session_id: str,
         peer: str = "",
+        *,
+        pipeline: Pipeline | None = None,
+        new_hold_id: Callable[[], str] | None = None,
     ) -> None:
         self.policy = policy
         self.settings = settings
         self.session_id = session_id
         self.peer = peer
-        self.state = State.AWAITING_CONNECT
+        self.pipeline = pipeline if pipeline is not None else Pipeline()
+        self._new_hold_id = new_hold_id or _counter_ids(session_id)
+        self._state = State.AWAITING_CONNECT
         self.agent_id: str | None = None
         self.client_id: str | None = None
         self.token_id: str | None = None
+        self.token_issued_at: float | None = None
+        self._token_tools: frozenset[str] | None = None
         self.protocol_level = 4
         self._agent: AgentPolicy | None = None
         self._agent_parser = StreamParser(side="server", max_packet_size=settings.max_packet_size)
         self._broker_parser: StreamParser | None = None
         self._problem_information = True  # v5 Request Problem Information [MQTT-3.1.2-29]
+        self._client_max: int | None = None  # the client's Maximum Packet Size [MQTT-3.1.2-24]
+        self._connect_expiry = 0  # CONNECT's Session Expiry Interval [MQTT-3.14.2-2]
+        self._guard_filters: set[str] = set()
         self._events_subscribed = False
-        # QoS 2 flows the guard ends itself: refused agent publishes, dropped deliveries.
+        # QoS 2 flows the guard ends itself: refused agent publishes (3.1.1), dropped deliveries.
         self._held_agent_qos2: set[int] = set()
         self._dropped_broker_qos2: set[int] = set()
         self._pending_subscribes: dict[int, _PendingSubscribe] = {}
         self._pending_unsubscribes: dict[int, _PendingSubscribe] = {}
+        self._holds: set[str] = set()
+        self._wants_publish = self.pipeline.wants("publish")
+        self._wants_receive = self.pipeline.wants("receive")
 
-    # ------------------------------------------------------------------ inputs
+    @property
+    def state(self) -> State:
+        return self._state
 
-    def from_agent(self, data: bytes, now: float) -> list[Action]:
-        actions: list[Action] = []
-        if self.state is State.CLOSED:
+    def _to(self, trigger: Trigger) -> None:
+        self._state = next_state(self._state, trigger)
+
+    # ------------------------------------------------------------------ the one input
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Everything that happens to the session comes in here."""
+        return _HANDLERS[type(event)](self, event, now)
+
+    def _on_agent_opened(self, event: AgentOpened, now: float) -> list[Command]:
+        self.peer = event.peer
+        return [SetTimer(CONNECT_TIMER, now + self.settings.connect_timeout)]
+
+    def _on_agent_data(self, event: AgentData, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if self._state is State.CLOSED:
             return actions
         try:
-            packets = self._agent_parser.feed(data)
+            packets = self._agent_parser.feed(event.data)
         except ProtocolError as err:
             return self._protocol_error(err, now)
         for packet in packets:
-            if self.state is State.CLOSED:
+            if self._state is State.CLOSED:
                 break
             if isinstance(packet, Publish):
                 self._agent_publish(packet, now, actions)
@@ -132,16 +204,11 @@ class GuardSession:
             elif isinstance(packet, Unsubscribe):
                 self._unsubscribe(packet, actions)
             elif isinstance(packet, PubRel) and packet.packet_id in self._held_agent_qos2:
-                # The second half of a refused QoS 2 publish: complete it here.
+                # The second half of a refused 3.1.1 QoS 2 publish: complete it here.
                 self._held_agent_qos2.discard(packet.packet_id)
-                actions.append(SendToAgent(encode(PubComp(packet.packet_id), self.protocol_level)))
+                self._send(actions, PubComp(packet.packet_id))
             elif isinstance(packet, Disconnect):
-                actions.append(SendToBroker(packet.raw))
-                self._audit_session_event(
-                    actions, now, "disconnect", "success", "agent disconnected"
-                )
-                self.state = State.CLOSED
-                actions.append(Close("agent sent DISCONNECT"))
+                self._agent_disconnect(packet, now, actions)
             elif isinstance(packet, Auth):
                 self._disconnect(
                     actions, ReasonCode.BAD_AUTHENTICATION_METHOD,
@@ -152,25 +219,19 @@ class GuardSession:
                 actions.append(SendToBroker(packet.raw))
         return actions
 
-    def from_broker(self, data: bytes, now: float) -> list[Action]:
-        actions: list[Action] = []
-        if self.state is State.CLOSED or self._broker_parser is None:
+    def _on_broker_data(self, event: BrokerData, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if self._state is State.CLOSED or self._broker_parser is None:
             return actions
         try:
-            packets = self._broker_parser.feed(data)
+            packets = self._broker_parser.feed(event.data)
         except ProtocolError as err:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              f"malformed packet ({err.message})")
             return actions
-        agent = self._agent
         for packet in packets:
             if isinstance(packet, Publish):
-                assert agent is not None
-                decision = agent.decide_receive(packet.topic)
-                if decision.verdict is Verdict.ALLOW:
-                    actions.append(SendToAgent(packet.raw))
-                else:
-                    self._drop_delivery(packet, decision, now, actions)
+                self._delivery(packet, now, actions)
             elif isinstance(packet, Connack):
                 self._connack(packet, now, actions)
             elif isinstance(packet, SubAck):
@@ -182,63 +243,119 @@ class GuardSession:
                 actions.append(SendToBroker(encode(PubComp(packet.packet_id), self.protocol_level)))
             elif isinstance(packet, Disconnect):
                 actions.append(SendToAgent(packet.raw))
-                self.state = State.CLOSED
+                self._to(Trigger.CLOSE)
                 actions.append(Close("broker sent DISCONNECT"))
             else:
                 actions.append(SendToAgent(packet.raw))
         return actions
 
-    def broker_unreachable(self, now: float, why: str) -> list[Action]:
+    def _on_broker_unreachable(self, event: BrokerUnreachable, now: float) -> list[Command]:
         """The upstream connection could not be opened: refuse the CONNECT."""
-        actions: list[Action] = []
-        self._refuse_connect(
-            actions, now, ReasonCode.SERVER_UNAVAILABLE,
-            f"upstream broker unavailable: {why}",
-        )
+        actions: list[Command] = []
+        if self._state is not State.CLOSED:
+            self._refuse_connect(
+                actions, now, ReasonCode.SERVER_UNAVAILABLE,
+                f"upstream broker unavailable: {event.why}",
+            )
         return actions
 
-    def broker_closed(self, now: float) -> list[Action]:
+    def _on_broker_closed(self, event: BrokerClosed, now: float) -> list[Command]:
         """The broker went away: tell the agent (v5) and close cleanly."""
-        actions: list[Action] = []
-        if self.state is State.CLOSED:
-            return actions
-        if self.state is State.CONNECTING:
-            return self.broker_unreachable(now, "connection closed before CONNACK")
+        if self._state is State.CLOSED:
+            return []
+        if self._state is State.CONNECTING:
+            return self._on_broker_unreachable(
+                BrokerUnreachable("connection closed before CONNACK"), now
+            )
+        actions: list[Command] = []
         self._audit_session_event(actions, now, "disconnect", "error", "upstream broker went away")
         self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker connection lost")
         return actions
 
-    def agent_closed(self, now: float) -> list[Action]:
+    def _on_agent_closed(self, event: AgentClosed, now: float) -> list[Command]:
         """The agent's connection ended without DISCONNECT (the broker will send its will)."""
-        actions: list[Action] = []
-        if self.state is not State.CLOSED:
+        actions: list[Command] = []
+        if self._state is not State.CLOSED:
             if self.agent_id is not None:
                 self._audit_session_event(
                     actions, now, "disconnect", "success", "agent connection closed"
                 )
-            self.state = State.CLOSED
+            self._to(Trigger.CLOSE)
             actions.append(Close("agent connection closed"))
         return actions
 
-    def token_expired(self, now: float) -> list[Action]:
-        actions: list[Action] = []
-        if self.state is State.CLOSED:
+    def _on_timer(self, event: TimerFired, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if event.key == CONNECT_TIMER and self._state is State.AWAITING_CONNECT:
+            self._to(Trigger.CLOSE)
+            actions.append(Close("no CONNECT in time"))
+        elif event.key == TOKEN_TIMER and self._state is not State.CLOSED:
+            self._audit_session_event(actions, now, "disconnect", "denied", "token expired",
+                                      ReasonCode.MAXIMUM_CONNECT_TIME)
+            self._disconnect(
+                actions, ReasonCode.MAXIMUM_CONNECT_TIME,
+                "token expired: reconnect with a fresh token",
+            )
+        # Any other key is a timer that outlived what it was for: nothing to do.
+        return actions
+
+    def _on_kick(self, event: Kick, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if self._state is State.CLOSED:
             return actions
-        self._audit_session_event(actions, now, "disconnect", "denied", "token expired")
-        self._disconnect(
-            actions, ReasonCode.MAXIMUM_CONNECT_TIME,
-            "token expired: reconnect with a fresh token",
-        )
+        self._audit_session_event(actions, now, "disconnect", "denied", event.reason,
+                                  event.reason_code)
+        self._disconnect(actions, event.reason_code, event.reason)
+        return actions
+
+    def _on_policy_swapped(self, event: PolicySwapped, now: float) -> list[Command]:
+        self.policy = event.policy
+        actions: list[Command] = []
+        if self.agent_id is None or self._state is State.CLOSED:
+            return actions
+        agent = event.policy.for_agent(self.agent_id, self._token_tools)
+        if agent is None:
+            reason = f"agent {self.agent_id!r} is no longer in the policy"
+            self._audit_session_event(actions, now, "disconnect", "denied", reason,
+                                      ReasonCode.NOT_AUTHORIZED)
+            self._disconnect(actions, ReasonCode.NOT_AUTHORIZED, reason)
+        else:
+            self._agent = agent
+        return actions
+
+    def _on_hold_resolved(self, event: HoldResolved, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if event.hold_id not in self._holds:
+            return actions
+        if event.outcome not in ("pending", "escalated", "approved", "executing"):
+            self._holds.discard(event.hold_id)
+        if self._events_subscribed and self._state is State.CONNECTED:
+            body = event_payload(
+                _hold_outcome(event), "publish", "", now, approval_id=event.hold_id
+            )
+            self._send(actions, Publish(EVENTS_TOPIC, body))
+        return actions
+
+    def _on_guard_notice(self, event: GuardNotice, now: float) -> list[Command]:
+        actions: list[Command] = []
+        if self._state is State.CONNECTED and any(
+            topic_matches(f, event.topic) for f in self._guard_filters
+        ):
+            self._send(actions, Publish(event.topic, event.payload))
         return actions
 
     # ------------------------------------------------------------------ CONNECT
 
-    def _connect(self, connect: Connect, now: float, actions: list[Action]) -> None:
+    def _connect(self, connect: Connect, now: float, actions: list[Command]) -> None:
         self.protocol_level = connect.protocol_level
-        self._problem_information = (
-            connect.properties.get(PropertyId.REQUEST_PROBLEM_INFORMATION, 1) != 0
-        )
+        props = connect.properties
+        self._problem_information = props.get(PropertyId.REQUEST_PROBLEM_INFORMATION, 1) != 0
+        client_max = props.get(PropertyId.MAXIMUM_PACKET_SIZE)
+        self._client_max = client_max if isinstance(client_max, int) else None
+        expiry = props.get(PropertyId.SESSION_EXPIRY_INTERVAL, 0)
+        self._connect_expiry = expiry if isinstance(expiry, int) else 0
         self.client_id = connect.client_id
+        actions.append(CancelTimer(CONNECT_TIMER))
         if connect.username is None or connect.password is None:
             self._refuse_connect(
                 actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
@@ -254,12 +371,14 @@ class GuardSession:
             )
             return
         self.token_id = claims.token_id
+        self.token_issued_at = claims.issued_at
         if claims.agent_id != connect.username:
             self._refuse_connect(
                 actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
                 f"token was issued to agent {claims.agent_id!r}, not {connect.username!r}",
             )
             return
+        self._token_tools = claims.tools
         agent = self.policy.for_agent(claims.agent_id, claims.tools)
         if agent is None:
             self._refuse_connect(
@@ -268,7 +387,7 @@ class GuardSession:
             )
             return
         self._agent = agent
-        if PropertyId.AUTHENTICATION_METHOD in connect.properties:
+        if PropertyId.AUTHENTICATION_METHOD in props:
             self._refuse_connect(
                 actions, now, ReasonCode.BAD_AUTHENTICATION_METHOD,
                 "enhanced authentication is not supported: use a token as password",
@@ -280,6 +399,24 @@ class GuardSession:
                 "client id may hold up to 128 letters, digits and . _ : -",
             )
             return
+        if not connect.client_id and not connect.clean_start and connect.protocol_level == 4:
+            # A 3.1.1 client with no id cannot resume a session, so it may not ask to keep
+            # one: return code 2, identifier rejected [MQTT-3.1.3-8].
+            self._refuse_connect(
+                actions, now, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                "an empty client id needs CleanSession=1 [MQTT-3.1.3-8]",
+            )
+            return
+        if self.pipeline.wants("connect"):
+            judged = self.pipeline.run(Request(
+                "connect", claims.agent_id, self.session_id, claims.token_id, self.peer,
+                issued_at=claims.issued_at,
+            ), _CONNECT_ALLOWED, now)
+            self._audit_observed(actions, now, judged, "connect", self.peer)
+            if judged.decision.verdict is not Verdict.ALLOW:
+                self._refuse_connect(actions, now, judged.decision.reason_code,
+                                     judged.decision.reason)
+                return
         if connect.will is not None:
             # The will is a publish the broker makes later on the agent's behalf:
             # authorize it now, like any publish.
@@ -303,15 +440,12 @@ class GuardSession:
             username=self.settings.upstream_username,
             password=self.settings.upstream_password,
             will=connect.will,
-            properties={
-                k: v for k, v in connect.properties.items()
-                if k not in STRIPPED_CONNECT_PROPERTIES
-            },
+            properties={k: v for k, v in props.items() if k not in STRIPPED_CONNECT_PROPERTIES},
         )
         self._broker_parser = StreamParser(side="client", protocol_level=connect.protocol_level)
-        self.state = State.CONNECTING
+        self._to(Trigger.CONNECT_ACCEPTED)
         actions.append(OpenUpstream(encode(upstream, connect.protocol_level)))
-        actions.append(ExpireAt(claims.expires_at))
+        actions.append(SetTimer(TOKEN_TIMER, claims.expires_at))
 
     def _upstream_client_id(self, client_id: str) -> str:
         # Namespaced by agent so an agent can never take over a device's (or another
@@ -319,19 +453,19 @@ class GuardSession:
         return f"{self.settings.client_id_prefix}:{self.agent_id}:{client_id or self.session_id}"
 
     def _refuse_connect(
-        self, actions: list[Action], now: float, code: int, reason: str, *, audit: bool = True
+        self, actions: list[Command], now: float, code: int, reason: str, *, audit: bool = True
     ) -> None:
         """CONNACK with an MQTT 5 reason code; the encoder turns it into the 3.1.1 return
         code for older clients and drops the reason string there."""
         if audit:
-            self._audit_session_event(actions, now, "connect", "denied", reason)
-        connack = Connack(reason_code=code, properties={PropertyId.REASON_STRING: reason})
-        actions.append(SendToAgent(encode(connack, self.protocol_level)))
-        self.state = State.CLOSED
+            self._audit_session_event(actions, now, "connect", "denied", reason, code)
+        self._send(actions, Connack(reason_code=code,
+                                    properties={PropertyId.REASON_STRING: reason}))
+        self._to(Trigger.CLOSE)
         actions.append(Close(reason))
 
-    def _connack(self, connack: Connack, now: float, actions: list[Action]) -> None:
-        if self.state is not State.CONNECTING:
+    def _connack(self, connack: Connack, now: float, actions: list[Command]) -> None:
+        if self._state is not State.CONNECTING:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              "second CONNACK")
             return
@@ -343,27 +477,51 @@ class GuardSession:
                 f"upstream broker refused the guard (code {connack.reason_code})",
             )
             return
-        self.state = State.CONNECTED
+        self._to(Trigger.CONNACK_ACCEPTED)
         self._audit_session_event(actions, now, "connect", "success", "token accepted")
-        if self.protocol_level == 5:
-            properties = dict(connack.properties)
-            # Absent Topic Alias Maximum means the client may send no aliases
-            # [MQTT-3.2.2-17]; the guard checks every publish on its real topic.
-            properties.pop(PropertyId.TOPIC_ALIAS_MAXIMUM, None)
-            broker_max = properties.get(PropertyId.MAXIMUM_PACKET_SIZE)
-            limit = self.settings.max_packet_size
-            if not isinstance(broker_max, int) or broker_max > limit:
-                properties[PropertyId.MAXIMUM_PACKET_SIZE] = limit
-            connack = Connack(
-                reason_code=0, session_present=connack.session_present, properties=properties
-            )
-            actions.append(SendToAgent(encode(connack, 5)))
-        else:
+        if self.protocol_level != 5:
             actions.append(SendToAgent(connack.raw))
+            return
+        properties = dict(connack.properties)
+        # Absent Topic Alias Maximum means the client may send no aliases
+        # [MQTT-3.2.2-17]; the guard checks every publish on its real topic.
+        properties.pop(PropertyId.TOPIC_ALIAS_MAXIMUM, None)
+        broker_max = properties.get(PropertyId.MAXIMUM_PACKET_SIZE)
+        limit = self.settings.max_packet_size
+        if isinstance(broker_max, int) and broker_max < limit:
+            limit = broker_max
+        properties[PropertyId.MAXIMUM_PACKET_SIZE] = limit
+        # What the guard advertises it enforces: a larger packet is a protocol error
+        # answered with 0x95 [MQTT-3.2.2-15], never passed on to a broker that refuses it.
+        self._agent_parser.max_packet_size = limit
+        if not self.client_id:
+            # The upstream id was made from the session id; the client must learn it to
+            # resume the session [MQTT-3.2.2-16].
+            properties[PropertyId.ASSIGNED_CLIENT_IDENTIFIER] = self.session_id
+        self._send(actions, Connack(reason_code=0, session_present=connack.session_present,
+                                    properties=properties))
+
+    # ------------------------------------------------------------------ DISCONNECT
+
+    def _agent_disconnect(self, packet: Disconnect, now: float, actions: list[Command]) -> None:
+        expiry = packet.properties.get(PropertyId.SESSION_EXPIRY_INTERVAL)
+        if expiry and not self._connect_expiry:
+            # Setting a session expiry at DISCONNECT when CONNECT set none is a protocol
+            # error [MQTT-3.14.2-2]; forwarded, the broker would see an abnormal close.
+            reason = "session expiry interval in DISCONNECT when CONNECT set none [MQTT-3.14.2-2]"
+            self._audit(actions, now, guard_refusal(reason, ReasonCode.PROTOCOL_ERROR),
+                        "disconnect", self.peer, status="error")
+            self._disconnect(actions, ReasonCode.PROTOCOL_ERROR, reason)
+            return
+        actions.append(SendToBroker(packet.raw))
+        self._audit_session_event(actions, now, "disconnect", "success", "agent disconnected",
+                                  packet.reason_code)
+        self._to(Trigger.CLOSE)
+        actions.append(Close("agent sent DISCONNECT"))
 
     # ------------------------------------------------------------------ PUBLISH
 
-    def _agent_publish(self, publish: Publish, now: float, actions: list[Action]) -> None:
+    def _agent_publish(self, publish: Publish, now: float, actions: list[Command]) -> None:
         agent = self._agent
         assert agent is not None
         if PropertyId.TOPIC_ALIAS in publish.properties:
@@ -377,25 +535,67 @@ class GuardSession:
         decision = self._check_response_topic(publish.properties) or agent.decide_publish(
             publish.topic, publish.payload, publish.qos, publish.retain
         )
-        self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
-                    qos=publish.qos, retain=publish.retain)
-        if decision.verdict is Verdict.ALLOW:
+        if self._wants_publish:
+            judged = self.pipeline.run(self._request("publish", publish), decision, now)
+            decision = judged.decision
+            self._audit_observed(actions, now, judged, "publish", publish.topic)
+        verdict = decision.verdict
+        if verdict is Verdict.ALLOW:
+            self._audit(actions, now, decision, "publish", publish.topic,
+                        payload=publish.payload, qos=publish.qos, retain=publish.retain)
+            if publish.qos == 2 and self._held_agent_qos2:
+                # A new flow on this id: the refused one before it is over.
+                self._held_agent_qos2.discard(publish.packet_id or 0)
             actions.append(SendToBroker(publish.raw))
             return
+        if verdict is Verdict.HOLD and self.settings.holds:
+            self._hold(publish, decision, now, actions)
+            return
+        self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
+                    qos=publish.qos, retain=publish.retain)
         self._send_event(actions, now, decision, "publish", publish.topic)
+        self._refuse_publish(publish, decision.reason_code, decision.reason, {}, actions)
+
+    def _hold(self, publish: Publish, decision: Decision, now: float,
+              actions: list[Command]) -> None:
+        """Park the publish for a human: answer the agent now (held is never success),
+        hand the action to the approvals service, and remember the id for its outcome."""
+        assert self.agent_id is not None
+        hold_id = self._new_hold_id()
+        self._holds.add(hold_id)
+        self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
+                    qos=publish.qos, retain=publish.retain, note=f"approval request {hold_id}")
+        actions.append(StartHold(HeldAction(
+            hold_id=hold_id, agent_id=self.agent_id, session_id=self.session_id,
+            token_id=self.token_id, tool=decision.tool, topic=publish.topic, qos=publish.qos,
+            retain=publish.retain, payload=publish.payload, properties=dict(publish.properties),
+            decision=decision, created_at=now,
+        )))
+        if self._events_subscribed:
+            body = event_payload(decision, "publish", publish.topic, now, approval_id=hold_id)
+            self._send(actions, Publish(EVENTS_TOPIC, body))
+        self._refuse_publish(
+            publish, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+            f"held for approval {hold_id}: {decision.reason}",
+            {PropertyId.USER_PROPERTY: [("approval_id", hold_id)]}, actions,
+        )
+
+    def _refuse_publish(
+        self, publish: Publish, code: int, reason: str, extra: dict[int, object],
+        actions: list[Command],
+    ) -> None:
         if publish.qos == 0 or publish.packet_id is None:
             return  # nothing to acknowledge; the event is the only feedback possible
         # The 3.1.1 encoder drops the reason code and properties v3 acks do not have.
-        properties = self._reason_properties(decision.reason)
-        code = decision.reason_code
+        properties = {**self._reason_properties(reason), **extra}
         if publish.qos == 1:
-            ack = PubAck(publish.packet_id, code, properties)
-            actions.append(SendToAgent(encode(ack, self.protocol_level)))
-        else:
-            rec = PubRec(publish.packet_id, code, properties)
-            actions.append(SendToAgent(encode(rec, self.protocol_level)))
-            # v3.1.1 has no failure PUBREC, so the client sends PUBREL next; a v5 client
-            # ends the flow on a failure code but the guard answers a PUBREL anyway.
+            self._send(actions, PubAck(publish.packet_id, code, properties))
+            return
+        self._send(actions, PubRec(publish.packet_id, code, properties))
+        if self.protocol_level == 4:
+            # 3.1.1 has no failure PUBREC: the client sends PUBREL next and the guard
+            # completes the flow. In v5 a PUBREC >= 0x80 ends the flow and frees the id
+            # [MQTT-4.3.3]: a later PUBREL with it belongs to a new, forwarded publish.
             self._held_agent_qos2.add(publish.packet_id)
 
     def _check_response_topic(self, properties: dict[int, object]) -> Decision | None:
@@ -414,10 +614,18 @@ class GuardSession:
             ReasonCode.NOT_AUTHORIZED,
         )
 
-    def _drop_delivery(
-        self, publish: Publish, decision: Decision, now: float, actions: list[Action]
-    ) -> None:
-        """The agent may not see this message: acknowledge it to the broker ourselves."""
+    def _delivery(self, publish: Publish, now: float, actions: list[Command]) -> None:
+        agent = self._agent
+        assert agent is not None
+        decision = agent.decide_receive(publish.topic)
+        if self._wants_receive:
+            judged = self.pipeline.run(self._request("receive", publish), decision, now)
+            decision = judged.decision
+            self._audit_observed(actions, now, judged, "receive", publish.topic)
+        if decision.verdict is Verdict.ALLOW:
+            actions.append(SendToAgent(publish.raw))
+            return
+        # The agent may not see this message: acknowledge it to the broker ourselves.
         self._audit(actions, now, decision, "receive", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain)
         if publish.qos == 1 and publish.packet_id is not None:
@@ -426,23 +634,38 @@ class GuardSession:
             self._dropped_broker_qos2.add(publish.packet_id)
             actions.append(SendToBroker(encode(PubRec(publish.packet_id), self.protocol_level)))
 
+    def _request(self, kind: str, publish: Publish) -> Request:
+        assert self.agent_id is not None
+        return Request(kind, self.agent_id, self.session_id, self.token_id, publish.topic,
+                       publish.qos, publish.retain, publish.payload)
+
     # ------------------------------------------------------------------ SUBSCRIBE
 
-    def _subscribe(self, subscribe: Subscribe, now: float, actions: list[Action]) -> None:
+    def _subscribe(self, subscribe: Subscribe, now: float, actions: list[Command]) -> None:
         agent = self._agent
-        assert agent is not None
+        assert agent is not None and self.agent_id is not None
         forwarded = []
         pending = _PendingSubscribe(slots=[])
         changed = False
         for subscription in subscribe.subscriptions:
             topic_filter = subscription.topic_filter
-            if topic_filter == EVENTS_TOPIC:
-                # The guard's own feedback channel: answered here, never forwarded.
-                self._events_subscribed = True
-                pending.slots.append(0)  # granted QoS 0
+            if topic_filter.startswith(GUARD_PREFIX):
+                # The guard's own topics: answered here, never forwarded.
                 changed = True
+                code = self._guard_subscribe(topic_filter, actions)
+                pending.slots.append(code)
+                if code >= 0x80:
+                    pending.reasons.append(f"{topic_filter}: not one of the guard's topics "
+                                           f"({EVENTS_TOPIC}, {APPROVALS_PREFIX}+)")
                 continue
             decision = agent.decide_subscribe(topic_filter, subscription.qos)
+            if self.pipeline.wants("subscribe"):
+                judged = self.pipeline.run(Request(
+                    "subscribe", self.agent_id, self.session_id, self.token_id, topic_filter,
+                    subscription.qos,
+                ), decision, now)
+                decision = judged.decision
+                self._audit_observed(actions, now, judged, "subscribe", topic_filter)
             self._audit(actions, now, decision, "subscribe", topic_filter, qos=subscription.qos)
             if decision.verdict is Verdict.ALLOW:
                 cap = decision.max_qos if decision.max_qos is not None else 2
@@ -466,9 +689,28 @@ class GuardSession:
         else:
             actions.append(SendToBroker(subscribe.raw))
 
+    def _guard_subscribe(self, topic_filter: str, actions: list[Command]) -> int:
+        """A filter on the guard's own topics: granted at QoS 0 when it names one."""
+        try:
+            validate_topic_filter(topic_filter)
+        except ProtocolError:
+            return ReasonCode.TOPIC_FILTER_INVALID
+        if not (
+            topic_matches(topic_filter, EVENTS_TOPIC)
+            or topic_filter.startswith(APPROVALS_PREFIX)
+            or topic_filter in ("$guard/#", "$guard/approvals/#")
+        ):
+            return ReasonCode.TOPIC_FILTER_INVALID
+        self._guard_filters.add(topic_filter)
+        self._events_subscribed = any(topic_matches(f, EVENTS_TOPIC) for f in self._guard_filters)
+        if topic_filter != EVENTS_TOPIC:
+            assert self.agent_id is not None
+            actions.append(GuardSubscribed(self.agent_id, self.session_id, topic_filter))
+        return 0  # granted QoS 0
+
     def _filter_ack(
         self, ack: SubAck | UnsubAck, pending_acks: dict[int, _PendingSubscribe],
-        actions: list[Action],
+        actions: list[Command],
     ) -> None:
         """The broker's SUBACK/UNSUBACK: as it came, or merged with the guard's answers."""
         pending = pending_acks.pop(ack.packet_id, None)
@@ -479,28 +721,29 @@ class GuardSession:
 
     def _answer_filters(
         self, kind: type[SubAck] | type[UnsubAck], packet_id: int, pending: _PendingSubscribe,
-        upstream_codes: list[int], actions: list[Action],
+        upstream_codes: list[int], actions: list[Command],
     ) -> None:
         # A 3.1.1 UNSUBACK carries no codes [MQTT-3.11.3]: the encoder leaves them out.
         codes = _merge(pending.slots, upstream_codes)
         properties = self._reason_properties("; ".join(pending.reasons))
-        actions.append(SendToAgent(encode(kind(packet_id, codes, properties),
-                                          self.protocol_level)))
+        self._send(actions, kind(packet_id, codes, properties))
 
-    def _unsubscribe(self, unsubscribe: Unsubscribe, actions: list[Action]) -> None:
-        if EVENTS_TOPIC not in unsubscribe.topic_filters:
+    def _unsubscribe(self, unsubscribe: Unsubscribe, actions: list[Command]) -> None:
+        if not any(f.startswith(GUARD_PREFIX) for f in unsubscribe.topic_filters):
             # Unsubscribing narrows what the agent receives: nothing to authorize.
             actions.append(SendToBroker(unsubscribe.raw))
             return
-        self._events_subscribed = False
         pending = _PendingSubscribe(slots=[])
         forwarded = []
         for topic_filter in unsubscribe.topic_filters:
-            if topic_filter == EVENTS_TOPIC:
-                pending.slots.append(0)
+            if topic_filter.startswith(GUARD_PREFIX):
+                # 0x11: no subscription existed [3.11.2.1]
+                pending.slots.append(0 if topic_filter in self._guard_filters else 0x11)
+                self._guard_filters.discard(topic_filter)
             else:
                 forwarded.append(topic_filter)
                 pending.slots.append(None)
+        self._events_subscribed = any(topic_matches(f, EVENTS_TOPIC) for f in self._guard_filters)
         if not forwarded:
             self._answer_filters(UnsubAck, unsubscribe.packet_id, pending, [], actions)
             return
@@ -510,6 +753,23 @@ class GuardSession:
 
     # ------------------------------------------------------------------ helpers
 
+    def _send(self, actions: list[Command], packet: Packet) -> None:
+        """A packet the guard builds for the agent, within the client's Maximum Packet Size
+        [MQTT-3.1.2-24]: the reason string and user properties go first; what still does
+        not fit is not sent [MQTT-3.1.2-25] (in practice an event: an ack without
+        properties is a few bytes)."""
+        data = encode(packet, self.protocol_level)
+        limit = self._client_max
+        if limit is not None and len(data) > limit:
+            properties = getattr(packet, "properties", None)
+            if properties and any(p in properties for p in _DROPPABLE_PROPERTIES):
+                for prop in _DROPPABLE_PROPERTIES:
+                    properties.pop(prop, None)
+                data = encode(packet, self.protocol_level)
+            if len(data) > limit:
+                return
+        actions.append(SendToAgent(data))
+
     def _reason_properties(self, reason: str) -> dict[int, object]:
         # A reason string only where the client did not ask us to leave it out
         # [MQTT-3.1.2-29], and only in v5.
@@ -518,15 +778,14 @@ class GuardSession:
         return {}
 
     def _send_event(
-        self, actions: list[Action], now: float, decision: Decision, action: str, topic: str
+        self, actions: list[Command], now: float, decision: Decision, action: str, topic: str
     ) -> None:
-        if not self._events_subscribed:
-            return
-        event = Publish(EVENTS_TOPIC, event_payload(decision, action, topic, now))
-        actions.append(SendToAgent(encode(event, self.protocol_level)))
+        if self._events_subscribed:
+            body = event_payload(decision, action, topic, now)
+            self._send(actions, Publish(EVENTS_TOPIC, body))
 
     def _audit(
-        self, actions: list[Action], now: float, decision: Decision, packet: str, scope: str,
+        self, actions: list[Command], now: float, decision: Decision, packet: str, scope: str,
         *, payload: bytes | None = None, qos: int | None = None, retain: bool | None = None,
         note: str | None = None, status: str | None = None,
     ) -> None:
@@ -536,22 +795,34 @@ class GuardSession:
             scope=scope, payload=payload, qos=qos, retain=retain, note=note, status=status,
         )))
 
-    def _audit_session_event(
-        self, actions: list[Action], now: float, packet: str, status: str, reason: str
+    def _audit_observed(
+        self, actions: list[Command], now: float, judged: Judgement, packet: str, scope: str
     ) -> None:
-        """Connect and disconnect: scoped to the agent's address, not to a topic."""
+        """What observe-mode checks would have done: recorded, never enforced."""
+        for objection in judged.observed:
+            status = "would_" + objection.decision.verdict.value  # would_deny, would_hold
+            self._audit(actions, now, objection.decision, packet, scope, status=status,
+                        note=f"observe mode: check {objection.check}")
+
+    def _audit_session_event(
+        self, actions: list[Command], now: float, packet: str, status: str, reason: str,
+        code: int = 0,
+    ) -> None:
+        """Connect and disconnect: scoped to the agent's address, not to a topic; the
+        reason code is the one the agent got (or sent)."""
         verdict = Verdict.ALLOW if status == "success" else Verdict.DENY
-        decision = Decision(verdict=verdict, reason=reason, reason_code=0, action_type="connect")
+        decision = Decision(verdict=verdict, reason=reason, reason_code=int(code),
+                            action_type="connect")
         self._audit(actions, now, decision, packet, self.peer, status=status)
 
-    def _protocol_error(self, err: ProtocolError, now: float) -> list[Action]:
+    def _protocol_error(self, err: ProtocolError, now: float) -> list[Command]:
         """A malformed packet: close the connection, forwarding nothing from it [MQTT-4.8.0-1].
         v5 clients get a DISCONNECT (or CONNACK before CONNECT) with the reason first."""
-        actions: list[Action] = []
+        actions: list[Command] = []
         decision = guard_refusal(f"protocol error: {err.message}", err.reason_code)
         self._audit(actions, now, decision, "protocol", self.peer, status="error")
         level = err.protocol_level
-        if self.state is State.AWAITING_CONNECT:
+        if self._state is State.AWAITING_CONNECT:
             if err.reason_code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and level is not None:
                 # Answer in a form the client can read: v3 CONNACK code 1 [MQTT-3.1.2-2].
                 connack = Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION)
@@ -560,20 +831,51 @@ class GuardSession:
                 connack = Connack(reason_code=err.reason_code,
                                   properties={PropertyId.REASON_STRING: err.message})
                 actions.append(SendToAgent(encode(connack, 5)))
-            self.state = State.CLOSED
+            self._to(Trigger.CLOSE)
             actions.append(Close(err.message))
             return actions
         self._disconnect(actions, err.reason_code, err.message)
         return actions
 
-    def _disconnect(self, actions: list[Action], code: int, reason: str) -> None:
-        if self.state is not State.CLOSED and self.protocol_level == 5:
+    def _disconnect(self, actions: list[Command], code: int, reason: str) -> None:
+        if self._state is not State.CLOSED and self.protocol_level == 5:
             properties: dict[int, object] = (
                 {PropertyId.REASON_STRING: reason} if self._problem_information else {}
             )
-            actions.append(SendToAgent(encode(Disconnect(code, properties), 5)))
-        self.state = State.CLOSED
+            self._send(actions, Disconnect(code, properties))
+        self._to(Trigger.CLOSE)
         actions.append(Close(reason))
+
+
+# One handler per event type (``GuardSession.handle``): adding an event means adding a
+# row here, and an event without a row fails loudly (KeyError) in the first test.
+_HANDLERS: dict[type, Callable[[GuardSession, object, float], list[Command]]] = {
+    AgentOpened: GuardSession._on_agent_opened,  # type: ignore[dict-item]
+    AgentData: GuardSession._on_agent_data,  # type: ignore[dict-item]
+    BrokerData: GuardSession._on_broker_data,  # type: ignore[dict-item]
+    AgentClosed: GuardSession._on_agent_closed,  # type: ignore[dict-item]
+    BrokerClosed: GuardSession._on_broker_closed,  # type: ignore[dict-item]
+    BrokerUnreachable: GuardSession._on_broker_unreachable,  # type: ignore[dict-item]
+    TimerFired: GuardSession._on_timer,  # type: ignore[dict-item]
+    HoldResolved: GuardSession._on_hold_resolved,  # type: ignore[dict-item]
+    GuardNotice: GuardSession._on_guard_notice,  # type: ignore[dict-item]
+    Kick: GuardSession._on_kick,  # type: ignore[dict-item]
+    PolicySwapped: GuardSession._on_policy_swapped,  # type: ignore[dict-item]
+}
+
+# What a connect is judged from before the checks run: the token and the policy said yes.
+_CONNECT_ALLOWED = Decision(Verdict.ALLOW, "token accepted", 0, "connect")
+
+
+def _counter_ids(session_id: str) -> Callable[[], str]:
+    counter = itertools.count(1)
+    return lambda: f"{session_id}.{next(counter)}"
+
+
+def _hold_outcome(event: HoldResolved) -> Decision:
+    verdict = {"approved": Verdict.ALLOW, "done": Verdict.ALLOW}.get(event.outcome, Verdict.DENY)
+    reason = f"approval request {event.hold_id} {event.outcome}"
+    return Decision(verdict, f"{reason}: {event.detail}" if event.detail else reason, 0, "write")
 
 
 def _merge(slots: list[int | None], upstream_codes: list[int]) -> list[int]:
@@ -581,4 +883,3 @@ def _merge(slots: list[int | None], upstream_codes: list[int]) -> list[int]:
     upstream = iter(upstream_codes)
     # A broker that answers fewer codes than filters is broken: fail closed (0x80).
     return [next(upstream, 0x80) if slot is None else slot for slot in slots]
-

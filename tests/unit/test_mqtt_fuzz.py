@@ -329,7 +329,8 @@ def client_packets(draw: st.DrawFn, level: int) -> Any:
     cls = draw(st.sampled_from([PubAck, PubRec, PubRel, PubComp]))
     if not v5:
         return cls(pid)
-    code = draw(st.sampled_from([0, 0x92] if cls in (PubRel, PubComp) else [0, 0x10, 0x87, 0x99]))
+    # 0x10 "no matching subscribers" is the server's to send: not in a client packet.
+    code = draw(st.sampled_from([0, 0x92] if cls in (PubRel, PubComp) else [0, 0x80, 0x87, 0x99]))
     props = {PropertyId.REASON_STRING: draw(_TEXT)} if draw(st.booleans()) else {}
     return cls(pid, code, props)
 

@@ -1,0 +1,179 @@
+"""The proxy carrying out a session's commands, without a network: fake transports,
+a fake audit log, and a session stand-in that records the events it is fed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from iot_guard.audit import AuditError
+from iot_guard.policy.decision import Decision, Verdict
+from iot_guard.proxy.hooks import Hooks
+from iot_guard.proxy.link import Link, UnknownCommand
+from iot_guard.session import (
+    CancelTimer,
+    Close,
+    HeldAction,
+    SendToAgent,
+    SendToBroker,
+    SetTimer,
+    StartHold,
+    TimerFired,
+    WriteAudit,
+)
+
+
+class Journal(list[tuple[str, Any]]):
+    """One timeline for everything the link does, so order can be asserted."""
+
+
+class FakeTransport:
+    def __init__(self, name: str, journal: Journal) -> None:
+        self.name = name
+        self.journal = journal
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.journal.append((self.name, data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        self.journal.append((self.name, "closed"))
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class FakeAudit:
+    def __init__(self, journal: Journal, fail: bool = False) -> None:
+        self.journal = journal
+        self.fail = fail
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        if self.fail:
+            raise AuditError("disk full")
+        self.journal.append(("audit", [r["n"] for r in records]))
+
+
+class Recorder:
+    """A session stand-in: returns nothing, remembers every event."""
+
+    session_id = "s-1"
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.fed = asyncio.Event()
+
+    def handle(self, event: object, now: float) -> list[object]:
+        self.events.append(event)
+        self.fed.set()
+        return []
+
+
+@dataclass
+class FakeServer:
+    audit: FakeAudit
+    hooks: Hooks
+    closed: list[Link]
+
+    def link_closed(self, link: Link) -> None:
+        self.closed.append(link)
+
+
+def make_link(fail_audit: bool = False, addons: tuple[object, ...] = ()) -> tuple[Link, Journal]:
+    journal = Journal()
+    server = FakeServer(FakeAudit(journal, fail_audit), Hooks(addons), [])
+    link = Link(Recorder(), server)  # type: ignore[arg-type]
+    link.agent = FakeTransport("agent", journal)  # type: ignore[assignment]
+    link.upstream = FakeTransport("broker", journal)  # type: ignore[assignment]
+    return link, journal
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_audit_is_written_before_the_bytes_it_speaks_for() -> None:
+    async def go() -> Journal:
+        link, journal = make_link()
+        link.perform([WriteAudit({"n": 1}), SendToBroker(b"a"), WriteAudit({"n": 2}),
+                      SendToAgent(b"b"), SendToBroker(b"c")])
+        return journal
+
+    # One audit write for the batch, then one write per side (coalesced).
+    assert run(go()) == [("audit", [1, 2]), ("agent", b"b"), ("broker", b"ac")]
+
+
+def test_a_failed_audit_write_forwards_nothing_and_ends_the_session() -> None:
+    async def go() -> tuple[Link, Journal]:
+        link, journal = make_link(fail_audit=True)
+        link.perform([WriteAudit({"n": 1}), SendToBroker(b"secret"), SendToAgent(b"ack")])
+        return link, journal
+
+    link, journal = run(go())
+    assert ("broker", b"secret") not in journal and ("agent", b"ack") not in journal
+    assert ("agent", "closed") in journal and ("broker", "closed") in journal
+    assert link.closed
+
+
+def test_an_unknown_command_is_an_error_not_silence() -> None:
+    async def go() -> None:
+        link, _ = make_link()
+        link.perform([object()])  # type: ignore[list-item]
+
+    with pytest.raises(UnknownCommand):
+        run(go())
+
+
+def test_timers_wake_the_session_and_can_be_cancelled() -> None:
+    async def go() -> list[object]:
+        link, _ = make_link()
+        session: Recorder = link.session  # type: ignore[assignment]
+        link.perform([SetTimer("late", time.time() + 60), SetTimer("soon", time.time()),
+                      SetTimer("gone", time.time()), CancelTimer("gone")])
+        await asyncio.wait_for(session.fed.wait(), 5)
+        pending = sorted(link._timers)
+        link.close("test over")
+        return [session.events, pending, link._timers]
+
+    events, pending, after_close = run(go())
+    assert events == [TimerFired("soon")]  # "gone" was cancelled, "late" has not fired
+    assert pending == ["late"]
+    assert after_close == {}  # closing cancels every timer
+
+
+def test_a_hold_reaches_the_addons_after_its_audit() -> None:
+    class Approvals:
+        journal = Journal()
+
+        def on_hold(self, held: HeldAction) -> None:
+            self.journal.append(("hook", held.hold_id))
+
+    async def go() -> Journal:
+        approvals = Approvals()
+        link, journal = make_link(addons=(approvals,))
+        approvals.journal = journal
+        held = HeldAction("h-1", "ops-agent", "s-1", None, "t", "a/b", 1, False, b"{}", {},
+                          Decision(Verdict.HOLD, "risky", 0x87, "write"), 0.0)
+        link.perform([WriteAudit({"n": 1}), StartHold(held), SendToAgent(b"ack")])
+        return journal
+
+    # The hold is on record before anyone acts on it.
+    assert run(go()) == [("audit", [1]), ("hook", "h-1"), ("agent", b"ack")]
+
+
+def test_close_flushes_what_came_before_it() -> None:
+    async def go() -> Journal:
+        link, journal = make_link()
+        link.perform([SendToAgent(b"disconnect"), Close("bye"), SendToAgent(b"never")])
+        return journal
+
+    assert run(go()) == [("agent", b"disconnect"), ("agent", "closed"), ("broker", "closed")]
