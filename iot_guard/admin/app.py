@@ -1,6 +1,10 @@
 """Assemble the admin server: core routes (who am I, live events), the console, and the
-approvals API when an approvals service runs. Other modules add their routes to the
-returned server (``server.add_routes``) before it starts."""
+approvals API. Other modules add their routes to ``AdminApp.server`` before it starts.
+
+As a guard addon (``GuardServer(..., addons=[..., admin])``) it starts and stops with the
+guard, on the guard's loop. The approvals service may be given as an object or as a
+callable that returns it once its own addon has started (it opens its store at start).
+"""
 
 from __future__ import annotations
 
@@ -13,24 +17,60 @@ from aiohttp import web
 from . import console
 from .approvals_api import Approvals, ApprovalsApi
 from .auth import Directory
+from .directory import PolicyDirectory
 from .events import EventHub
-from .server import AdminServer, json_error, json_response
+from .server import AdminServer, json_response
+
+ApprovalsSource = Approvals | Callable[[], Approvals | None]
+
+
+class _Nobody:
+    def approver_levels(self, approver: str) -> set[int]:
+        return set()
+
+    def is_admin(self, admin: str) -> bool:
+        return False
+
+
+class _Lazy:
+    """Who is listed, asked of whatever knows when the request comes: the directory given,
+    else the approvals service (one source for approver levels), else the guard's policy."""
+
+    def __init__(self, app: AdminApp, directory: Directory | None) -> None:
+        self.app = app
+        self.directory = directory
+
+    def _source(self) -> Directory:
+        if self.directory is not None:
+            return self.directory
+        service = self.app.approvals_service()
+        if service is not None and hasattr(service, "is_admin"):
+            return service  # type: ignore[return-value]
+        if self.app.policy_directory is not None:
+            return self.app.policy_directory
+        return _Nobody()
+
+    def approver_levels(self, approver: str) -> set[int]:
+        return self._source().approver_levels(approver)
+
+    def is_admin(self, admin: str) -> bool:
+        return self._source().is_admin(admin)
 
 
 class AdminApp:
-    """The admin server with its event hub and, when given a service, the approvals API."""
-
     def __init__(
         self,
         host: str,
         port: int,
         secret: bytes,
-        directory: Directory,
-        approvals: Approvals | None = None,
+        directory: Directory | None = None,
+        approvals: ApprovalsSource | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.server = AdminServer(host, port, secret, directory, clock=clock)
+        self._approvals = approvals
+        self.policy_directory: PolicyDirectory | None = None
+        self.server = AdminServer(host, port, secret, _Lazy(self, directory), clock=clock)
         self.events = EventHub(clock)
         self.server.on_stop.append(self.events.close)
         self.server.add_routes([
@@ -38,9 +78,13 @@ class AdminApp:
             web.get("/api/events", self.stream),
             *console.routes(),
         ])
-        self.approvals = ApprovalsApi(self.server, approvals, self.events) if approvals else None
-        if self.approvals is None:
-            self.server.add_routes([web.route("*", "/api/approvals{tail:.*}", self.no_approvals)])
+        self.approvals = ApprovalsApi(self.server, self.approvals_service, self.events)
+
+    def approvals_service(self) -> Approvals | None:
+        source = self._approvals
+        if source is None or hasattr(source, "approve"):
+            return source  # type: ignore[return-value]
+        return source()
 
     async def whoami(self, request: web.Request) -> web.Response:
         who = self.server.principal(request)
@@ -53,11 +97,12 @@ class AdminApp:
         who = self.server.principal(request)
         return await self.events.stream(request, until=who.expires_at)
 
-    async def no_approvals(self, request: web.Request) -> web.Response:
-        self.server.principal(request)
-        return json_error(503, "the approvals service is not running in this guard")
-
     async def start(self, server: Any = None) -> None:
+        """Start serving; ``server``: the GuardServer when run as its addon."""
+        control = getattr(server, "control", None)
+        if control is not None:
+            self.policy_directory = PolicyDirectory(lambda: control.policy.document)
+        self.approvals.attach()
         await self.server.start(server)
 
     async def stop(self) -> None:

@@ -104,9 +104,11 @@ async def read_reason(request: web.Request) -> str | None:
 class ApprovalsApi:
     """Routes under /api/approvals and the ``approval`` events of /api/events."""
 
-    def __init__(self, admin: AdminServer, service: Approvals, hub: EventHub) -> None:
+    def __init__(
+        self, admin: AdminServer, service: Callable[[], Approvals | None], hub: EventHub
+    ) -> None:
         self.admin = admin
-        self.service = service
+        self._service = service
         self.hub = hub
         self._unsubscribe: Callable[[], None] | None = None
         admin.add_routes([
@@ -116,8 +118,23 @@ class ApprovalsApi:
             web.post("/api/approvals/{id}/approve", self.approve),
             web.post("/api/approvals/{id}/deny", self.deny),
         ])
-        self._unsubscribe = service.subscribe(self._on_transition)
         admin.on_stop.append(self._stop)
+
+    def attach(self) -> None:
+        """Forward the service's transitions to the event stream (at start: the service
+        may be created by its own addon just before)."""
+        service = self._service()
+        if service is not None and self._unsubscribe is None:
+            self._unsubscribe = service.subscribe(self._on_transition)
+
+    @property
+    def service(self) -> Approvals:
+        service = self._service()
+        if service is None:
+            raise web.HTTPServiceUnavailable(
+                text="the approvals service is not running in this guard"
+            )
+        return service
 
     def _on_transition(self, view: dict[str, Any]) -> None:
         self.hub.publish("approval", view)
@@ -135,10 +152,11 @@ class ApprovalsApi:
 
     async def list(self, request: web.Request) -> web.Response:
         self.admin.principal(request)
+        service = self.service
         wanted = parse_statuses(request.query.get("status"))
         limit = parse_limit(request.query.get("limit"))
         single = next(iter(wanted)) if wanted is not None and len(wanted) == 1 else None
-        views = await self.service.list(single)
+        views = await service.list(single)
         if wanted is not None:
             views = [view for view in views if view.get("status") in wanted]
         return json_response({

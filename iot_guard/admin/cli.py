@@ -120,7 +120,7 @@ def format_view(view: dict[str, Any], now: float | None = None) -> str:
     if changes:
         lines += ["", "changes:", table(["FIELD", "CURRENT", "PROPOSED", "RISK"], [[
             _clean(c.get("field")),
-            "unknown" if "current" not in c else _clean(c.get("current")),
+            "unknown" if c.get("current") is None else _clean(c.get("current")),
             _clean(c.get("proposed")), _clean(c.get("risk")),
         ] for c in changes])]
     devices = view.get("devices") or []

@@ -28,5 +28,10 @@ async def static_file(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / name, headers={"Content-Type": FILES[name]})
 
 
+async def no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204)  # browsers ask for one; a 404 would fill their console
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.get("/", index), web.get("/static/{name}", static_file)]
+    return [web.get("/", index), web.get("/static/{name}", static_file),
+            web.get("/favicon.ico", no_icon)]

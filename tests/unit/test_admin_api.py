@@ -259,6 +259,22 @@ async def test_a_stream_ends_when_its_token_expires(env: Env) -> None:
         assert events[-1][0] == "expired"
 
 
+@pytest.mark.asyncio
+async def test_without_an_approvals_service_the_api_says_so_after_auth() -> None:
+    app = AdminApp("127.0.0.1", 0, SECRET, Directory(FakeApprovals(LEVELS)))
+    await app.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(app.url + "/api/approvals") as response:
+                assert response.status == 401
+            async with http.get(app.url + "/api/approvals/x", headers=bearer("alice")) as r:
+                assert r.status == 503
+                assert (await r.json())["detail"] == (
+                    "the approvals service is not running in this guard")
+    finally:
+        await app.stop()
+
+
 def test_tables_are_readable_and_strip_control_characters() -> None:
     view = make_view("r-9", NOW - 90, topic="tenants/acme/\x1b[2Jx")
     text = format_list({"requests": [view], "count": 1, "server_time": NOW})
@@ -266,8 +282,11 @@ def test_tables_are_readable_and_strip_control_characters() -> None:
     assert header.split() == ["ID", "STATUS", "LEVEL", "AGENT", "TOOL", "TOPIC", "DEVICES",
                               "RISK", "LEFT", "AGE"]
     assert "\x1b" not in row and "r-9" in row and "3m30s" in row and "1m" in row
+    view["changes"].append({"field": "mode", "current": None, "proposed": "heat", "risk": "low"})
     shown = format_view(view, now=NOW)
-    assert "firmware_channel" in shown and '"stable"' not in shown.split("CURRENT")[0]
+    changes = shown.split("FIELD")[1].splitlines()
+    assert changes[1].split() == ["firmware_channel", "stable", "beta", "high"]
+    assert changes[2].split() == ["mode", "unknown", "heat", "low"]  # null: not known
     assert "devices (2): acme/t-101, acme/t-102" in shown
 
 

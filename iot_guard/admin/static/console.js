@@ -80,7 +80,8 @@ function changesTable(view) {
   if (changes.length === 0) return el("p", { class: "note" }, "no field-level change to show");
   const rows = changes.map((c) => el("tr", { class: "change" },
     el("td", { class: "field" }, c.field),
-    el("td", { class: "current" }, shown(c.current)),
+    // null: the guard does not know the device's current value.
+    el("td", { class: "current" }, c.current === null ? "unknown" : shown(c.current)),
     el("td", { class: "proposed" }, c.proposed === null ? "null (remove)" : shown(c.proposed)),
     el("td", { class: `risk risk-${c.risk}` }, c.risk)));
   return el("table", { class: "diff" },
