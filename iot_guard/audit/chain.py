@@ -1,0 +1,110 @@
+"""One guard instance's chain: where it ends, how a line continues it (sans-IO).
+
+The writer and every reader (the verifier, restart recovery) use this one state and
+these one set of rules, so what the guard writes is exactly what verify accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from .checkpoint import Checkpoint, format_note
+from .merkle import Frontier, leaf_hash
+from .records import GENESIS, Link, checkpoint_line, open_line, read_link, record_line
+from .signer import NoteSigner
+
+_sha256 = hashlib.sha256
+
+
+class ChainError(Exception):
+    """A line that does not continue the chain. ``kind`` says how:
+    format (no link), gap (a later seq than expected), behind (an earlier one),
+    prev (the previous line's hash differs: that line was edited), or a checkpoint or
+    open-record problem (checkpoint, signature, key, open)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class ChainState:
+    """The end of a chain: the next seq, the hash of the last line, the Merkle frontier
+    over lines 0..seq-1, and the seq of the last checkpoint line (-1: none yet)."""
+
+    __slots__ = ("origin", "prev", "seq", "signed", "tree")
+
+    def __init__(
+        self, origin: str, seq: int = 0, prev: bytes = GENESIS, tree: Frontier | None = None,
+        signed: int = -1,
+    ) -> None:
+        self.origin = origin
+        self.seq = seq
+        self.prev = prev
+        self.tree = tree if tree is not None else Frontier()
+        if self.tree.size != seq:
+            raise ValueError(f"a chain at seq {seq} has a tree of {seq} leaves, not "
+                             f"{self.tree.size}")
+        self.signed = signed
+
+    def copy(self) -> ChainState:
+        return ChainState(self.origin, self.seq, self.prev, self.tree.copy(), self.signed)
+
+    @property
+    def unsigned(self) -> int:
+        """Lines after the last checkpoint line (all of them when there is none)."""
+        return self.seq - self.signed - 1
+
+    def append(self, line: bytes) -> None:
+        self.prev = _sha256(line).hexdigest().encode()
+        self.tree.append(leaf_hash(line))
+        self.seq += 1
+
+    # ------------------------------------------------------------------ writing
+
+    def seal(self, records: Iterable[dict[str, Any]]) -> bytes:
+        """The lines for ``records``, newline-terminated; advances this state.
+        Raises ValueError/TypeError for a record that cannot be a line."""
+        lines = []
+        for record in records:
+            line = record_line(self.seq, self.prev, record)
+            self.append(line)
+            lines.append(line)
+        lines.append(b"")
+        return b"\n".join(lines)
+
+    def open_record(
+        self, reason: str, key_id: int | None, timestamp: float, pid: int
+    ) -> bytes:
+        line = open_line(self.seq, self.prev, origin=self.origin, reason=reason,
+                         frontier=self.tree.nodes, key_id=key_id, timestamp=timestamp, pid=pid)
+        self.append(line)
+        return line + b"\n"
+
+    def checkpoint(self, signer: NoteSigner) -> bytes:
+        """A signed checkpoint over lines 0..seq-1, as the next line."""
+        text = Checkpoint(self.origin, self.seq, self.tree.root()).text()
+        note = format_note(text, [signer.sign(text)])
+        line = checkpoint_line(self.seq, self.prev, note, self.tree.nodes)
+        self.signed = self.seq
+        self.append(line)
+        return line + b"\n"
+
+    # ------------------------------------------------------------------ reading
+
+    def check(self, line: bytes) -> Link:
+        """The link of ``line`` if it continues this chain; ChainError otherwise."""
+        link = read_link(line)
+        if link is None:
+            raise ChainError("format", "not a chain line (no seq/prev link at its start)")
+        if link.seq != self.seq:
+            if link.seq > self.seq:
+                raise ChainError("gap", f"record {link.seq} where record {self.seq} was due")
+            raise ChainError("behind", f"record {link.seq} again where record {self.seq} "
+                                       "was due")
+        if link.prev != self.prev:
+            raise ChainError("prev", f"record {link.seq} does not chain to the line before "
+                                     "it: that line's hash differs from its prev")
+        return link
