@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .audit import AuditError
 from .policy.loader import PolicyError
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
@@ -41,7 +42,8 @@ class CliError(Exception):
 RUN_SETTINGS = (
     "policy", "listen", "upstream", "secret_file", "upstream_username",
     "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
-    "upstream_ca", "max_packet_size",
+    "upstream_ca", "max_packet_size", "audit_key", "audit_checkpoint_records",
+    "audit_checkpoint_seconds",
 )
 
 
@@ -94,6 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         upstream_host=upstream[0], upstream_port=upstream[1],
         secret=secret, upstream_username=username, upstream_password=password,
         audit_path=path("audit_log"),
+        audit_key=path("audit_key"),
+        audit_checkpoint_records=int(s.get("audit_checkpoint_records", 1000)),
+        audit_checkpoint_seconds=float(s.get("audit_checkpoint_seconds", 10.0)),
         max_packet_size=int(s.get("max_packet_size", 256 * 1024)),
         tls_cert=path("tls_cert"),
         tls_key=path("tls_key"),
@@ -248,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream-password-file",
                      help="file with the broker password (or IOT_GUARD_UPSTREAM_PASSWORD)")
     run.add_argument("--audit-log", help="append audit JSON lines here (default: stderr)")
+    run.add_argument("--audit-key", help="sign audit checkpoints with this key "
+                     "(iot-guard audit keygen); its name is the chain's origin")
+    run.add_argument("--audit-checkpoint-records", type=int,
+                     help="sign a checkpoint every N records (default 1000)")
+    run.add_argument("--audit-checkpoint-seconds", type=float,
+                     help="... and every T seconds when records are unsigned (default 10)")
     run.add_argument("--tls-cert", help="certificate (PEM) for TLS on the listener")
     run.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     run.add_argument("--upstream-tls", action="store_true", help="connect to the broker over TLS")
@@ -296,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=cmd_policy_schema)
 
     from .admin.cli import register as register_approvals
+    from .audit.cli import register as register_audit
 
     register_approvals(commands)
+    register_audit(commands)
 
     try:
         from simulator.cli import register
@@ -318,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         print(f"policy refused: {len(err.problems)} problem(s)", file=sys.stderr)
         return EXIT_DENIED
-    except CliError as err:
+    except (CliError, AuditError) as err:
         print(f"iot-guard: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

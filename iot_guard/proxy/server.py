@@ -42,6 +42,10 @@ class GuardConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 1884
     audit_path: Path | None = None
+    # Signs the audit chain's checkpoints (iot-guard audit keygen); None: chain unsigned.
+    audit_key: Path | None = None
+    audit_checkpoint_records: int = 1000
+    audit_checkpoint_seconds: float = 10.0
     max_packet_size: int = 256 * 1024
     connect_timeout: float = 10.0
     # Listener TLS (agents connect with TLS) and upstream TLS (to the broker).
@@ -82,7 +86,11 @@ class GuardServer:
         # The compiled policy lives as long as the guard: keep it out of the collector's
         # full passes, which otherwise pause every session for ~0.1 s at 10k tenants.
         gc.freeze()
-        self.audit = AuditLog(config.audit_path)
+        self.audit = AuditLog.open(
+            config.audit_path, config.audit_key,
+            checkpoint_records=config.audit_checkpoint_records,
+            checkpoint_seconds=config.audit_checkpoint_seconds,
+        )
         self.pipeline = Pipeline(checks)
         self.hooks = Hooks(addons)
         self.control = ControlPlane(self)
@@ -134,6 +142,7 @@ class GuardServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.audit.attach(loop)  # checkpoints are signed from the loop, off the packet path
         self._server = await loop.create_server(
             lambda: AgentProtocol(self),
             self.config.listen_host,
