@@ -26,8 +26,8 @@ def test_the_demo_runs_every_step_and_exits_zero(tmp_path: Path) -> None:
     assert "approval" in text
     # The guard recorded the refusals; the audit log outlives the demo.
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert any(r["result_status"] == "denied" for r in records)
-    assert any(r["result_status"] == "success" for r in records)
+    assert any(r.get("result_status") == "denied" for r in records)
+    assert any(r.get("result_status") == "success" for r in records)
     # Everything it started is stopped: the broker's log ends with its shutdown.
     assert "mosquitto version 2" in (tmp_path / "broker" / "mosquitto.log").read_text()
     assert "terminating" in (tmp_path / "broker" / "mosquitto.log").read_text()

@@ -172,7 +172,7 @@ def test_run_serves_agents_from_a_config_file(tmp_path: Path) -> None:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert any(r["packet"] == "connect" and r["result_status"] == "success" for r in records)
+    assert any(r.get("packet") == "connect" and r["result_status"] == "success" for r in records)
 
 
 def test_run_refuses_to_start_with_a_broken_policy(tmp_path: Path) -> None:
