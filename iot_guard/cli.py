@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_approvals(commands)
     register_audit(commands)
 
+    from .agent.cli import register as register_agent_side  # tools export, mcp
+
+    register_agent_side(commands)
     try:
         from simulator.cli import register
     except ImportError:  # the simulator ships in the same distribution; keep the CLI usable

@@ -136,8 +136,20 @@ def verify_token(
     # Compare in constant time so the signature cannot be guessed byte by byte.
     if not hmac.compare_digest(signature, _signature(secret, signed_part)):
         raise TokenError("bad_signature", "token signature does not verify")
+    claims = _claims(parts[1])
+    if now >= claims.expires_at:
+        raise TokenError("expired", f"token expired {int(now - claims.expires_at)} s ago")
+    if claims.role not in roles:
+        raise TokenError(
+            "wrong_role",
+            f"this is an {claims.role} token; expected {' or '.join(sorted(roles))}",
+        )
+    return claims
+
+
+def _claims(body: str) -> TokenClaims:
     try:
-        claims = json.loads(_b64decode(parts[1]))
+        claims = json.loads(_b64decode(body))
         agent_id = claims["sub"]
         issued_at = float(claims["iat"])
         expires_at = float(claims["exp"])
@@ -151,12 +163,6 @@ def verify_token(
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise TokenError("malformed", "token claims are malformed") from None
-    if now >= expires_at:
-        raise TokenError("expired", f"token expired {int(now - expires_at)} s ago")
-    if role not in roles:
-        raise TokenError(
-            "wrong_role", f"this is an {role} token; expected {' or '.join(sorted(roles))}"
-        )
     return TokenClaims(
         agent_id=agent_id,
         issued_at=issued_at,
@@ -165,3 +171,16 @@ def verify_token(
         tools=frozenset(tools) if tools is not None else None,
         role=role,
     )
+
+
+def unverified_claims(token: str) -> TokenClaims:
+    """What a token says, without checking its signature or expiry.
+
+    For the agent's own side (e.g. the MCP server), which holds no secret: it reads its
+    token's expiry and tool list to warn before expiry and export the narrowed tools.
+    Never use it to authorize anything.
+    """
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise TokenError("malformed", f"not an iot-guard token (expected {PREFIX}.<claims>.<sig>)")
+    return _claims(parts[1])
