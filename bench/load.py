@@ -7,15 +7,18 @@ the agent-side clients changes.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from typing import Any
 
-from .procs import Worker, rss_bytes
-from .relay import DEVICES, TENANT, Setup
+from .broker import bench_broker
+from .procs import GuardProcess, Worker, rss_bytes
+from .relay import AGENT, DEVICES, TENANT, Setup
 from .report import Row
 from .workers import shadow_update_payload
 
 TELEMETRY_FILTER = f"tenants/{TENANT}/devices/+/telemetry"
+_runs = itertools.count(1)
 
 # What the load's agents publish (topic, payload): the guard allows the first list and
 # refuses the second (foreign tenant, a command the tool does not grant, an out-of-range
@@ -129,25 +132,40 @@ def run_load(
 def idle_once(setup: Setup, mode: str, sessions: int, warmup: int) -> dict[str, Any]:
     """Memory of the broker and the guard before and after ``sessions`` idle sessions.
 
-    ``warmup`` sessions connect first, so what the first session costs once (imports,
-    caches, the allocator's first arenas) is not counted per session.
+    Each run has a broker (and guard) of its own: memory a previous run freed would be
+    reused and hide what sessions cost. ``warmup`` sessions connect first, so what the
+    first session costs once (imports, caches, the allocator's first arenas) is not
+    counted per session.
     """
-    assert setup.broker.pid is not None
-    pids = {"broker": setup.broker.pid, "guard": setup.guard.proc.pid}
-    idle = Worker("idle", {
-        "endpoint": _crowd_endpoint(setup, mode), "client_prefix": f"bench-idle-{mode}",
-        "sessions": sessions, "warmup": warmup,
-    }, setup.logdir, f"idle-{mode}")
-    try:
-        idle.line(60)
-        before = {name: rss_bytes(pid) for name, pid in pids.items()}
-        idle.go()
-        ready = idle.line(300)
-        after = {name: rss_bytes(pid) for name, pid in pids.items()}
-        idle.go()
-        alive = idle.line(120)["alive"]
-    finally:
-        idle.finish()
+    workdir = setup.logdir / f"idle-{mode}-{next(_runs)}"
+    workdir.mkdir()
+    with bench_broker(workdir) as broker:
+        guard = (GuardProcess(setup.guard.policy_dir, broker.port, workdir) if mode == "guard"
+                 else None)
+        try:
+            assert broker.pid is not None
+            pids = {"broker": broker.pid}
+            if guard is not None:
+                pids["guard"] = guard.proc.pid
+            token = guard.token(AGENT) if guard is not None else setup.token
+            local = Setup(broker, guard or setup.guard, workdir, token)
+            idle = Worker("idle", {
+                "endpoint": _crowd_endpoint(local, mode), "client_prefix": f"bench-idle-{mode}",
+                "sessions": sessions, "warmup": warmup,
+            }, workdir, "idle")
+            try:
+                idle.line(60)
+                before = {name: rss_bytes(pid) for name, pid in pids.items()}
+                idle.go()
+                ready = idle.line(300)
+                after = {name: rss_bytes(pid) for name, pid in pids.items()}
+                idle.go()
+                alive = idle.line(120)["alive"]
+            finally:
+                idle.finish()
+        finally:
+            if guard is not None:
+                guard.stop()
     return {
         "per_session": {name: (after[name] - before[name]) / sessions for name in pids},
         "rss_mb": {name: after[name] / 2**20 for name in pids},
@@ -167,10 +185,10 @@ def run_idle(setup: Setup, sessions: int, log: Any, repeat: int = 1,
             (broker_direct if mode == "direct" else guard).append(
                 per["broker" if mode == "direct" else "guard"])
             complete = complete and r["alive"] == sessions
+            each = ", ".join(f"{name} {v / 1024:.1f} KB" for name, v in per.items())
+            rss = ", ".join(f"{name} {v:.0f} MB" for name, v in r["rss_mb"].items())
             log(f"  idle {mode:6}: {r['alive']:,}/{sessions:,} sessions alive, connected in"
-                f" {r['connect_s']:.1f} s; memory per session: broker {per['broker'] / 1024:.1f}"
-                f" KB, guard {per['guard'] / 1024:.1f} KB (RSS broker"
-                f" {r['rss_mb']['broker']:.0f} MB, guard {r['rss_mb']['guard']:.0f} MB)"
+                f" {r['connect_s']:.1f} s; memory per session: {each} (RSS {rss})"
                 + (f" [run {k + 1}/{repeat}]" if repeat > 1 else ""))
     d, g = statistics.median(broker_direct), statistics.median(guard)
     tag = "" if complete else " [LOSS]"

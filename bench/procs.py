@@ -160,6 +160,7 @@ class GuardProcess:
         from iot_guard.tokens import new_secret
 
         self.host = host
+        self.policy_dir = policy_dir
         self.port = free_port(host)
         self.workdir = workdir
         secret_text = new_secret()
