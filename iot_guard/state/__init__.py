@@ -1,7 +1,7 @@
 """State that outlives a packet: approvals, counters, flags, the audit chain head.
 
 Callers depend on the protocols (``ApprovalStore``, ``CounterStore``, ``FlagStore``,
-``ChainHeadStore``, together a ``State``) and get a backend from ``open_state``: the embedded
+``ChainHeadStore``, together a ``Stores``) and get a backend from ``open_state``: the embedded
 one (``--state-dir DIR``: SQLite + memory) today, Redis (``redis://``) for several guards.
 What the per-packet path reads is synchronous and local: ``state.flags.view``
 (``FlagView``) and ``state.counters.limiter`` (``RateLimiter``); the stores keep it current.
@@ -15,7 +15,7 @@ from .protocols import (
     CounterStore,
     FlagStore,
     RateLimiter,
-    State,
+    Stores,
     Unsubscribe,
 )
 from .records import (
@@ -44,6 +44,6 @@ __all__ = [
     "ALL_AGENTS", "DEVICE_DONE", "DEVICE_STATUSES", "AlreadyExists", "ApprovalStore",
     "Baseline", "ChainHead", "ChainHeadStore", "CounterStore", "DeviceState", "FlagEvent",
     "FlagSnapshot", "FlagStore", "FlagView", "Grant", "Kill", "Lift", "RateLimit", "RateLimiter",
-    "Record", "Revocation", "State", "StateError", "StateUnavailable", "Unsubscribe",
+    "Record", "Revocation", "Stores", "StateError", "StateUnavailable", "Unsubscribe",
     "VoidBefore", "default_state_dir", "open_state", "rollout_counts",
 ]

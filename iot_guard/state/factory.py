@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .protocols import State
+from .protocols import Stores
 from .records import StateError, StateUnavailable
-from .sqlite import DB_NAME, EmbeddedState
+from .sqlite import DB_NAME, EmbeddedStores
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -34,7 +34,7 @@ def _is_url(spec: str) -> bool:
 
 async def open_state(
     spec: str | Path, *, clock: Callable[[], float] = time.time, poll_s: float = 0.25
-) -> State:
+) -> Stores:
     """Open (creating if needed) the state at ``spec``: a directory, or a URL.
 
     A directory holds ``state.sqlite3`` (created with mode 0700: it holds who approved what).
@@ -57,7 +57,7 @@ async def open_state(
         raise StateError(f"{directory}: cannot create the state directory: {exc}") from exc
     if not directory.is_dir():
         raise StateError(f"{directory}: not a directory")
-    state = EmbeddedState(directory / DB_NAME, clock=clock, poll_s=poll_s)
+    state = EmbeddedStores(directory / DB_NAME, clock=clock, poll_s=poll_s)
     try:
         return await state.open()
     except BaseException:

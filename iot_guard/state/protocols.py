@@ -189,7 +189,7 @@ class CounterStore(Protocol):
 
     @property
     def limiter(self) -> RateLimiter:
-        """The local limiter the per-packet path uses."""
+        """The local limiter the per-packet path uses; the same object for the store's life."""
         ...
 
     async def take(self, key: str, limit: RateLimit, n: int) -> Grant:
@@ -221,6 +221,7 @@ class FlagStore(Protocol):
 
     @property
     def view(self) -> FlagView:
+        """The local view; the same object for the store's life (a check may keep it)."""
         ...
 
     async def kill(self, agent: str, reason: str, by: str) -> Kill:
@@ -277,7 +278,7 @@ class ChainHeadStore(Protocol):
         ...
 
 
-class State(Protocol):
+class Stores(Protocol):
     """Every store of one backend, opened together by ``open_state``."""
 
     @property

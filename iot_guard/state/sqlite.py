@@ -713,7 +713,7 @@ class SqliteChainHeadStore:
 # ----------------------------------------------------------------------------- the whole
 
 
-class EmbeddedState:
+class EmbeddedStores:
     """The default backend: SQLite file ``DIR/state.sqlite3`` plus in-memory buckets.
 
     ``poll_s``: how often to look for changes other processes committed (the local
@@ -735,7 +735,7 @@ class EmbeddedState:
     def location(self) -> str:
         return self._db.path
 
-    async def open(self) -> EmbeddedState:
+    async def open(self) -> EmbeddedStores:
         await self._db.open()
 
         def first(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -792,7 +792,7 @@ class EmbeddedState:
             self._poller = None
         await self._db.close()
 
-    async def __aenter__(self) -> EmbeddedState:
+    async def __aenter__(self) -> EmbeddedStores:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

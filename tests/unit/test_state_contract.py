@@ -31,7 +31,7 @@ from iot_guard.state import (
     FlagEvent,
     RateLimit,
     Record,
-    State,
+    Stores,
     open_state,
     rollout_counts,
 )
@@ -60,7 +60,7 @@ class FakeClock:
 class Backend(Protocol):
     clock: FakeClock
 
-    async def open(self) -> State: ...
+    async def open(self) -> Stores: ...
 
 
 class SqliteBackend:
@@ -68,7 +68,7 @@ class SqliteBackend:
         self.directory = directory
         self.clock = FakeClock()
 
-    async def open(self) -> State:
+    async def open(self) -> Stores:
         return await open_state(self.directory, clock=self.clock, poll_s=POLL_S)
 
 
@@ -86,14 +86,14 @@ class Handles:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.clock = backend.clock
-        self.opened: list[State] = []
+        self.opened: list[Stores] = []
 
-    async def open(self) -> State:
+    async def open(self) -> Stores:
         state = await self.backend.open()
         self.opened.append(state)
         return state
 
-    async def reopen(self, state: State) -> State:
+    async def reopen(self, state: Stores) -> Stores:
         """Close ``state`` (a guard stops) and open the same backing state again."""
         await state.close()
         return await self.open()
@@ -113,7 +113,7 @@ async def handles(request: pytest.FixtureRequest) -> AsyncIterator[Handles]:
 
 
 @pytest_asyncio.fixture
-async def state(handles: Handles) -> State:
+async def state(handles: Handles) -> Stores:
     return await handles.open()
 
 
@@ -134,7 +134,7 @@ async def eventually(what: str, probe: Callable[[], bool | Awaitable[bool]]) -> 
 # ----------------------------------------------------------------------------- approvals
 
 
-async def test_create_then_get_returns_the_record(state: State, handles: Handles) -> None:
+async def test_create_then_get_returns_the_record(state: Stores, handles: Handles) -> None:
     body = {"agent_id": "ops-1", "devices": ["acme/d1"], "n": 3, "nested": {"a": [1, None]}}
     created = await state.approvals.create("r1", "pending", body)
     assert created.id == "r1" and created.status == "pending" and created.body == body
@@ -144,7 +144,7 @@ async def test_create_then_get_returns_the_record(state: State, handles: Handles
     assert await state.approvals.get("nope") is None
 
 
-async def test_create_an_existing_id_fails_and_keeps_the_first(state: State) -> None:
+async def test_create_an_existing_id_fails_and_keeps_the_first(state: Stores) -> None:
     await state.approvals.create("r1", "pending", {"v": 1})
     with pytest.raises(AlreadyExists):
         await state.approvals.create("r1", "approved", {"v": 2})
@@ -153,7 +153,7 @@ async def test_create_an_existing_id_fails_and_keeps_the_first(state: State) -> 
     assert (await state.approvals.create("r2", "pending", {})).id == "r2"  # store still usable
 
 
-async def test_create_refuses_a_body_that_is_not_json(state: State) -> None:
+async def test_create_refuses_a_body_that_is_not_json(state: Stores) -> None:
     with pytest.raises(TypeError):
         await state.approvals.create("r1", "pending", {"payload": b"raw"})
     with pytest.raises(ValueError):
@@ -166,7 +166,7 @@ async def test_create_refuses_a_body_that_is_not_json(state: State) -> None:
     assert unchanged is not None and unchanged.status == "pending" and unchanged.body == {"ok": 1}
 
 
-async def test_list_filters_by_status_newest_first(state: State, handles: Handles) -> None:
+async def test_list_filters_by_status_newest_first(state: Stores, handles: Handles) -> None:
     for rid, status in [("a", "pending"), ("b", "done"), ("c", "pending"), ("d", "escalated")]:
         await state.approvals.create(rid, status, {})
         handles.clock.advance(1)
@@ -180,13 +180,13 @@ async def test_list_filters_by_status_newest_first(state: State, handles: Handle
     assert await state.approvals.list([]) == []
 
 
-async def test_list_orders_records_created_at_the_same_time_by_id(state: State) -> None:
+async def test_list_orders_records_created_at_the_same_time_by_id(state: Stores) -> None:
     for rid in ["m", "z", "a"]:
         await state.approvals.create(rid, "pending", {})
     assert [r.id for r in await state.approvals.list()] == ["z", "m", "a"]
 
 
-async def test_update_is_compare_and_set_on_status(state: State, handles: Handles) -> None:
+async def test_update_is_compare_and_set_on_status(state: Stores, handles: Handles) -> None:
     first = await state.approvals.create("r1", "pending", {"level": 1, "keep": "me"})
     handles.clock.advance(5)
     assert await state.approvals.update("r1", "approved", status="done") is None
@@ -219,7 +219,7 @@ async def test_approve_twice_exactly_one_wins(handles: Handles) -> None:
         assert stored is not None and stored.body["by"] == winners[0].body["by"]
 
 
-async def test_claim_lease_renew_expire_release(state: State, handles: Handles) -> None:
+async def test_claim_lease_renew_expire_release(state: Stores, handles: Handles) -> None:
     await state.approvals.create("r1", "approved", {})
     a = await state.approvals.claim("r1", "guard-a", 10)
     assert a is not None and a.owner == "guard-a" and a.lease_until == handles.clock.now + 10
@@ -242,7 +242,7 @@ async def test_claim_lease_renew_expire_release(state: State, handles: Handles) 
         await state.approvals.claim("r1", "guard-a", 0)
 
 
-async def test_claim_checks_the_expected_status(state: State) -> None:
+async def test_claim_checks_the_expected_status(state: Stores) -> None:
     await state.approvals.create("r1", "pending", {})
     assert await state.approvals.claim("r1", "g", 5, expect={"approved", "executing"}) is None
     assert await state.approvals.claim("r1", "g", 5, expect="pending") is not None
@@ -262,7 +262,7 @@ async def test_two_guards_claim_at_once_exactly_one_wins(handles: Handles) -> No
         assert stored is not None and stored.owner == winners[0].owner
 
 
-async def test_update_with_owner_is_fenced_by_the_lease(state: State, handles: Handles) -> None:
+async def test_update_with_owner_is_fenced_by_the_lease(state: Stores, handles: Handles) -> None:
     await state.approvals.create("r1", "approved", {})
     await state.approvals.claim("r1", "guard-a", 10)
     assert await state.approvals.update("r1", "approved", status="executing", owner="b") is None
@@ -275,7 +275,7 @@ async def test_update_with_owner_is_fenced_by_the_lease(state: State, handles: H
     assert await state.approvals.update("r1", "executing", status="done", owner="guard-b")
 
 
-async def test_rollout_devices_in_order_with_compare_and_set(state: State) -> None:
+async def test_rollout_devices_in_order_with_compare_and_set(state: Stores) -> None:
     await state.approvals.create("r1", "executing", {})
     assert await state.approvals.rollout("r1") is None
     started = await state.approvals.rollout_start("r1", ["acme/d3", "acme/d1", "acme/d2"])
@@ -300,13 +300,13 @@ async def test_rollout_devices_in_order_with_compare_and_set(state: State) -> No
     assert rollout_counts(devices)["queued"] == 2 and rollout_counts(devices)["rejected"] == 1
 
 
-async def test_rollout_start_names_each_device_once(state: State) -> None:
+async def test_rollout_start_names_each_device_once(state: Stores) -> None:
     with pytest.raises(ValueError):
         await state.approvals.rollout_start("r1", ["acme/d1", "acme/d1"])
     assert await state.approvals.rollout("r1") is None
 
 
-async def test_abort_cancels_only_queued_devices(state: State) -> None:
+async def test_abort_cancels_only_queued_devices(state: Stores) -> None:
     await state.approvals.rollout_start("r1", ["d1", "d2", "d3", "d4"])
     await state.approvals.rollout_update("r1", "d1", "queued", "in_progress")
     await state.approvals.rollout_update("r1", "d2", "queued", "in_progress")
@@ -326,7 +326,7 @@ async def test_resumed_rollout_never_sends_a_device_twice(handles: Handles) -> N
     devices = [f"acme/d{i}" for i in range(12)]
     await a.approvals.rollout_start("r1", devices)
 
-    async def run(s: State) -> list[str]:
+    async def run(s: Stores) -> list[str]:
         taken = []
         for d in devices:
             if await s.approvals.rollout_update("r1", d, "queued", "in_progress"):
@@ -338,7 +338,7 @@ async def test_resumed_rollout_never_sends_a_device_twice(handles: Handles) -> N
     assert not set(got_a) & set(got_b)
 
 
-async def test_watch_sees_each_change_until_unsubscribed(state: State) -> None:
+async def test_watch_sees_each_change_until_unsubscribed(state: Stores) -> None:
     seen: list[Record] = []
 
     def broken(_: Record) -> None:
@@ -372,7 +372,7 @@ async def test_watch_sees_changes_made_by_another_guard(handles: Handles) -> Non
     assert seen[0].body == {"from": "b"}
 
 
-async def test_approvals_survive_a_restart(state: State, handles: Handles) -> None:
+async def test_approvals_survive_a_restart(state: Stores, handles: Handles) -> None:
     await state.approvals.create("r1", "pending", {"payload": "x"})
     await state.approvals.update("r1", "pending", status="approved")
     await state.approvals.claim("r1", "guard-a", 60)
@@ -391,7 +391,7 @@ async def test_approvals_survive_a_restart(state: State, handles: Handles) -> No
 # ----------------------------------------------------------------------------- counters
 
 
-async def test_limiter_allows_the_burst_then_the_rate(state: State) -> None:
+async def test_limiter_allows_the_burst_then_the_rate(state: Stores) -> None:
     limiter = state.counters.limiter
     limit = RateLimit(per_minute=20, burst=5)  # one unit every 3 s
     now = 500.0
@@ -404,7 +404,7 @@ async def test_limiter_allows_the_burst_then_the_rate(state: State) -> None:
     assert not limiter.try_take("ops-1/identify", limit, now + 3.0).ok
 
 
-async def test_take_leases_what_is_free_and_shares_the_budget(state: State) -> None:
+async def test_take_leases_what_is_free_and_shares_the_budget(state: Stores) -> None:
     limit = RateLimit(per_minute=60, burst=10)
     first = await state.counters.take("agent/x", limit, 4)
     assert first.granted == 4 and first.retry_after == 0.0
@@ -414,7 +414,7 @@ async def test_take_leases_what_is_free_and_shares_the_budget(state: State) -> N
     assert third.granted == 0 and not third.ok
 
 
-async def test_baselines_fold_and_survive_a_restart(state: State, handles: Handles) -> None:
+async def test_baselines_fold_and_survive_a_restart(state: Stores, handles: Handles) -> None:
     assert await state.counters.baseline("ops-1/identify") is None
     await state.counters.fold_baseline("ops-1/identify", 10, 4, alpha=0.5)
     b = await state.counters.fold_baseline("ops-1/identify", 10, 2, alpha=0.5)
@@ -437,7 +437,7 @@ async def test_two_guards_folding_at_once_lose_no_count(handles: Handles) -> Non
     assert got is not None and got.current == 40
 
 
-async def test_fold_refuses_bad_arguments(state: State) -> None:
+async def test_fold_refuses_bad_arguments(state: Stores) -> None:
     with pytest.raises(ValueError):
         await state.counters.fold_baseline("k", 1, 1, alpha=0)
     with pytest.raises(ValueError):
@@ -448,7 +448,7 @@ async def test_fold_refuses_bad_arguments(state: State) -> None:
 # ----------------------------------------------------------------------------- flags
 
 
-async def test_kill_and_lift_one_agent(state: State, handles: Handles) -> None:
+async def test_kill_and_lift_one_agent(state: Stores, handles: Handles) -> None:
     view = state.flags.view
     assert view.is_killed("ops-1") is None
     killed_at = handles.clock.now
@@ -471,7 +471,7 @@ async def test_kill_and_lift_one_agent(state: State, handles: Handles) -> None:
 
 
 async def test_tokens_issued_before_a_kill_stay_void_after_the_lift(
-    state: State, handles: Handles
+    state: Stores, handles: Handles
 ) -> None:
     view = state.flags.view
     handles.clock.now = 2000.5
@@ -485,7 +485,7 @@ async def test_tokens_issued_before_a_kill_stay_void_after_the_lift(
     assert view.token_void("ops-2", "j5", issued_at=1000) is None
 
 
-async def test_kill_all_stops_everyone_and_lifts_separately(state: State) -> None:
+async def test_kill_all_stops_everyone_and_lifts_separately(state: Stores) -> None:
     view = state.flags.view
     await state.flags.kill("ops-1", "own", "secops")
     await state.flags.kill(ALL_AGENTS, "fleet incident", "secops")
@@ -497,7 +497,7 @@ async def test_kill_all_stops_everyone_and_lifts_separately(state: State) -> Non
     assert view.is_killed("ops-1") is not None  # the per-agent switch stays
 
 
-async def test_revoke_a_token_until_it_expires(state: State, handles: Handles) -> None:
+async def test_revoke_a_token_until_it_expires(state: Stores, handles: Handles) -> None:
     view = state.flags.view
     now = handles.clock.now
     assert await state.flags.revoke("jti-1", expires_at=now + 60, reason="leaked", agent="ops-1")
@@ -512,7 +512,7 @@ async def test_revoke_a_token_until_it_expires(state: State, handles: Handles) -
     assert await state.flags.forget_expired() == 0
 
 
-async def test_void_before_only_moves_later(state: State) -> None:
+async def test_void_before_only_moves_later(state: Stores) -> None:
     assert await state.flags.void_tokens_before("ops-1", 100.0, "rotate") == 100.0
     assert await state.flags.void_tokens_before("ops-1", 50.0, "older") == 100.0
     assert state.flags.view.token_void("ops-1", None, issued_at=99) is not None
@@ -521,7 +521,7 @@ async def test_void_before_only_moves_later(state: State) -> None:
     assert state.flags.view.token_void("ops-1", None, issued_at=100) is not None
 
 
-async def test_flag_watchers_run_after_the_view_shows_the_change(state: State) -> None:
+async def test_flag_watchers_run_after_the_view_shows_the_change(state: Stores) -> None:
     seen: list[tuple[FlagEvent, str | None]] = []
     stop = state.flags.watch(lambda e: seen.append((e, state.flags.view.is_killed("ops-1"))))
     await state.flags.kill("ops-1", "why", "secops")
@@ -553,7 +553,7 @@ async def test_a_kill_through_another_guard_reaches_this_view(handles: Handles) 
 
 
 async def test_flags_survive_a_restart_and_load_before_open_returns(
-    state: State, handles: Handles
+    state: Stores, handles: Handles
 ) -> None:
     await state.flags.kill("ops-1", "why", "secops")
     await state.flags.revoke("j1", expires_at=handles.clock.now + 600, reason="leak")
@@ -565,7 +565,7 @@ async def test_flags_survive_a_restart_and_load_before_open_returns(
 # ----------------------------------------------------------------------------- chain heads
 
 
-async def test_chain_head_compare_and_set(state: State, handles: Handles) -> None:
+async def test_chain_head_compare_and_set(state: Stores, handles: Handles) -> None:
     chain = state.chain
     assert await chain.head("guard-a") is None
     h1 = ChainHead(seq=10, hash="ab" * 32)

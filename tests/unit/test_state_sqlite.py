@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iot_guard.state import StateError, StateUnavailable, default_state_dir, open_state
-from iot_guard.state.sqlite import DB_NAME, EmbeddedState, _immediate
+from iot_guard.state.sqlite import DB_NAME, EmbeddedStores, _immediate
 
 
 @pytest.mark.asyncio
@@ -24,7 +24,7 @@ async def test_open_creates_a_private_dir_with_a_wal_database(tmp_path: Path) ->
     try:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert state.location == str(directory / DB_NAME)
-        assert isinstance(state, EmbeddedState)
+        assert isinstance(state, EmbeddedStores)
         sync = await state._db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
         assert sync == 2  # FULL
     finally:
@@ -140,7 +140,7 @@ async def test_poll_announces_each_change_once(tmp_path: Path) -> None:
     guard = await open_state(tmp_path, poll_s=0)
     other = await open_state(tmp_path, poll_s=0)
     try:
-        assert isinstance(guard, EmbeddedState)
+        assert isinstance(guard, EmbeddedStores)
         seen: list[tuple[str, str]] = []
         guard.approvals.watch(lambda r: seen.append((r.id, r.status)))
         await guard.approvals.create("own-1", "pending", {})
