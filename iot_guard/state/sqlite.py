@@ -65,6 +65,7 @@ Clock = Callable[[], float]
 DB_NAME = "state.sqlite3"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
+FORGET_EVERY_S = 600.0  # how often the poller deletes revocations of expired tokens
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seq (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -654,11 +655,14 @@ class SqliteFlagStore:
     async def forget_expired(self) -> int:
         now = self._clock()
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> tuple[int, FlagSnapshot]:
             with _immediate(conn):
-                return conn.execute("DELETE FROM revoked WHERE expires_at <= ?", (now,)).rowcount
+                gone = conn.execute("DELETE FROM revoked WHERE expires_at <= ?", (now,)).rowcount
+            return gone, _load_flags(conn, now)
 
-        return await self._db.run(op)
+        gone, snap = await self._db.run(op)
+        self._apply(snap)  # the view lets go of them too: its memory stays bounded
+        return gone
 
     def watch(self, callback: Callable[[FlagEvent], None]) -> Unsubscribe:
         self._watchers.append(callback)
@@ -777,10 +781,14 @@ class EmbeddedStores:
                 self.approvals._changed_elsewhere(foreign, rev_seen, rows))
 
     async def _poll_forever(self) -> None:
+        forget_at = self._clock() + FORGET_EVERY_S
         while True:
             await asyncio.sleep(self._poll_s)
             try:
                 await self.poll()
+                if self._clock() >= forget_at:
+                    forget_at = self._clock() + FORGET_EVERY_S
+                    await self.flags.forget_expired()
             except StateError as exc:  # keep the last known state; say so, try again
                 log.warning("state poll failed: %s", exc)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iot_guard.state import StateError, StateUnavailable, default_state_dir, open_state
-from iot_guard.state.sqlite import DB_NAME, EmbeddedStores, _immediate
+from iot_guard.state.sqlite import DB_NAME, FORGET_EVERY_S, EmbeddedStores, _immediate
 
 
 @pytest.mark.asyncio
@@ -174,3 +174,22 @@ def test_a_failed_commit_leaves_no_transaction_open() -> None:
         assert conn.execute("SELECT count(*) FROM p").fetchone()[0] == 1
     finally:
         conn.close()
+
+
+@pytest.mark.asyncio
+async def test_the_poller_forgets_expired_revocations_by_itself(tmp_path: Path) -> None:
+    clock = [1000.0]
+    guard = await open_state(tmp_path, clock=lambda: clock[0], poll_s=0.01)
+    try:
+        await guard.flags.revoke("j1", expires_at=1060.0, reason="leak")
+        await guard.flags.revoke("j2", expires_at=1e12, reason="leak")
+        clock[0] += FORGET_EVERY_S + 1
+        deadline = time.monotonic() + 5
+        while "j1" in guard.flags.view.snapshot.revoked:
+            assert time.monotonic() < deadline, "the expired revocation was never forgotten"
+            await asyncio.sleep(0.01)
+        assert set(guard.flags.view.snapshot.revoked) == {"j2"}
+        with sqlite3.connect(tmp_path / DB_NAME) as conn:
+            assert [r[0] for r in conn.execute("SELECT jti FROM revoked")] == ["j2"]
+    finally:
+        await guard.close()
