@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..mqtt import ReasonCode
 from ..policy.compiler import CompiledPolicy
-from ..session import GuardNotice, HoldResolved, Kick, PolicySwapped
+from ..session import GuardNotice, GuardSession, HoldResolved, Kick, PolicySwapped
 
 if TYPE_CHECKING:
     from .link import Link
@@ -68,6 +69,18 @@ class ControlPlane:
         if links:
             log.info("disconnected %d session(s) of %s: %s", len(links),
                      agent_id or "every agent", reason)
+        return len(links)
+
+    def disconnect_where(
+        self, covers: Callable[[GuardSession], bool], code: int, reason: str
+    ) -> int:
+        """End every connected session ``covers`` says yes to (a revoked token's, say)."""
+        links = [link for link in self._live()
+                 if link.session.agent_id is not None and covers(link.session)]
+        for link in links:
+            link.feed(Kick(int(code), reason))
+        if links:
+            log.info("disconnected %d session(s): %s", len(links), reason)
         return len(links)
 
     def notify(self, agent_id: str, topic: str, payload: bytes) -> int:

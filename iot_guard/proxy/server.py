@@ -13,17 +13,21 @@ import logging
 import secrets
 import ssl
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..audit import AuditLog
+from ..audit import AuditLog, utc_iso
 from ..checks import Check, Pipeline
+from ..checks.kill_switch import KillSwitchCheck
 from ..policy.compiler import CompiledPolicy
 from ..session import GuardSession, SessionSettings
+from ..state import State, default_state_dir, open_state
 from ..tokens import check_secret
 from .control import ControlPlane
+from .flag_watch import FlagWatch
 from .hooks import Hooks
 from .link import AgentProtocol, Link
 
@@ -53,6 +57,21 @@ class GuardConfig:
     tls_key: Path | None = None
     upstream_tls: bool = False
     upstream_ca: Path | None = None
+    # Where approvals, flags, counters and the audit chain head live: a directory (SQLite)
+    # or a URL; None = ``state/`` beside the audit log.
+    state: str | Path | None = None
+    # "enforce", or "dry-run": decide everything, refuse nothing the policy or an
+    # observable check would refuse (audited as would_deny / would_hold).
+    mode: str = "enforce"
+    # Checks run in observe mode (by name) while the rest enforce.
+    observe: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+
+MODES = ("enforce", "dry-run")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -91,7 +110,9 @@ class GuardServer:
             checkpoint_records=config.audit_checkpoint_records,
             checkpoint_seconds=config.audit_checkpoint_seconds,
         )
-        self.pipeline = Pipeline(checks)
+        self._checks = tuple(checks)
+        self.pipeline = Pipeline(self._checks)  # completed with the brakes in start()
+        self.state: State | None = None
         self.hooks = Hooks(addons)
         self.control = ControlPlane(self)
         self.settings = SessionSettings(
@@ -105,6 +126,7 @@ class GuardServer:
             connect_timeout=config.connect_timeout,
             # Holds are parked only where an addon resolves them; otherwise refused.
             holds=self.hooks.has("on_hold"),
+            dry_run=config.mode == "dry-run",
         )
         self.links: set[Link] = set()
         self._server: asyncio.Server | None = None
@@ -129,6 +151,15 @@ class GuardServer:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
+    def _observing(self, checks: Iterable[Check]) -> list[Check]:
+        """Checks in observe mode where the config says so (by name, or all in a dry run);
+        a check that already observes stays as it is."""
+        dry = self.config.mode == "dry-run"
+        for check in checks:
+            if dry or check.name in self.config.observe:
+                check.enforce = False
+        return list(checks)
+
     def new_link(self) -> Link:
         session_id = f"{self._prefix}-{next(self._ids)}"
         session = GuardSession(self.policy, self.settings, session_id, pipeline=self.pipeline,
@@ -141,6 +172,28 @@ class GuardServer:
         self.links.discard(link)
 
     async def start(self) -> None:
+        # Fail closed: without its state (kill switches, revocations, approvals) the
+        # guard does not start.
+        spec = self.config.state or default_state_dir(self.config.audit_path)
+        self.state = await open_state(spec)
+        try:
+            self.pipeline = Pipeline([KillSwitchCheck(self.state.flags.view),
+                                      *self._observing(self._checks)])
+            self._unwatch = self.state.flags.watch(FlagWatch(self.control).on_flag)
+            mode = self.config.mode
+            if mode == "dry-run":
+                log.warning("DRY RUN: this guard decides everything and refuses nothing the "
+                            "policy would refuse; see would_deny / would_hold in the audit log")
+            # The first record says how this guard runs (and proves the log is writable).
+            self.audit.write({
+                "timestamp": utc_iso(time.time()), "packet": "guard", "result_status": "start",
+                "mode": mode, "state": self.state.location,
+                "checks": [c.name for c in self.pipeline.checks],
+            })
+        except BaseException:
+            await self.state.close()
+            self.state = None
+            raise
         loop = asyncio.get_running_loop()
         self.audit.attach(loop)  # checkpoints are signed from the loop, off the packet path
         self._server = await loop.create_server(
@@ -167,6 +220,9 @@ class GuardServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.hooks.stop()
+        if self.state is not None:
+            self._unwatch()
+            await self.state.close()
         self.audit.close()
 
 
@@ -215,6 +271,14 @@ class GuardThread:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def run(self, make: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
+        """Await ``make()`` on the guard's loop (state store calls, addons) and return it."""
+
+        async def run() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     def call(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
         """Run ``fn`` on the guard's loop thread (to inspect live state safely)."""

@@ -115,6 +115,10 @@ class SessionSettings:
     # True when something resolves holds (the approvals service); without it a held
     # action is refused and says so, never parked where nobody will look.
     holds: bool = False
+    # Dry run: decide everything, refuse nothing the policy refuses; what enforcement
+    # would have refused is audited as would_deny / would_hold. Checks have their own
+    # enforce switch (brakes such as the kill switch always enforce).
+    dry_run: bool = False
 
 
 @dataclass(slots=True)
@@ -164,6 +168,8 @@ class GuardSession:
         self._pending_subscribes: dict[int, _PendingSubscribe] = {}
         self._pending_unsubscribes: dict[int, _PendingSubscribe] = {}
         self._holds: set[str] = set()
+        self._dry_run = settings.dry_run
+        self._mode = "dry-run" if settings.dry_run else "enforce"
         self._wants_publish = self.pipeline.wants("publish")
         self._wants_receive = self.pipeline.wants("receive")
 
@@ -424,6 +430,8 @@ class GuardSession:
             decision = self._check_response_topic(will.properties) or agent.decide_publish(
                 will.topic, will.payload, will.qos, will.retain
             )
+            if self._dry_run and decision.verdict is not Verdict.ALLOW:
+                decision = self._observe_policy(actions, now, decision, "publish", will.topic)
             self._audit(actions, now, decision, "publish", will.topic, payload=will.payload,
                         qos=will.qos, retain=will.retain, note="will message")
             if decision.verdict is not Verdict.ALLOW:
@@ -535,6 +543,8 @@ class GuardSession:
         decision = self._check_response_topic(publish.properties) or agent.decide_publish(
             publish.topic, publish.payload, publish.qos, publish.retain
         )
+        if self._dry_run and decision.verdict is not Verdict.ALLOW:
+            decision = self._observe_policy(actions, now, decision, "publish", publish.topic)
         if self._wants_publish:
             judged = self.pipeline.run(self._request("publish", publish), decision, now)
             decision = judged.decision
@@ -618,6 +628,8 @@ class GuardSession:
         agent = self._agent
         assert agent is not None
         decision = agent.decide_receive(publish.topic)
+        if self._dry_run and decision.verdict is not Verdict.ALLOW:
+            decision = self._observe_policy(actions, now, decision, "receive", publish.topic)
         if self._wants_receive:
             judged = self.pipeline.run(self._request("receive", publish), decision, now)
             decision = judged.decision
@@ -659,6 +671,9 @@ class GuardSession:
                                            f"({EVENTS_TOPIC}, {APPROVALS_PREFIX}+)")
                 continue
             decision = agent.decide_subscribe(topic_filter, subscription.qos)
+            if self._dry_run and decision.verdict is not Verdict.ALLOW:
+                decision = self._observe_policy(actions, now, decision, "subscribe",
+                                                topic_filter)
             if self.pipeline.wants("subscribe"):
                 judged = self.pipeline.run(Request(
                     "subscribe", self.agent_id, self.session_id, self.token_id, topic_filter,
@@ -789,11 +804,25 @@ class GuardSession:
         *, payload: bytes | None = None, qos: int | None = None, retain: bool | None = None,
         note: str | None = None, status: str | None = None,
     ) -> None:
-        actions.append(WriteAudit(audit_record(
+        record = audit_record(
             now=now, agent_id=self.agent_id, session_id=self.session_id,
             client_id=self.client_id, token_id=self.token_id, decision=decision, packet=packet,
             scope=scope, payload=payload, qos=qos, retain=retain, note=note, status=status,
-        )))
+        )
+        record["mode"] = self._mode  # every record says whether it was enforced
+        actions.append(WriteAudit(record))
+
+    def _observe_policy(
+        self, actions: list[Command], now: float, decision: Decision, packet: str, scope: str
+    ) -> Decision:
+        """Dry run: record what the policy would have done, and let the action through."""
+        self._audit(actions, now, decision, packet, scope,
+                    status="would_" + decision.verdict.value, note="dry run: not enforced")
+        return Decision(
+            Verdict.ALLOW, f"dry run, would {decision.verdict.value}: {decision.reason}",
+            ReasonCode.SUCCESS, decision.action_type, decision.tool, decision.rule,
+            decision.resource, decision.risk, decision.max_qos,
+        )
 
     def _audit_observed(
         self, actions: list[Command], now: float, judged: Judgement, packet: str, scope: str

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from iot_guard.audit import AuditLog
 from iot_guard.mqtt import Connect, Disconnect, PubAck, Publish, PubRec, Subscribe, Subscription
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
@@ -221,10 +222,13 @@ def test_broker_going_away_disconnects_agents_cleanly_and_the_guard_recovers(
         assert again.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
 
 
-def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker) -> None:
+def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker,
+                                               tmp_path: Path) -> None:
     secret = b"audit-failure-secret-audit-failure-000"
-    # /dev/full accepts the open and fails every write (ENOSPC): fail closed.
-    with start_guard(own_broker, Path("/dev/full"), secret) as guard:
+    with start_guard(own_broker, tmp_path / "audit.jsonl", secret) as guard:
+        # The disk fills up after start: /dev/full accepts the open and fails every write
+        # (ENOSPC). Fail closed: nothing is forwarded and the session ends.
+        guard.call(lambda: setattr(guard.server, "audit", AuditLog("/dev/full")))
         client = RawMqtt(guard.port)
         client.send_packet(
             Connect(
@@ -237,6 +241,16 @@ def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker) -> N
         client.send_packet(Publish(f"{DEVICE}/shadow/get", b"", qos=1, packet_id=1))
         got = client.wait_closed(timeout=5)
         assert not any(isinstance(p, PubAck) for p in got)
+
+
+def test_a_guard_whose_audit_log_cannot_be_written_does_not_start(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    config = own_broker.guard_config(POLICY_DIR, b"audit-failure-secret-audit-failure-000",
+                                     Path("/dev/full"))
+    config.state = tmp_path / "state"
+    with pytest.raises(RuntimeError, match="cannot write audit log"):
+        GuardThread(config).start()
 
 
 def test_slow_agent_keeps_guard_memory_bounded(own_broker: MosquittoBroker, tmp_path: Path) -> None:

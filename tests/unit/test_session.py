@@ -794,3 +794,28 @@ def test_every_command_type_in_a_session_is_one_the_proxy_knows() -> None:
     known = set(typing.get_args(Command))
     assert {SendToAgent, SendToBroker, OpenUpstream, WriteAudit, SetTimer, CancelTimer,
             StartHold, GuardSubscribed, Close} == known
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_audits_would_deny_and_forwards() -> None:
+    dry = SessionSettings(secret=SECRET, upstream_username="iot-guard",
+                          upstream_password=b"broker-pw", dry_run=True)
+    session = connected(settings=dry)
+    raw = encode(Publish(FOREIGN_UPDATE, GOOD_SHADOW, qos=1, packet_id=2), 5)
+    assert (
+        Playbook(session)
+        >> AgentData(raw)
+        << audit(result_status="would_deny", decision="deny", mode="dry-run")
+        << audit(decision="allow", mode="dry-run")
+        << SendToBroker(raw)
+    )
+
+
+def test_enforce_mode_is_written_into_every_record() -> None:
+    session = connected()
+    raw = encode(Publish(FOREIGN_UPDATE, GOOD_SHADOW, qos=1, packet_id=2), 5)
+    commands = session.handle(AgentData(raw), NOW)
+    records = [c.record for c in commands if isinstance(c, WriteAudit)]
+    assert records and all(r["mode"] == "enforce" for r in records)
