@@ -244,7 +244,7 @@ def test_audit_records_every_refusal(guarded: Guarded) -> None:
     client = agent(guarded)
     publish_qos1(client, "tenants/globex/devices/therm-102/config/patch", b'{"mode":"heat"}')
     records = [r for r in guarded.audit()
-               if r["requested_scope"] == "tenants/globex/devices/therm-102/config/patch"]
+               if r.get("requested_scope") == "tenants/globex/devices/therm-102/config/patch"]
     assert records, "refusal not audited"
     record = records[-1]
     for key in ("timestamp", "agent_id", "session_id", "tool_name", "action_type",
