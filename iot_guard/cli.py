@@ -43,7 +43,7 @@ RUN_SETTINGS = (
     "policy", "listen", "upstream", "secret_file", "upstream_username",
     "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
     "upstream_ca", "max_packet_size", "audit_key", "audit_checkpoint_records",
-    "audit_checkpoint_seconds",
+    "audit_checkpoint_seconds", "admin",
 )
 
 
@@ -107,11 +107,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    admin_at = _host_port(str(s["admin"])) if s.get("admin") else None
+
     async def serve() -> None:
-        server = GuardServer(config)
-        await server.start()
+        from .admin import AdminApp
+        from .approvals.webhooks import WebhookNotifier
+
+        # After the approvals addon (when there is one): these follow its service.
+        addons: list[object] = [WebhookNotifier()]
+        admin = AdminApp(admin_at[0], admin_at[1], secret) if admin_at else None
+        if admin is not None:
+            addons.append(admin)
+        server = GuardServer(config, addons=addons)
+        try:
+            await server.start()
+        except (OSError, ValueError) as exc:  # a busy admin port, a webhook secret missing
+            await server.stop()
+            raise CliError(f"cannot start: {exc}") from None
         print(f"iot-guard listening on {config.listen_host}:{server.port}, upstream "
               f"{config.upstream_host}:{config.upstream_port}", file=sys.stderr, flush=True)
+        if admin is not None:
+            print(f"iot-guard admin API and approval console on {admin.url}", file=sys.stderr,
+                  flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -264,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream-tls", action="store_true", help="connect to the broker over TLS")
     run.add_argument("--upstream-ca", help="CA bundle to verify the broker's certificate")
     run.add_argument("--max-packet-size", type=int, help="largest packet an agent may send")
+    run.add_argument("--admin", metavar="HOST:PORT",
+                     help="serve the admin API and the approval console here")
     run.set_defaults(handler=cmd_run)
 
     token = commands.add_parser("token", help="agent tokens").add_subparsers(

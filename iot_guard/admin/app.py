@@ -1,9 +1,9 @@
 """Assemble the admin server: core routes (who am I, live events), the console, and the
 approvals API. Other modules add their routes to ``AdminApp.server`` before it starts.
 
-As a guard addon (``GuardServer(..., addons=[..., admin])``) it starts and stops with the
-guard, on the guard's loop. The approvals service may be given as an object or as a
-callable that returns it once its own addon has started (it opens its store at start).
+As a guard addon (``GuardServer(..., addons=[approvals, admin])``) it starts and stops with
+the guard, on the guard's loop, after the approvals addon. The approvals service may be
+given as an object, as a callable that returns it, or found on the guard at start.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..approvals.lookup import approval_service_of
 from . import console
 from .approvals_api import Approvals, ApprovalsApi
 from .auth import Directory
@@ -102,6 +103,9 @@ class AdminApp:
         control = getattr(server, "control", None)
         if control is not None:
             self.policy_directory = PolicyDirectory(lambda: control.policy.document)
+        if self._approvals is None and server is not None:
+            # Asked per request: the approvals addon may create its service at its start.
+            self._approvals = lambda: approval_service_of(server)
         self.approvals.attach()
         await self.server.start(server)
 

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ import aiohttp
 
 from ..audit import utc_iso
 from ..policy_models import Webhook
+from .lookup import approval_service_of
 
 log = logging.getLogger("iot_guard.approvals.webhooks")
 
@@ -156,30 +158,35 @@ class WebhookNotifier:
 
     def __init__(
         self,
-        targets: list[WebhookTarget],
-        audit: Callable[[dict[str, Any]], None],
+        targets: list[WebhookTarget] | None = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
         *,
         queue_size: int = 1000,
         max_attempts: int = 6,
         base_delay_s: float = 1.0,
         max_delay_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``targets`` and ``audit`` None: as a guard addon, taken at start from the policy
+        in force (``approvals.webhooks``, secrets from ``environ``) and the guard's log."""
         self.targets = targets
         self._audit = audit
         self.queue_size = queue_size
         self.delays = retry_delays(max_attempts, base_delay_s, max_delay_s)
         self.clock = clock
-        self._queues = [asyncio.Queue[dict[str, Any]](queue_size) for _ in targets]
+        self.environ = environ
+        self._queues: list[asyncio.Queue[dict[str, Any]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
 
     def notify(self, view: dict[str, Any]) -> None:
         """ApprovalService subscriber: never blocks, never raises into the service."""
-        for target, queue in zip(self.targets, self._queues, strict=True):
+        for target, queue in zip(self.targets or (), self._queues, strict=False):
             try:
                 queue.put_nowait(view)
             except asyncio.QueueFull:
@@ -188,14 +195,31 @@ class WebhookNotifier:
                     f"queue full ({self.queue_size} undelivered): event dropped"
                 ))
 
-    async def start(self, server: object = None) -> None:
+    async def start(self, server: Any = None) -> None:
+        """Start the senders; as a guard addon (after the approvals addon) also take the
+        targets from the policy, audit to the guard's log and follow its approval service
+        (a webhook secret missing from the environment stops the guard from starting)."""
+        if self.targets is None:
+            document = server.control.policy.document
+            environ = self.environ if self.environ is not None else os.environ
+            self.targets = targets_from_policy(document.approvals.webhooks, environ)
+        if self._audit is None:
+            self._audit = server.audit.write
+        self._queues = [asyncio.Queue(self.queue_size) for _ in self.targets]
         self._http = aiohttp.ClientSession()
         self._tasks = [
             asyncio.create_task(self._deliver_all(target, queue), name="iot-guard-webhook")
             for target, queue in zip(self.targets, self._queues, strict=True)
         ]
+        if server is not None and self.targets and self._unsubscribe is None:
+            service = approval_service_of(server)
+            if service is not None:
+                self._unsubscribe = service.subscribe(self.notify)
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -271,6 +295,7 @@ class WebhookNotifier:
             record["delivery"] = delivery
         log.warning("%s: %s %s", event, record["webhook"], note)
         try:
-            self._audit(record)
+            if self._audit is not None:
+                self._audit(record)
         except Exception:  # an audit failure is logged; the guard's own path fails closed
             log.exception("could not audit %s", event)
