@@ -24,7 +24,7 @@ from ..checks import Check, Pipeline
 from ..checks.kill_switch import KillSwitchCheck
 from ..policy.compiler import CompiledPolicy
 from ..session import GuardSession, SessionSettings
-from ..state import State, default_state_dir, open_state
+from ..state import Stores, default_state_dir, open_state
 from ..tokens import check_secret
 from .control import ControlPlane
 from .flag_watch import FlagWatch
@@ -112,7 +112,7 @@ class GuardServer:
         )
         self._checks = tuple(checks)
         self.pipeline = Pipeline(self._checks)  # completed with the brakes in start()
-        self.state: State | None = None
+        self.state: Stores | None = None
         self.hooks = Hooks(addons)
         self.control = ControlPlane(self)
         self.settings = SessionSettings(
