@@ -1,0 +1,639 @@
+"""The approval service: held actions become durable requests that humans decide.
+
+Implements the contract the admin API, CLI, console and webhooks build on (``ApprovalService``,
+``ApprovalError``; see /work/notes/CONTRACTS.md in the session and the README). What it does:
+
+- ``hold``: a held action becomes a request in the store (``state.ApprovalStore``), bound to
+  its exact bytes (``request.Binding``), with the chain the policy gives it, and a timer;
+- ``approve`` / ``deny`` / ``cancel``: a transition of the pure state machine, written with a
+  compare-and-set on the status (of two approvals of one request exactly one wins);
+- timers on the loop escalate and expire requests; at start, requests are reloaded, missed
+  deadlines are applied (and say the guard was not running), timers resume;
+- an approved request is carried out at most once by the guard itself: re-checked first
+  (void if its digest, the policy version or the devices it reaches changed, or it expired),
+  moved to ``executing`` in the store, then published on the executor connection (one
+  publish, or a staged rollout when its tool has one);
+- every transition is an audit record (who, when, why), a view to ``subscribe``rs (the
+  admin lane's console and webhooks) and a notice to the agent on
+  ``$guard/approvals/<id>``.
+
+Nothing here runs on the per-packet path: ``hold`` is scheduled by the server addon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from iot_guard.audit import AuditError, utc_iso
+from iot_guard.mqtt import topic_matches
+from iot_guard.policy.compiler import CompiledPolicy
+from iot_guard.policy.decision import Verdict
+from iot_guard.state import ApprovalStore, Record
+
+from . import facts
+from .chains import approver_levels, chain_for
+from .executor import ExecutorClient, ExecutorError
+from .request import (
+    FINAL,
+    OPEN,
+    ApprovalError,
+    ApprovalRequest,
+    Binding,
+    Status,
+)
+from .rollout import ABORTED, DONE, RolloutSpec, RolloutState, result_status
+from .runner import RolloutRunner
+
+__all__ = ["ApprovalError", "ApprovalService", "HeldLike"]
+
+log = logging.getLogger("iot_guard.approvals")
+
+NOTICE_PREFIX = "$guard/approvals/"
+# Finished requests an agent still gets on subscribe (it may have missed the last notice).
+RECENT_S = 3600.0
+RESTART_NOTE = "the guard was not running at the deadline"
+LIVE = (Status.PENDING, Status.ESCALATED, Status.APPROVED, Status.EXECUTING)
+
+
+class DecisionLike(Protocol):
+    verdict: Any
+    reason: str
+    rule: str | None
+    risk: str | None
+    resource: str | None
+    tool: str | None
+
+
+class HeldLike(Protocol):
+    """``session.commands.HeldAction`` (the session/hold seam), as far as approvals read it."""
+
+    hold_id: str
+    agent_id: str
+    session_id: str
+    token_id: str | None
+    tool: str | None
+    topic: str
+    qos: int
+    retain: bool
+    payload: bytes
+    decision: DecisionLike
+    created_at: float
+
+
+Audit = Callable[[dict[str, Any]], None]
+Notify = Callable[[str, str, bytes], None]
+HoldResolved = Callable[[str, str, str], None]
+
+
+class ApprovalService:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        policy: Callable[[], CompiledPolicy],
+        *,
+        executor: ExecutorClient | None = None,
+        audit: Audit | None = None,
+        notify: Notify | None = None,
+        hold_resolved: HoldResolved | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._policy = policy
+        self.executor = executor
+        self._audit = audit
+        self._notify = notify
+        self._hold_resolved = hold_resolved
+        self._clock = clock
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runners: dict[str, RolloutRunner] = {}
+        self._live: dict[str, ApprovalRequest] = {}  # executing requests, with live progress
+        self._result_filters: set[str] = set()
+        self._stopping = False
+        if executor is not None:
+            executor.on_message = self._on_executor_message
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reload requests: apply deadlines missed while down, resume timers, settle the rest."""
+        now = self._clock()
+        records = await self.store.list([s.value for s in LIVE])
+        for record in reversed(records):  # oldest first
+            request = ApprovalRequest.from_record(record.body)
+            if request.status in OPEN:
+                await self._persist_if_moved(request, lambda r: r.tick(now, note=RESTART_NOTE))
+            elif request.status is Status.APPROVED:
+                self._spawn(self._execute(request.id))
+            elif request.status is Status.EXECUTING:
+                # At most once: what was in flight is not sent again after a restart.
+                await self.store.rollout_cancel(
+                    request.id, "the guard stopped during the rollout; not sent again"
+                )
+                await self._persist_if_moved(
+                    request,
+                    lambda r: r.finish(
+                        Status.FAILED,
+                        "the guard stopped while carrying it out; nothing is sent again "
+                        "(at most once)",
+                        now,
+                    ),
+                )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for runner in list(self._runners.values()):
+            runner.stop("the guard is shutting down")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+    # -- the contract -------------------------------------------------------------------------
+
+    async def list(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Request views, newest first; ``status`` filters (an unknown status is a 400)."""
+        if status is not None and status not in {s.value for s in Status}:
+            raise ApprovalError(400, f"unknown status {status!r}")
+        records = await self.store.list([status] if status else None)
+        return [self._view(r) for r in records]
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        record = await self.store.get(request_id)
+        return self._view(record) if record is not None else None
+
+    async def rollout(self, request_id: str) -> dict[str, Any] | None:
+        view = await self.get(request_id)
+        if view is None:
+            raise ApprovalError(404, f"no approval request {request_id}")
+        rollout: dict[str, Any] | None = view["rollout"]
+        return rollout
+
+    async def approve(
+        self, request_id: str, approver: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        self._check_approver(approver)
+        now = self._clock()
+        request = await self._transition(request_id, lambda r: r.approve(approver, reason, now))
+        if request.status is Status.APPROVED:
+            self._spawn(self._execute(request_id))
+        return request.view()
+
+    async def deny(self, request_id: str, approver: str, reason: str) -> dict[str, Any]:
+        self._check_approver(approver)
+        now = self._clock()
+        request = await self._transition(request_id, lambda r: r.deny(approver, reason, now))
+        return request.view()
+
+    async def cancel(self, request_id: str, by: str, reason: str) -> dict[str, Any]:
+        document = self._policy().document
+        if by not in document.approvals.approvers and by not in document.approvals.admins:
+            raise ApprovalError(403, f"{by} is not an approver or admin in the policy")
+        now = self._clock()
+        request = await self._transition(request_id, lambda r: r.cancel(by, reason, now))
+        return request.view()
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """``callback(view)`` on every transition and rollout progress; returns unsubscribe."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def approver_levels(self, approver: str) -> set[int]:
+        return approver_levels(self._policy().document.approvals, approver)
+
+    def is_admin(self, who: str) -> bool:
+        return who in self._policy().document.approvals.admins
+
+    # -- holds -----------------------------------------------------------------------------------
+
+    async def hold(self, held: HeldLike) -> dict[str, Any]:
+        """Park a held action as a request (the addon schedules this; never on the packet path)."""
+        policy = self._policy()
+        document = policy.document
+        decision = held.decision
+        tool = held.tool or decision.tool or ""
+        risk = decision.risk or "high"
+        spec = document.tools.get(tool)
+        chain = chain_for(
+            document.approvals, spec.conditions.approval_chain if spec else None, risk
+        )
+        devices = facts.devices_reached(policy, held.agent_id, held.topic, decision.resource)
+        binding = Binding(
+            agent_id=held.agent_id,
+            session_id=held.session_id,
+            token_id=held.token_id,
+            tool=tool,
+            topic=held.topic,
+            qos=held.qos,
+            retain=held.retain,
+            payload=bytes(held.payload),
+            devices=devices,
+            policy_version=facts.policy_version(policy),
+            created_at=held.created_at,
+            expires_at=held.created_at + chain.total_s,
+        )
+        request = ApprovalRequest.open(
+            held.hold_id,
+            binding,
+            chain,
+            reason=decision.reason,
+            risk=risk,
+            rule=decision.rule,
+            changes=facts.changes(document, tool, devices, binding.payload),
+            now=self._clock(),
+        )
+        await self.store.create(request.id, request.status.value, request.to_record())
+        self._announce(request, 0)
+        return request.view()
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _check_approver(self, approver: str) -> None:
+        document = self._policy().document
+        if approver in document.agents:
+            raise ApprovalError(403, f"{approver} is an agent; an agent never approves")
+        if approver not in document.approvals.approvers:
+            raise ApprovalError(403, f"{approver} is not an approver in the policy")
+
+    async def _transition(
+        self, request_id: str, op: Callable[[ApprovalRequest], object]
+    ) -> ApprovalRequest:
+        """Load, apply ``op`` (pure), compare-and-set in the store, then announce.
+
+        A deadline ``op`` applied before refusing (e.g. an approval after the level timed
+        out) is still written and announced, then the refusal is raised.
+        """
+        async with self._locks[request_id]:
+            record = await self.store.get(request_id)
+            if record is None:
+                raise ApprovalError(404, f"no approval request {request_id}")
+            request = ApprovalRequest.from_record(record.body)
+            before, seen = request.status, len(request.history)
+            refusal: ApprovalError | None = None
+            try:
+                op(request)
+            except ApprovalError as exc:
+                refusal = exc
+            if len(request.history) != seen:
+                written = await self.store.update(
+                    request_id,
+                    before.value,
+                    status=request.status.value,
+                    changes=request.to_record(),
+                )
+                if written is None:
+                    raise ApprovalError(
+                        409, f"request {request_id} changed meanwhile; reload and try again"
+                    )
+                self._announce(request, seen)
+        if refusal is not None:
+            raise refusal
+        return request
+
+    async def _persist_if_moved(
+        self, request: ApprovalRequest, op: Callable[[ApprovalRequest], object]
+    ) -> None:
+        try:
+            current = await self._transition(request.id, op)
+        except ApprovalError as exc:
+            log.warning("approval %s: %s", request.id, exc.message)
+        else:
+            self._arm_for(current)  # the timer resumes where it was
+
+    def _announce(self, request: ApprovalRequest, seen: int) -> None:
+        """Audit each new history entry, tell subscribers and the agent, set the timer."""
+        for entry in request.history[seen:]:
+            self._write_audit(self._transition_record(request, entry))
+        self._publish_view(request)
+        self._arm_for(request)
+        if request.status in FINAL and self._hold_resolved is not None:
+            try:
+                self._hold_resolved(request.binding.session_id, request.id, request.status.value)
+            except Exception:
+                log.exception("hold_resolved failed for %s", request.id)
+
+    def _publish_view(self, request: ApprovalRequest) -> None:
+        view = request.view()
+        for callback in list(self._subscribers):
+            try:
+                callback(view)
+            except Exception:  # one bad subscriber must not stop the others
+                log.exception("approval subscriber failed")
+        self._tell_agent(request)
+
+    def _tell_agent(self, request: ApprovalRequest) -> None:
+        if self._notify is None:
+            return
+        payload = json.dumps(agent_view(request), separators=(",", ":")).encode()
+        try:
+            self._notify(request.binding.agent_id, NOTICE_PREFIX + request.id, payload)
+        except Exception:
+            log.exception("approval notice to %s failed", request.binding.agent_id)
+
+    def on_guard_subscribe(self, agent_id: str, session_id: str, topic_filter: str) -> None:
+        """An agent subscribed to ``$guard/approvals/...``: send the state of its requests."""
+        if not topic_filter.startswith("$guard/"):
+            return
+        self._spawn(self._replay(agent_id, topic_filter))
+
+    async def _replay(self, agent_id: str, topic_filter: str) -> None:
+        now = self._clock()
+        for record in reversed(await self.store.list()):
+            request = self._live.get(record.id) or ApprovalRequest.from_record(record.body)
+            if request.binding.agent_id != agent_id:
+                continue
+            if request.is_final and now - record.updated_at > RECENT_S:
+                continue
+            if topic_matches(topic_filter, NOTICE_PREFIX + request.id):
+                self._tell_agent(request)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm_for(self, request: ApprovalRequest) -> None:
+        timer = self._timers.pop(request.id, None)
+        if timer is not None:
+            timer.cancel()
+        deadline = request.next_deadline()
+        if deadline is None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self._clock())
+        self._timers[request.id] = loop.call_later(delay, self._deadline, request.id)
+
+    def _deadline(self, request_id: str) -> None:
+        self._timers.pop(request_id, None)
+        now = self._clock()
+        self._spawn(self._tick(request_id, now))
+
+    async def _tick(self, request_id: str, now: float) -> None:
+        try:
+            request = await self._transition(request_id, lambda r: r.tick(max(now, self._clock())))
+        except ApprovalError as exc:
+            log.warning("approval %s deadline: %s", request_id, exc.message)
+            return
+        if request.is_open and request.id not in self._timers:
+            self._arm_for(request)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    # -- execution -------------------------------------------------------------------------------
+
+    def _void_reason(self, request: ApprovalRequest, policy: CompiledPolicy, now: float) -> str:
+        b = request.binding
+        if not request.bound_digest_ok():
+            return "the stored request no longer matches the digest the approvers saw"
+        if now >= b.expires_at:
+            return f"expired before execution (at {utc_iso(b.expires_at)})"
+        agent = policy.for_agent(b.agent_id)
+        if agent is None:
+            return f"agent {b.agent_id} is no longer in the policy"
+        decision = agent.decide_publish(b.topic, b.payload, b.qos, b.retain)
+        if decision.verdict is Verdict.DENY:
+            return f"the policy in force now denies it: {decision.reason}"
+        devices = facts.devices_reached(policy, b.agent_id, b.topic, decision.resource)
+        if devices != b.devices:
+            return (
+                f"the devices it reaches changed since it was held (was {len(b.devices)}: "
+                f"{', '.join(b.devices)}; now {len(devices)}: {', '.join(devices)})"
+            )
+        version = facts.policy_version(policy)
+        if version != b.policy_version:
+            return (
+                f"the policy changed since it was held (version {b.policy_version[:19]} -> "
+                f"{version[:19]})"
+            )
+        return ""
+
+    async def _execute(self, request_id: str) -> None:
+        policy = self._policy()
+        now = self._clock()
+
+        def begin(r: ApprovalRequest) -> None:
+            if r.status is not Status.APPROVED:
+                return
+            why = self._void_reason(r, policy, now)
+            if why:
+                r.void(why + "; nothing was sent", now)
+            else:
+                r.start_execution(now)
+
+        try:
+            request = await self._transition(request_id, begin)
+        except ApprovalError as exc:
+            log.warning("approval %s not carried out: %s", request_id, exc.message)
+            return
+        if request.status is not Status.EXECUTING:
+            return
+        self._live[request_id] = request
+        try:
+            status, why = await self._carry_out(request, policy)
+        except Exception as exc:  # anything unexpected ends the request, loudly
+            log.exception("approval %s failed while carrying it out", request_id)
+            status, why = Status.FAILED, f"internal error while carrying it out: {exc}"
+        finally:
+            self._live.pop(request_id, None)
+            self._runners.pop(request_id, None)
+        final_rollout = request.rollout
+        done_at = self._clock()
+
+        def finish(r: ApprovalRequest) -> None:
+            r.rollout = final_rollout
+            r.finish(status, why, done_at)
+
+        await self._transition(request_id, finish)
+
+    async def _carry_out(
+        self, request: ApprovalRequest, policy: CompiledPolicy
+    ) -> tuple[Status, str]:
+        b = request.binding
+        if self.executor is None:
+            return Status.FAILED, "no executor connection is configured; nothing was sent"
+        tool = policy.document.tools.get(b.tool)
+        rollout = tool.rollout if tool is not None else None
+        if rollout is not None and b.devices:
+            return await self._run_rollout(request, RolloutSpec.from_model(rollout))
+        try:
+            await self._send(request, b.devices[0] if len(b.devices) == 1 else None, b.topic,
+                             b.payload)
+        except (ExecutorError, AuditError) as exc:
+            return Status.FAILED, f"not carried out: {exc}"
+        return Status.DONE, f"published to {b.topic} on behalf of {b.agent_id}"
+
+    async def _send(
+        self, request: ApprovalRequest, device: str | None, topic: str, payload: bytes
+    ) -> None:
+        """Audit (fail closed: no record, no publish), then publish once on the executor."""
+        assert self.executor is not None
+        b = request.binding
+        record = {
+            "timestamp": utc_iso(self._clock()),
+            "event": "approval_execute",
+            "agent_id": b.agent_id,
+            "session_id": b.session_id,
+            "client_id": self.executor.client_id,
+            "token_id": b.token_id,
+            "packet": "PUBLISH",
+            "tool_name": b.tool,
+            "action_type": "write",
+            "requested_scope": b.topic,
+            "granted_scope": topic,
+            "resource_id": device,
+            "result_status": "success",
+            "decision": "execute",
+            "reason": f"approved request {request.id} carried out by the guard on behalf of "
+            f"{b.agent_id}",
+            "approval_id": request.id,
+            "qos": min(b.qos, 1),
+            "retain": b.retain,
+            "payload_bytes": len(payload),
+            "payload_sha256": _sha256(payload),
+        }
+        if self._audit is not None:
+            self._audit(record)  # AuditError propagates: nothing is published
+        await self.executor.publish(topic, payload, qos=min(b.qos, 1) or 1, retain=b.retain)
+
+    async def _run_rollout(
+        self, request: ApprovalRequest, spec: RolloutSpec
+    ) -> tuple[Status, str]:
+        assert self.executor is not None
+        result_filter = spec.result_filter()
+        if result_filter not in self._result_filters:
+            self._result_filters.add(result_filter)
+            await self.executor.subscribe(result_filter, qos=1)
+
+        async def publish(device: str, topic: str, payload: bytes) -> None:
+            try:
+                await self._send(request, device, topic, payload)
+            except AuditError as exc:
+                raise ExecutorError(str(exc)) from exc
+
+        def progress(state: RolloutState) -> None:
+            request.rollout = state.view()
+            self._publish_view(request)
+
+        runner = RolloutRunner(
+            request.id,
+            spec,
+            list(request.binding.devices),
+            request.binding.payload,
+            store=self.store,
+            publish=publish,
+            clock=self._clock,
+            on_progress=progress,
+        )
+        self._runners[request.id] = runner
+        state = await runner.run()
+        request.rollout = state.view()
+        counts = state.counts()
+        if state.status == DONE:
+            return Status.DONE, f"rolled out to {counts['succeeded']} devices"
+        if state.status == ABORTED:
+            return Status.ABORTED, f"rollout aborted: {state.reason}"
+        return Status.FAILED, f"rollout failed: {state.reason}"
+
+    def _on_executor_message(self, topic: str, payload: bytes) -> None:
+        for runner in list(self._runners.values()):
+            for device in runner.state.in_progress():
+                if runner.spec.result_topic_for(device) == topic and runner.wants(device, payload):
+                    status, detail = result_status(payload)
+                    runner.on_result(device, status, detail)
+                    return
+
+    # -- views and audit -----------------------------------------------------------------------
+
+    def _view(self, record: Record) -> dict[str, Any]:
+        live = self._live.get(record.id)
+        request = live if live is not None else ApprovalRequest.from_record(record.body)
+        return request.view()
+
+    def _transition_record(
+        self, request: ApprovalRequest, entry: dict[str, Any]
+    ) -> dict[str, Any]:
+        b = request.binding
+        return {
+            "timestamp": utc_iso(float(entry["at"])),
+            "event": "approval",
+            "approval_id": request.id,
+            "action": entry["action"],
+            "who": entry["who"],
+            "reason": entry.get("reason"),
+            "status": request.status.value,
+            "level": entry.get("level", request.level),
+            "agent_id": b.agent_id,
+            "session_id": b.session_id,
+            "token_id": b.token_id,
+            "tool_name": b.tool,
+            "requested_scope": b.topic,
+            "resource_id": ",".join(b.devices),
+            "risk": request.risk,
+            "digest": request.digest,
+            "payload_sha256": b.payload_sha256,
+            "alert": bool(entry.get("alert", False)),
+        }
+
+    def _write_audit(self, record: dict[str, Any]) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(record)
+        except AuditError as exc:
+            # The transition is already durable in the store; say loudly that its record
+            # is missing (nothing is forwarded on the strength of this record).
+            log.error("audit of approval %s failed: %s", record.get("approval_id"), exc)
+
+
+def agent_view(request: ApprovalRequest) -> dict[str, Any]:
+    """What the requesting agent is told on ``$guard/approvals/<id>`` (no approver names)."""
+    last = request.history[-1] if request.history else {}
+    rollout = request.rollout
+    return {
+        "id": request.id,
+        "status": request.status.value,
+        "level": request.level,
+        "level_deadline": request.level_deadline if request.is_open else None,
+        "expires_at": request.binding.expires_at,
+        "tool": request.binding.tool,
+        "topic": request.binding.topic,
+        "devices": list(request.binding.devices),
+        "payload_sha256": request.binding.payload_sha256,
+        "digest": request.digest,
+        "reason": request.reason,
+        "outcome": request.outcome,
+        "last": {"at": last.get("at"), "action": last.get("action"),
+                 "reason": last.get("reason")},
+        "rollout": (
+            {"status": rollout["status"], "reason": rollout.get("reason"),
+             "counts": rollout["counts"]}
+            if rollout else None
+        ),
+        "timestamp": utc_iso(time.time()),
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("approval task failed", exc_info=task.exception())
+
