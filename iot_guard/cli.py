@@ -70,6 +70,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .approvals.addon import ApprovalsAddon
     from .proxy.server import GuardConfig, GuardServer, new_event_loop
     from .tokens import read_secret_file
 
@@ -113,8 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .admin import AdminApp
         from .approvals.webhooks import WebhookNotifier
 
-        # After the approvals addon (when there is one): these follow its service.
-        addons: list[object] = [WebhookNotifier()]
+        # Held actions become approval requests (in the guard's state store); the webhook
+        # sender and the admin API follow that service, so they come after it.
+        addons: list[object] = [ApprovalsAddon(), WebhookNotifier()]
         admin = AdminApp(admin_at[0], admin_at[1], secret) if admin_at else None
         if admin is not None:
             addons.append(admin)

@@ -89,14 +89,14 @@ class HeldLike(Protocol):
 
 Audit = Callable[[dict[str, Any]], None]
 Notify = Callable[[str, str, bytes], None]
-HoldResolved = Callable[[str, str, str], None]
+HoldResolved = Callable[[str, str, str, str], None]  # session, hold id, outcome, detail
 
 
 class ApprovalService:
     def __init__(
         self,
-        store: ApprovalStore,
-        policy: Callable[[], CompiledPolicy],
+        store: ApprovalStore | None = None,
+        policy: Callable[[], CompiledPolicy] | None = None,
         *,
         executor: ExecutorClient | None = None,
         audit: Audit | None = None,
@@ -104,8 +104,8 @@ class ApprovalService:
         hold_resolved: HoldResolved | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
-        self._policy = policy
+        self._store = store
+        self._policy_of = policy
         self.executor = executor
         self._audit = audit
         self._notify = notify
@@ -121,6 +121,34 @@ class ApprovalService:
         self._stopping = False
         if executor is not None:
             executor.on_message = self._on_executor_message
+
+    def bind(
+        self,
+        store: ApprovalStore,
+        policy: Callable[[], CompiledPolicy],
+        *,
+        executor: ExecutorClient | None,
+        audit: Audit | None,
+        notify: Notify | None,
+        hold_resolved: HoldResolved | None,
+    ) -> None:
+        """Give a service made early (the admin API subscribes at its construction) the
+        guard's parts once the server exists (the addon's ``start``)."""
+        self._store, self._policy_of, self.executor = store, policy, executor
+        self._audit, self._notify, self._hold_resolved = audit, notify, hold_resolved
+        if executor is not None:
+            executor.on_message = self._on_executor_message
+
+    @property
+    def store(self) -> ApprovalStore:
+        if self._store is None:
+            raise ApprovalError(503, "the approvals service is not started")
+        return self._store
+
+    def _policy(self) -> CompiledPolicy:
+        if self._policy_of is None:
+            raise ApprovalError(503, "the approvals service is not started")
+        return self._policy_of()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -323,7 +351,10 @@ class ApprovalService:
         self._arm_for(request)
         if request.status in FINAL and self._hold_resolved is not None:
             try:
-                self._hold_resolved(request.binding.session_id, request.id, request.status.value)
+                self._hold_resolved(
+                request.binding.session_id, request.id, request.status.value,
+                request.outcome or "",
+            )
             except Exception:
                 log.exception("hold_resolved failed for %s", request.id)
 

@@ -1,0 +1,110 @@
+"""Approvals through a running guard: the agent's side of a held action, end to end.
+
+A real Mosquitto, the simulated fleet, a guard with the approvals addon (SQLite state in a
+temp dir), and stock MQTT clients as agents.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iot_guard.approvals.addon import ApprovalsAddon
+from iot_guard.proxy.server import GuardThread
+from iot_guard.tokens import issue_token
+from simulator.agent import AgentClient
+from simulator.broker import MosquittoBroker
+from simulator.fleet import Fleet
+
+POLICY = Path(__file__).resolve().parents[2] / "device_policies"
+FLOOR_1 = "tenants/acme/groups/floor-1/config/push"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def approvals_guard(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> Iterator[tuple[GuardThread, ApprovalsAddon, bytes]]:
+    secret = secrets.token_bytes(32)
+    addon = ApprovalsAddon()  # uses the guard's own state store
+    config = mosquitto.guard_config(POLICY, secret, tmp_path / "audit.jsonl")
+    with GuardThread(config, addons=[addon]) as guard:
+        yield guard, addon, secret
+
+
+def agent(guard: GuardThread, secret: bytes, protocol: int = 5) -> AgentClient:
+    token = issue_token(secret, "ops-agent", ttl_s=300)
+    return AgentClient("127.0.0.1", guard.port, username="ops-agent", password=token,
+                       protocol=protocol).connect()
+
+
+def held_id(reason: str | None) -> str:
+    match = re.match(r"held for approval (\S+): ", reason or "")
+    assert match, reason
+    return match.group(1)
+
+
+def test_held_group_push_is_parked_approved_and_rolled_out_by_the_guard(
+    approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
+) -> None:
+    guard, addon, secret = approvals_guard
+    with agent(guard, secret) as ops:
+        assert ops.subscribe("$guard/approvals/+") == [0]
+        result = ops.publish(FLOOR_1, {"firmware_channel": "beta"})
+        assert result.reason_code == 0x83  # held is never success
+        request_id = held_id(result.reason_string)
+        notice = ops.expect(f"$guard/approvals/{request_id}").json()
+        assert notice["status"] == "pending" and notice["level"] == 1
+        assert notice["devices"] == [f"acme/therm-00{i}" for i in range(1, 6)]
+        view: dict[str, Any] = guard.run(
+            lambda: addon.service.approve(request_id, "alice", "ok"))
+        assert view["status"] == "approved"
+        done = ops.expect(f"$guard/approvals/{request_id}", timeout=20,
+                          where=lambda m: m.json()["status"] in ("done", "failed", "aborted"))
+        assert done.json()["status"] == "done", done.json()
+        assert done.json()["rollout"]["counts"]["succeeded"] == 5
+        for i in range(1, 6):
+            device = fleet.device("acme", f"therm-00{i}")
+            assert device.state.reported["firmware_channel"] == "beta"
+        # The agent never re-sends: a second identical publish is a new request, not a ride.
+        again = ops.publish(FLOOR_1, {"firmware_channel": "beta"})
+        assert again.reason_code == 0x83 and held_id(again.reason_string) != request_id
+
+
+def test_low_risk_group_push_goes_straight_through(
+    approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
+) -> None:
+    guard, addon, secret = approvals_guard
+    with agent(guard, secret) as ops:
+        assert ops.publish(FLOOR_1, {"mode": "cool"}).reason_code == 0
+        for i in range(1, 6):
+            fleet.device("acme", f"therm-00{i}").wait_until(
+                lambda d: d.config["mode"] == "cool", 5, "group push")
+    assert guard.run(lambda: addon.service.list()) == []
+
+
+def test_a_reconnecting_agent_gets_its_open_requests_on_subscribe(
+    approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
+) -> None:
+    guard, addon, secret = approvals_guard
+    with agent(guard, secret, protocol=4) as first:
+        result = first.publish(FLOOR_1, {"firmware_channel": "beta"})
+        assert result.reason_code == 0  # MQTT 3.1.1 gets its plain ack ...
+    views = guard.run(lambda: addon.service.list("pending"))
+    assert len(views) == 1  # ... and the action is parked all the same
+    request_id = views[0]["id"]
+    with agent(guard, secret) as second:
+        second.subscribe("$guard/approvals/#")
+        notice = second.expect(f"$guard/approvals/{request_id}").json()
+        assert notice["status"] == "pending" and notice["id"] == request_id
+        guard.run(lambda: addon.service.deny(request_id, "alice", "not today"))
+        denied = second.expect(f"$guard/approvals/{request_id}",
+                               where=lambda m: m.json()["status"] == "denied").json()
+        assert denied["outcome"] == "not today"
+    assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
