@@ -3,7 +3,10 @@
 It starts a locked-down Mosquitto, the example fleet (13 virtual thermostats) and the guard,
 then an agent that holds nothing but a short-lived token tries, step by step, what an LLM
 ops agent would: read telemetry, read another tenant, change a shadow, send a bad value,
-grab everything with a wildcard, patch one device, push a high-risk change to a group.
+grab everything with a wildcard, patch one device, push a high-risk change to a group. The
+group push is held for a human: an approver approves it with ``iot-guard approvals approve``
+and the guard rolls it out device by device; a second push is denied, a third expires after
+escalating through three levels (the demo's copy of the policy has short timeouts).
 Each step prints what the agent saw (acknowledgement codes, the guard's reason) and what the
 device did. A summary table follows; everything started is stopped. Exit status 0 when every
 step behaved as expected, 1 otherwise.
@@ -11,7 +14,11 @@ step behaved as expected, 1 otherwise.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +32,45 @@ from .broker import BrokerUnavailable, MosquittoBroker
 from .fleet import Fleet
 from .registry import registry_devices
 
-POLICY = Path(__file__).resolve().parents[1] / "device_policies"
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "device_policies"
 ACME = "tenants/acme/devices"
 GLOBEX = "tenants/globex/devices"
 WAIT_S = 5.0
+FLOOR_1 = "tenants/acme/groups/floor-1/config/push"
+APPROVALS = "$guard/approvals/"
+# Approval levels in the demo's policy copy (seconds): level 1 long enough for the CLI to
+# approve, levels 2 and 3 short so the third push visibly escalates and expires.
+DEMO_TIMEOUTS = {"alice": 8, "bob": 1, "carol": 1}
+
+
+def demo_policy(workdir: Path) -> Path:
+    """device_policies with short approval timeouts (everything else as it is)."""
+    target = workdir / "policy"
+    shutil.copytree(POLICY, target, dirs_exist_ok=True)
+    path = target / "approvals.yaml"
+    text = path.read_text()
+    for who, timeout in DEMO_TIMEOUTS.items():
+        text = re.sub(rf"(approvers: \[{who}\], timeout_s: )\d+", rf"\g<1>{timeout}", text)
+    path.write_text(text)
+    return target
+
+
+class ApproverCli:
+    """``iot-guard approvals ...`` as an approver types it, against the guard's admin API."""
+
+    def __init__(self, url: str, token_file: Path) -> None:
+        self.url = url
+        self.token_file = token_file
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        return subprocess.run(
+            [sys.executable, "-m", "iot_guard.cli", "approvals", *args,
+             "--admin", self.url, "--token-file", str(self.token_file)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
 
 
 @dataclass
@@ -92,9 +134,12 @@ def _event_for(agent: AgentClient, topic: str, since: float) -> dict[str, Any]:
 
 def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     """Run the demo; ``workdir`` (default: a new temp dir) keeps the audit log afterwards."""
+    from iot_guard.admin.app import AdminApp
+    from iot_guard.admin.directory import PolicyDirectory
+    from iot_guard.approvals.addon import ApprovalsAddon
     from iot_guard.policy.loader import load_policy
     from iot_guard.proxy.server import GuardThread
-    from iot_guard.tokens import issue_token
+    from iot_guard.tokens import ROLE_APPROVER, issue_token
 
     demo = Demo(out)
     document = load_policy(POLICY)
@@ -119,16 +164,31 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
         fleet.start(timeout=20)
         demo.say(f"fleet      : {len(fleet.devices)} devices online (acme: 10, globex: 3)")
         secret = secrets.token_bytes(32)
-        guard = GuardThread(broker.guard_config(POLICY, secret, workdir / "audit.jsonl"))
+        policy_dir = demo_policy(workdir)
+        approvals = ApprovalsAddon(workdir / "state")
+        holder: list[GuardThread] = []
+        admin = AdminApp(
+            "127.0.0.1", 0, secret,
+            PolicyDirectory(lambda: holder[0].server.policy.document, approvals.service),
+            approvals=approvals.service,
+        )
+        config = broker.guard_config(policy_dir, secret, workdir / "audit.jsonl")
+        guard = GuardThread(config, addons=[approvals, admin])
+        holder.append(guard)
         guard.start()
         demo.say(f"guard      : 127.0.0.1:{guard.port} -> broker, audit log {workdir}/audit.jsonl")
+        demo.say(f"admin API  : {admin.url} (approvals: alice level 1, bob 2, carol 3)")
+        token_file = workdir / "alice.token"
+        token_file.write_text(issue_token(secret, "alice", ttl_s=600, role=ROLE_APPROVER))
+        token_file.chmod(0o600)
         token = issue_token(secret, "ops-agent", ttl_s=600)
         agent = AgentClient(
             "127.0.0.1", guard.port, username="ops-agent", password=token, protocol=5
         ).connect()
         demo.say("agent      : ops-agent (tenant acme), MQTT 5, holding only a 10-minute token")
         agent.subscribe(GUARD_EVENTS)
-        _steps(demo, agent, fleet)
+        agent.subscribe(APPROVALS + "+")
+        _steps(demo, agent, fleet, ApproverCli(admin.url, token_file))
     finally:
         demo.say()
         demo.say("stopping the agent, the guard, the fleet and Mosquitto ...")
@@ -147,7 +207,22 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     return 0 if ok else 1
 
 
-def _steps(demo: Demo, agent: AgentClient, fleet: Fleet) -> None:
+def _notice(agent: AgentClient, request_id: str, statuses: tuple[str, ...],
+            timeout: float = WAIT_S) -> dict[str, Any]:
+    """The agent's latest notice on ``$guard/approvals/<id>`` with one of ``statuses``."""
+    message = agent.expect(
+        APPROVALS + request_id, timeout, where=lambda m: m.json()["status"] in statuses
+    )
+    notice: dict[str, Any] = message.json()
+    return notice
+
+
+def _held_id(reason: str | None) -> str | None:
+    match = re.match(r"held for approval (\S+): ", reason or "")
+    return match.group(1) if match else None
+
+
+def _steps(demo: Demo, agent: AgentClient, fleet: Fleet, approver: ApproverCli) -> None:
     t1 = f"{ACME}/therm-001"
     device1 = fleet.device("acme", "therm-001")
 
@@ -227,29 +302,101 @@ def _steps(demo: Demo, agent: AgentClient, fleet: Fleet) -> None:
 
     demo.step("config patch to one device", "applied; result echoes the clientToken", config_patch)
 
+    members = [fleet.device("acme", f"therm-00{n}") for n in range(1, 6)]
+    held: dict[str, str] = {}
+
     def group_push() -> tuple[bool, str]:
-        since = time.time()
-        topic = "tenants/acme/groups/floor-1/config/push"
-        ack = agent.publish(topic, {"firmware_channel": "beta"})
-        event = _event_for(agent, topic, since)
-        members = [fleet.device("acme", f"therm-00{n}") for n in range(1, 6)]
+        ack = agent.publish(FLOOR_1, {"firmware_channel": "beta"})
+        request_id = _held_id(ack.reason_string)
+        if ack.reason_code != 0x83 or request_id is None:
+            return False, f"PUBACK 0x{ack.reason_code:02x} {ack.reason_string}"
+        held["first"] = request_id
+        notice = _notice(agent, request_id, ("pending",))
         untouched = all(d.config["firmware_channel"] == "stable" for d in members)
-        held = event["decision"] in ("hold", "deny") and not ack.ok
-        note = (
-            "held for approval (no approval service yet, so it does not go)"
-            if event["decision"] == "hold"
-            else "refused"
+        return untouched, (
+            f"PUBACK 0x83; held for approval {request_id} (the agent has the id); "
+            f"$guard/approvals/{request_id}: {notice['status']} at level {notice['level']}, "
+            f"{len(notice['devices'])} devices; floor-1 firmware "
+            f"{'unchanged' if untouched else 'CHANGED'}"
         )
-        return held and untouched, (
-            f"PUBACK 0x{ack.reason_code:02x}; {note}: {event['reason']}; "
-            f"floor-1 firmware {'unchanged' if untouched else 'CHANGED'}"
+
+    demo.step("high-risk group push (firmware beta)", "held; the agent sees the id", group_push)
+
+    def approve_and_roll_out() -> tuple[bool, str]:
+        request_id = held.get("first")
+        if request_id is None:
+            return False, "nothing was held"
+        since = time.time()
+        cli = approver("approve", request_id, "--reason", "change window open")
+        demo.say(f"   $ iot-guard approvals approve {request_id} --reason 'change window open'")
+        for line in (cli.stdout + cli.stderr).strip().splitlines()[:3]:
+            demo.say(f"     {line}")
+        if cli.returncode != 0:
+            return False, f"the CLI exited {cli.returncode}: {cli.stderr.strip()}"
+        seen: set[tuple[int, int]] = set()
+        final: dict[str, Any] = {}
+        last = since
+        while not final:
+            # Each notice in turn, as the agent receives it (bounded: fails loudly).
+            message = agent.expect(APPROVALS + request_id, 30, since=last)
+            last = message.at + 1e-6
+            n = message.json()
+            if n.get("rollout"):
+                c = n["rollout"]["counts"]
+                key = (c["succeeded"], c["in_progress"])
+                if key not in seen:
+                    seen.add(key)
+                    demo.say(f"   rollout: {c['succeeded']}/5 succeeded, "
+                             f"{c['in_progress']} in progress, {c['queued']} queued")
+            if n["status"] in ("done", "failed", "aborted", "void"):
+                final = n
+        reported = [d.state.reported.get("firmware_channel") for d in members]
+        ok = final["status"] == "done" and reported == ["beta"] * 5
+        return ok, (
+            f"approved by alice; {final['status']}: {final['outcome']}; devices report "
+            f"firmware_channel {sorted(set(reported))}"
         )
 
     demo.step(
-        "high-risk group push (firmware beta)",
-        "held or refused until approvals exist",
-        group_push,
+        "approve it with the CLI",
+        "rolled out device by device; devices report beta",
+        approve_and_roll_out,
     )
+
+    def denied() -> tuple[bool, str]:
+        ack = agent.publish(FLOOR_1, {"firmware_channel": "stable"})
+        request_id = _held_id(ack.reason_string)
+        if request_id is None:
+            return False, f"PUBACK 0x{ack.reason_code:02x} {ack.reason_string}"
+        cli = approver("deny", request_id, "--reason", "not during business hours")
+        demo.say(f"   $ iot-guard approvals deny {request_id} --reason 'not during business hours'")
+        if cli.returncode != 0:
+            return False, f"the CLI exited {cli.returncode}: {cli.stderr.strip()}"
+        notice = _notice(agent, request_id, ("denied",))
+        unchanged = all(d.config["firmware_channel"] == "beta" for d in members)
+        return unchanged, (
+            f"held {request_id}; denied by alice: {notice['outcome']}; floor-1 "
+            f"{'unchanged' if unchanged else 'CHANGED'}"
+        )
+
+    demo.step("a second push, denied", "denied with the reason; nothing sent", denied)
+
+    def expires() -> tuple[bool, str]:
+        topic = "tenants/acme/groups/floor-2/config/push"
+        ack = agent.publish(topic, {"firmware_channel": "beta"})
+        request_id = _held_id(ack.reason_string)
+        if request_id is None:
+            return False, f"PUBACK 0x{ack.reason_code:02x} {ack.reason_string}"
+        notice = _notice(agent, request_id, ("expired",), timeout=DEMO_TIMEOUTS["alice"] + 15)
+        levels = [m.json()["level"] for m in agent.received(APPROVALS + request_id)]
+        floor_2 = [fleet.device("acme", f"therm-0{n:02d}") for n in range(6, 11)]
+        unchanged = all(d.config["firmware_channel"] == "stable" for d in floor_2)
+        return unchanged and notice["status"] == "expired", (
+            f"held {request_id}; escalated through levels {sorted(set(levels))}; expired: "
+            f"{notice['outcome']}; floor-2 {'unchanged' if unchanged else 'CHANGED'}"
+        )
+
+    demo.step("a third push nobody answers", "escalates 1 -> 2 -> 3, then expires", expires)
 
 
 def main() -> int:
