@@ -165,7 +165,7 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
         demo.say(f"fleet      : {len(fleet.devices)} devices online (acme: 10, globex: 3)")
         secret = secrets.token_bytes(32)
         policy_dir = demo_policy(workdir)
-        approvals = ApprovalsAddon(workdir / "state")
+        approvals = ApprovalsAddon()  # in the guard's own state store
         holder: list[GuardThread] = []
         admin = AdminApp(
             "127.0.0.1", 0, secret,
