@@ -21,7 +21,7 @@ from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess, raise_fd_limit
 from .report import Row, table
 
-BENCHES = ("relay", "shadow", "latency", "load", "idle", "decisions")
+BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     network = [b for b in args.only if b != "decisions"]
     if network:
+        from .approvals import run_approval_timing, run_relay_with_pending
         from .load import run_idle, run_load
         from .relay import Setup, run_latency, run_relay, run_shadow
 
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                             setup, args.load_sessions, args.load_rate, args.load_s,
                             args.subscribers, args.telemetry_rate, log, args.repeat),
                         "idle": lambda: run_idle(setup, args.idle_sessions, log, args.repeat),
+                        # Last: it leaves 1,000 requests pending in the guard's state.
+                        "approvals": lambda: [
+                            *run_approval_timing(broker, args.policy, workdir, log),
+                            *run_relay_with_pending(setup, args.relay_n, 1000, log),
+                        ],
                     }
                     titles = {
                         "relay": "1. QoS 0 relay broker -> agent (publisher, consumer, guard and"
@@ -146,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                                 f" sessions publishing {args.load_rate:,.0f} msg/s (allowed and"
                                 f" refused mixed) while {args.subscribers} agents receive"
                                 f" {args.telemetry_rate:,.0f} telemetry msg/s each",
+                        "approvals": "7. approvals: approve call -> first device receives"
+                                     " the change; rollout pacing against max_per_minute;"
+                                     " the QoS 0 relay with 1,000 requests pending",
                         "idle": f"5. memory per session: {args.idle_sessions:,} idle agent"
                                 f" sessions held at once (RSS growth over a 200-session"
                                 f" baseline)",

@@ -255,3 +255,18 @@ def test_crowd_workers_run_against_a_real_broker(tmp_path: Any) -> None:
         finally:
             load.finish()
             idle.finish()
+
+
+def test_approvals_bench_policy_loads_with_a_ten_device_group_and_the_pace(
+    tmp_path: Any,
+) -> None:
+    from bench.approvals import ALL, bench_policy
+    from bench.procs import REPO
+    from iot_guard.policy.loader import load_policy
+
+    doc = load_policy(bench_policy(REPO / "device_policies", tmp_path / "p", 600.0))
+    assert doc.tenants["acme"].groups["all"] == ALL
+    rollout = doc.tools["group_config_push"].rollout
+    assert rollout is not None
+    assert (rollout.max_per_minute, rollout.canary, rollout.bake_s) == (600.0, 0, 0)
+    assert {lv.timeout_s for c in doc.approvals.chains.values() for lv in c.levels} == {3600}
