@@ -161,9 +161,30 @@ def input_schema(spec: ToolSpec, fmt: str, max_enum: int | None = None) -> dict[
         problems = openai_strict_problems(schema)
         if problems:
             raise ExportError(f"{spec.name}: cannot be made OpenAI-strict: {problems[0]}")
+    if fmt in ("mcp", "jsonschema"):
+        _tie_tenants(spec, schema)
     if fmt == "jsonschema":
         schema = {"$schema": JSON_SCHEMA_2020_12, **schema}
     return schema
+
+
+def _tie_tenants(spec: ToolSpec, schema: dict[str, Any]) -> None:
+    """For an agent with several tenants: a device (or group) only with its own tenant.
+
+    Only where the format takes composition keywords at the root (MCP input schemas and
+    plain JSON Schema 2020-12); OpenAI strict mode and Anthropic tools do not, so there one
+    list holds every tenant's names and the guard refuses a mismatched pair.
+    """
+    paired = spec.paired
+    if paired is None or "enum" not in schema["properties"].get(paired, {}):
+        return  # a single tenant, or a list too long to enumerate (the pattern stands)
+    schema["anyOf"] = [
+        {
+            "properties": {"tenant": {"const": tenant}, paired: {"enum": list(names)}},
+            "required": ["tenant", paired],
+        }
+        for tenant, names in spec.by_tenant
+    ]
 
 
 def render(spec: ToolSpec, fmt: str, max_enum: int | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class Ack:
     """The guard's answer to one QoS 1 publish (MQTT 5 PUBACK)."""
 
     reason_code: int
-    reason_string: str | None
+    reason_string: str | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -115,6 +115,7 @@ class GuardLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._keepalive = keepalive
+        self._session_up = False  # network thread: CONNACK accepted, not yet closed
         self._subscriptions: dict[str, int] = {}  # filter -> qos, restored on reconnect
         self._listeners: list[tuple[str, MessageCallback]] = []
         self._pubacks = _Pending()
@@ -206,6 +207,7 @@ class GuardLink:
                 problem += "; " + self._token_hint()
             self._call(self._set_problem, problem)
             return
+        self._session_up = True
         # Subscriptions do not survive a clean start: restore them.
         for topic_filter, qos in list(self._subscriptions.items()):
             _, mid = client.subscribe(topic_filter, qos)
@@ -225,8 +227,13 @@ class GuardLink:
         problem = f"the guard closed the connection (0x{code:02X} {why})"
         if code == 0xA0:  # maximum connect time: the guard's answer to an expired token
             problem += "; " + self._token_hint()
-        self._call(self._set_connected, False, problem)
-        self._fail_all(problem)
+        if not self._session_up:
+            # The close after a refused CONNACK: the refusal already said why (paho
+            # reports this close as a protocol error, which would hide the reason).
+            problem = ""
+        self._session_up = False
+        self._call(self._set_connected, False, problem or None)
+        self._fail_all(problem or self.last_problem or "not connected to the guard")
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, properties: Any

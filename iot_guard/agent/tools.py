@@ -30,6 +30,7 @@ parameter:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ class ToolSpec:
     schema: dict[str, Any]  # canonical input schema (see the module docstring)
     variables: tuple[str, ...]  # topic variables that are parameters, in topic order
     replies: tuple[str, ...]  # reply topic templates the device answers on (may be empty)
+    # For an agent with several tenants: which names of ``paired`` (device or group)
+    # belong to which tenant, so formats that allow it can tie the two together.
+    paired: str | None = None
+    by_tenant: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # -- schemas of values ------------------------------------------------------------------
@@ -309,7 +314,7 @@ def agent_tool_specs(
                     if suffix.startswith(last_word + "_"):
                         suffix = suffix[len(last_word) + 1 :]
                     spec = _renamed(spec, f"{spec.name}_{suffix}")
-                specs.append(spec)
+                specs.append(_with_pairs(spec, doc, domain.tenants))
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -319,10 +324,22 @@ def agent_tool_specs(
 
 
 def _renamed(spec: ToolSpec, name: str) -> ToolSpec:
-    return ToolSpec(
-        name[:64], spec.tool, spec.verb, spec.topic, spec.payload, spec.command, spec.risk,
-        spec.may_hold, spec.description, spec.schema, spec.variables, spec.replies,
+    return dataclasses.replace(spec, name=name[:64])
+
+
+def _with_pairs(spec: ToolSpec, doc: PolicyDocument, tenants: list[str]) -> ToolSpec:
+    """Record which devices (or groups) belong to which tenant, for multi-tenant agents."""
+    paired = next((v for v in ("device", "group") if v in spec.variables), None)
+    if paired is None or "tenant" not in spec.variables or len(tenants) < 2:
+        return spec
+    by_tenant = tuple(
+        (
+            t,
+            tuple(sorted(doc.tenants[t].devices if paired == "device" else doc.tenants[t].groups)),
+        )
+        for t in tenants
     )
+    return dataclasses.replace(spec, paired=paired, by_tenant=by_tenant)
 
 
 def _specs_for_template(

@@ -7,8 +7,11 @@ runtime starts it, holding only the agent's token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -201,3 +204,69 @@ async def test_the_server_reconnects_after_the_guard_comes_back(
             assert data(again)["status"] == "done"
         finally:
             second.stop()
+
+
+async def test_an_expired_token_is_reported_and_a_renewed_one_is_picked_up(
+    guard: Any, fleet: Any, guard_secret: bytes, tmp_path: Path, iot_guard_policy_dir: Path
+) -> None:
+    tokens = tmp_path / "ops-agent.token"
+    tokens.write_text(issue_token(guard_secret, "ops-agent", ttl_s=60, now=time.time() - 90))
+    args = {"tenant": "acme", "device": "therm-006"}
+    async with mcp_client(
+        guard.port, tokens, iot_guard_policy_dir, "--reconnect-max", "1", "--ack-timeout", "2",
+    ) as client:
+        expired = await client.call_tool("shadow_get", args)
+        assert expired.is_error
+        error = data(expired)["error"]
+        assert "refused the connection (0x86" in error and "token expired" in error, error
+        assert "token file" in error
+        assert re.search(r"token expired \d+ s ago", data(expired)["token_warning"])
+        token_file(tmp_path, guard_secret, ttl=300)  # renew: write the file
+        deadline = time.monotonic() + 20
+        while True:
+            renewed = await client.call_tool("shadow_get", args)
+            if not renewed.is_error:
+                break
+            assert time.monotonic() < deadline, f"renewed token not used: {renewed}"
+        assert data(renewed)["status"] == "done"
+        assert "token_warning" not in data(renewed)
+
+
+async def test_the_server_speaks_streamable_http_too(
+    guard: Any, fleet: Any, guard_secret: bytes, tmp_path: Path, iot_guard_policy_dir: Path
+) -> None:
+    with socket.socket() as probe:  # a free loopback port for the HTTP listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tokens = token_file(tmp_path, guard_secret)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iot_guard", "mcp", "--agent", "ops-agent",
+        "--guard", f"127.0.0.1:{guard.port}", "--token-file", str(tokens),
+        "--policy", str(iot_guard_policy_dir), "--transport", "http",
+        "--listen", f"127.0.0.1:{port}",
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                assert proc.returncode is None, "the HTTP server exited"
+                assert time.monotonic() < deadline, "the HTTP server did not listen"
+                await asyncio.sleep(0.1)  # polling a port: bounded by the deadline above
+                continue
+            writer.close()
+            break
+        async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=30) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert "shadow_update" in names
+            result = await client.call_tool(
+                "shadow_get", {"tenant": "acme", "device": "therm-007"}
+            )
+            assert not result.is_error, result
+            assert data(result)["reply_topic"].endswith("/shadow/get/accepted")
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -368,3 +368,30 @@ def test_cli_errors_are_one_line(
     assert main(["tools", "export", str(POLICY_DIR), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_multi_tenant_agent_gets_each_device_only_with_its_tenant(
+    policy: CompiledPolicy,
+) -> None:
+    def two_tenants(raw: dict[str, Any]) -> None:
+        raw["agents"]["ops-agent"]["tenants"] = ["acme", "globex"]
+
+    both = _changed(policy, two_tenants)
+    spec = next(s for s in specs_of(both) if s.name == "shadow_update")
+    own = {"tenant": "globex", "device": "therm-101", "desired": {"target_temp_c": 20}}
+    crossed = {"tenant": "acme", "device": "therm-101", "desired": {"target_temp_c": 20}}
+    assert decide(both, "ops-agent", spec, own) is Verdict.ALLOW
+    assert decide(both, "ops-agent", spec, crossed) is Verdict.DENY
+    for fmt in ("mcp", "jsonschema"):  # composition at the root: the pair is tied
+        schema = input_schema(spec, fmt)
+        assert validates(schema, own)
+        assert not validates(schema, crossed)
+        assert mcp_types.Tool.model_validate(render(spec, "mcp"))
+    for fmt in ("openai", "anthropic"):  # no root composition: one list, the guard decides
+        schema = input_schema(spec, fmt)
+        assert "anyOf" not in schema
+        assert validates(schema, complete(crossed, schema))
+    push = next(s for s in specs_of(both) if s.name == "group_config_push")
+    schema = input_schema(push, "mcp")
+    assert validates(schema, {"tenant": "globex", "group": "lab", "config": {}})
+    assert not validates(schema, {"tenant": "acme", "group": "lab", "config": {}})
