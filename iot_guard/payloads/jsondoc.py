@@ -83,24 +83,24 @@ def kind_name(value: object) -> str:
     return _KIND_NAMES.get(type(value), "a value")
 
 
-def _deep_problem(value: object, depth: int) -> str | None:
+def _deep_problem(value: object, depth: int, max_depth: int) -> str | None:
     """Nesting and lone surrogates, walking only as deep as the limit allows."""
     if isinstance(value, dict):
         depth += 1
-        if depth > MAX_DEPTH:
-            return f"payload nests deeper than {MAX_DEPTH} levels"
+        if depth > max_depth:
+            return f"payload nests deeper than {max_depth} levels"
         for key, item in value.items():
             if _has_surrogate(key):
                 return f"key {show(key)} is not valid Unicode (lone surrogate)"
-            problem = _deep_problem(item, depth)
+            problem = _deep_problem(item, depth, max_depth)
             if problem:
                 return problem
     elif isinstance(value, list):
         depth += 1
-        if depth > MAX_DEPTH:
-            return f"payload nests deeper than {MAX_DEPTH} levels"
+        if depth > max_depth:
+            return f"payload nests deeper than {max_depth} levels"
         for item in value:
-            problem = _deep_problem(item, depth)
+            problem = _deep_problem(item, depth, max_depth)
             if problem:
                 return problem
     elif isinstance(value, str) and _has_surrogate(value):
@@ -116,11 +116,13 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def parse_object(payload: bytes) -> tuple[dict[str, object] | None, str]:
-    """Parse a payload that must be one JSON object: (object, "") or (None, reason)."""
+def parse_json(
+    payload: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES, max_depth: int = MAX_DEPTH
+) -> tuple[object, str]:
+    """Parse a payload that must be one JSON value: (value, "") or (None, reason)."""
     size = len(payload)
-    if size > MAX_DOCUMENT_BYTES:
-        return None, f"payload is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}"
+    if size > max_bytes:
+        return None, f"payload is {size} bytes; the limit is {max_bytes}"
     try:
         # Explicit UTF-8: json.loads(bytes) would also guess UTF-16/32 (RFC 8259 section 8.1).
         text = payload.decode("utf-8")
@@ -131,16 +133,26 @@ def parse_object(payload: bytes) -> tuple[dict[str, object] | None, str]:
     except JsonRefused as exc:
         return None, f"payload is not valid JSON: {exc}"
     except RecursionError:
-        return None, f"payload nests deeper than {MAX_DEPTH} levels"
+        return None, f"payload nests deeper than {max_depth} levels"
     except ValueError as exc:
         # JSONDecodeError, or int() refusing a number with more than 4300 digits.
         return None, f"payload is not valid JSON: {str(exc)[:80]}"
-    if type(value) is not dict:
-        return None, f"payload must be a JSON object, not {kind_name(value)}"
-    # Fast path: with at most MAX_DEPTH brackets the depth cannot exceed it, and without
+    # Fast path: with at most max_depth brackets the depth cannot exceed it, and without
     # a \u escape valid UTF-8 input cannot produce a lone surrogate.
-    if payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or b"\\u" in payload:
-        problem = _deep_problem(value, 0)
+    if payload.count(b"{") + payload.count(b"[") > max_depth or b"\\u" in payload:
+        problem = _deep_problem(value, 0, max_depth)
         if problem:
             return None, problem
+    return value, ""
+
+
+def parse_object(
+    payload: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES, max_depth: int = MAX_DEPTH
+) -> tuple[dict[str, object] | None, str]:
+    """Parse a payload that must be one JSON object: (object, "") or (None, reason)."""
+    value, problem = parse_json(payload, max_bytes=max_bytes, max_depth=max_depth)
+    if problem:
+        return None, problem
+    if type(value) is not dict:
+        return None, f"payload must be a JSON object, not {kind_name(value)}"
     return value, ""
