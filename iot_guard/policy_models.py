@@ -35,7 +35,13 @@ def risk_above(risk: str) -> str:
 
 
 Verb = Literal["publish", "subscribe"]
-PayloadKind = Literal["shadow_update", "config_patch", "command", "none"]
+PayloadKind = Literal[
+    "shadow_update", "config_patch", "command", "none", "any", "json", "json_schema"
+]
+# Kinds validated against the device type(s) a topic reaches (the topic names a device
+# or group); the others fit any topic layout.
+TYPED_PAYLOADS = ("shadow_update", "config_patch", "command")
+FREE_PAYLOADS = ("any", "json", "json_schema")
 FieldType = Literal["number", "integer", "string", "boolean"]
 
 # A registry name is used as exactly one topic level, so it may not contain the
@@ -169,6 +175,13 @@ class ToolConditions(StrictModel):
         description="Hold for human approval when the effective risk (the tool's or the "
         "payload's, whichever is higher) is above this class.",
     )
+    approval_above_devices: int | None = Field(
+        default=None,
+        ge=0,
+        description="Blast radius: a publish reaching more devices than this (a device "
+        "topic reaches 1, a group topic its group's size) has its effective risk raised "
+        "one class, which approval_above then judges.",
+    )
     # For payload kind "command": the commands this tool may send (default: none).
     commands: list[Name] | None = Field(
         default=None,
@@ -263,7 +276,28 @@ class Tool(StrictModel):
     payload: PayloadKind = Field(
         default="none",
         description="How a publish payload is validated: shadow_update, config_patch, "
-        "command, or none (the payload must be empty).",
+        "command (against the device type of the topic's device or group), none (the "
+        "payload must be empty), any (opaque bytes up to max_bytes), json (one JSON "
+        "object, strictly parsed, within max_bytes and max_depth) or json_schema (JSON "
+        "accepted by the Draft 2020-12 schema in schema_file).",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Payload kinds any, json, json_schema: the largest payload in bytes "
+        "(default 262144 for any, 65536 for json and json_schema).",
+    )
+    max_depth: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Payload kinds json, json_schema: the deepest nesting of objects and "
+        "arrays (default 32).",
+    )
+    schema_file: str | None = Field(
+        default=None,
+        description="Payload kind json_schema: a JSON Schema (Draft 2020-12) file, relative "
+        "to the policy directory; compiled once when the policy loads.",
     )
     risk: RiskClass = Field(default="low", description="The tool's own risk class.")
     conditions: ToolConditions = Field(
@@ -292,6 +326,12 @@ class Tool(StrictModel):
                 raise ValueError(f"topic template {template!r}: {problem}")
         if self.verb == "subscribe" and self.payload != "none":
             raise ValueError("a subscribe tool has payload kind 'none'")
+        if (self.payload == "json_schema") != (self.schema_file is not None):
+            raise ValueError("schema_file goes with payload kind json_schema, and it needs one")
+        if self.max_bytes is not None and self.payload not in FREE_PAYLOADS:
+            raise ValueError("max_bytes applies to payload kinds any, json and json_schema")
+        if self.max_depth is not None and self.payload not in ("json", "json_schema"):
+            raise ValueError("max_depth applies to payload kinds json and json_schema")
         if self.payload == "command" and not self.conditions.commands:
             raise ValueError("a command tool must list conditions.commands")
         if self.rollout is not None and (

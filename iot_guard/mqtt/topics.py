@@ -32,7 +32,7 @@ def topic_name_problem(topic: str) -> str | None:
         return f"wildcard in topic name {topic!r} [MQTT-3.3.2-2]"
     if "\x00" in topic:
         return "U+0000 in topic name [MQTT-4.7.3-2]"
-    if _too_long(topic):
+    if len(topic) > 16383 and _too_long(topic):  # the length test first: no call per name
         return "topic name longer than 65535 bytes"
     return None
 

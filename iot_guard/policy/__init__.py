@@ -11,7 +11,6 @@ from ..policy_models import PolicyDocument
 from .compiler import AgentPolicy, CompiledPolicy, compile_policy
 from .decision import Decision, Verdict
 from .loader import PolicyError, PolicySource, load_policy, load_policy_source
-from .schema import policy_json_schema
 
 __all__ = [
     "AgentPolicy",
@@ -24,5 +23,4 @@ __all__ = [
     "compile_policy",
     "load_policy",
     "load_policy_source",
-    "policy_json_schema",
 ]

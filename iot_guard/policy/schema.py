@@ -49,6 +49,10 @@ def policy_json_schema() -> dict[str, Any]:
     }
     tool["required"] = [r for r in tool.get("required", []) if r != "topics"]
     tool["oneOf"] = [{"required": ["topic"]}, {"required": ["topics"]}]
+    # schema_file goes with payload kind json_schema (a model validator enforces it too).
+    tool["if"] = {"properties": {"payload": {"const": "json_schema"}}, "required": ["payload"]}
+    tool["then"] = {"required": ["schema_file"]}
+    tool["else"] = {"not": {"required": ["schema_file"]}}
     schema["title"] = "iot-guard policy file"
     schema["description"] = (
         "One file of an iot-guard policy directory. Every *.yaml file under the directory "

@@ -122,9 +122,7 @@ def test_decisions_built_on_demand_keep_their_risk_whatever_comes_first(
         "ops-agent",
         [(t, policy.document.tools[t]) for t in policy.document.agents["ops-agent"].tools],
         frozenset(policy.document.agents["ops-agent"].tenants),
-        policy._registry,
-        policy._validators,
-        policy._rules,
+        policy._shared,
     )
     topic = "tenants/acme/groups/floor-1/config/push"
     held = fresh.decide_publish(topic, b'{"firmware_channel": "beta"}')

@@ -1,0 +1,176 @@
+"""The checks a publish goes through once its topic matched tools: QoS, retain, the
+payload, the blast radius and the approval threshold.
+
+A ``PubMatch`` is one publish tool matching one concrete topic, with everything but the
+payload decided; it is kept per topic (cached, or precomputed per agent), and the
+decisions it can give are built on first use and then kept: a topic usually sees one
+or two of the dozen possible outcomes.
+"""
+
+from __future__ import annotations
+
+from ..mqtt.reason_codes import ReasonCode
+from ..payloads import PayloadValidators
+from ..policy_models import RISK_ORDER, TYPED_PAYLOADS, risk_above, risk_max
+from . import wording
+from .decision import INVOKE, WRITE, Decision, Verdict, decision, deny
+from .registry import COMMAND, Bindings, Registry, resource_of
+from .trie import End
+
+
+class PubMatch:
+    __slots__ = (
+        "end",
+        "topic",
+        "resource",
+        "device_types",
+        "command",
+        "action_type",
+        "bindings",
+        "reach",
+        "raised",
+        "_allow",
+        "_hold",
+        "_qos_denied",
+        "_retain_denied",
+    )
+
+    def __init__(self, end: End, b: Bindings, topic: str, registry: Registry):
+        self.end = end
+        self.topic = topic
+        self.bindings = b
+        self.resource = resource_of(b)
+        # Only what this tool's checks use is looked up (the first packet pays for it).
+        self.device_types = registry.device_types(b) if end.payload in TYPED_PAYLOADS else ()
+        self.command = b[COMMAND]
+        self.action_type = INVOKE if end.payload == "command" else WRITE
+        limit = end.approval_above_devices
+        # Devices reached: 1 for a device topic, a group's size for a group topic.
+        self.reach = registry.reach(b) if limit is not None else 0
+        self.raised = limit is not None and self.reach > limit
+        self._allow: dict[str, Decision] = {}  # by effective risk
+        self._hold: dict[tuple[str, str | None], Decision] = {}  # by (risk, raised from)
+        self._qos_denied: dict[int, Decision] = {}  # by requested QoS
+        self._retain_denied: Decision | None = None
+
+    def allow(self, risk: str) -> Decision:
+        d = self._allow.get(risk)
+        if d is None:
+            end = self.end
+            d = self._allow[risk] = decision(
+                Verdict.ALLOW, end.allowed_reason, ReasonCode.SUCCESS, self.action_type,
+                end.tool, end.rule, self.resource, risk,
+            )
+        return d
+
+    def hold(self, risk: str, raised_from: str | None) -> Decision:
+        d = self._hold.get((risk, raised_from))
+        if d is None:
+            end = self.end
+            # The decision names the rule that raised the risk when one did.
+            rule = end.radius_rule if raised_from is not None else end.rule
+            d = self._hold[(risk, raised_from)] = decision(
+                Verdict.HOLD,
+                wording.held(risk, end, raised_from, self.reach),
+                ReasonCode.NOT_AUTHORIZED,
+                self.action_type,
+                end.tool,
+                rule,
+                self.resource,
+                risk,
+            )
+        return d
+
+    def qos_denied(self, qos: int) -> Decision:
+        # MQTT QoS is 0-2 [MQTT-3.3.1-4]: out-of-range requests share the clamped entry.
+        q = min(max(qos, 0), 2)
+        d = self._qos_denied.get(q)
+        if d is None:
+            end = self.end
+            d = self._qos_denied[q] = deny(
+                wording.qos_denied(end, q, self.topic), self.action_type,
+                tool=end.tool, rule=end.rule, resource=self.resource,
+            )
+        return d
+
+    def retain_denied(self) -> Decision:
+        d = self._retain_denied
+        if d is None:
+            end = self.end
+            d = self._retain_denied = deny(
+                wording.retain_denied(end, self.topic), self.action_type,
+                tool=end.tool, rule=end.rule, resource=self.resource,
+            )
+        return d
+
+    def payload_denied(self, problem: str) -> Decision:
+        end = self.end
+        return deny(
+            wording.payload_refused(end, problem), self.action_type,
+            ReasonCode.PAYLOAD_FORMAT_INVALID, end.tool, end.rule, self.resource,
+        )
+
+
+def decide_publish(
+    matches: tuple[PubMatch, ...],
+    validators: PayloadValidators | None,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+) -> Decision:
+    """The first tool (agent order) whose checks all pass decides; else the most telling
+    refusal (a payload problem over a QoS/retain one)."""
+    refusal: Decision | None = None
+    refusal_rank = -1
+    for m in matches:
+        end = m.end
+        if qos > end.max_qos:
+            if refusal_rank < 1:
+                refusal, refusal_rank = m.qos_denied(qos), 1
+            continue
+        if retain and not end.retain:
+            if refusal_rank < 1:
+                refusal, refusal_rank = m.retain_denied(), 1
+            continue
+        risk = end.risk
+        if end.payload != "none" or payload:
+            verdict_risk, problem = check_payload(m, validators, payload)
+            if problem is not None:
+                if refusal_rank < 2:
+                    refusal, refusal_rank = m.payload_denied(problem), 2
+                continue
+            risk = risk_max(risk, verdict_risk)
+        raised_from: str | None = None
+        if m.raised:
+            # Blast radius: reaching more devices than the tool allows raises one class.
+            raised_from, risk = risk, risk_above(risk)
+        if end.approval_above is not None and RISK_ORDER[risk] > RISK_ORDER[end.approval_above]:
+            return m.hold(risk, raised_from)
+        return m.allow(risk)
+    assert refusal is not None  # matches is never empty
+    return refusal
+
+
+def check_payload(
+    m: PubMatch, validators: PayloadValidators | None, payload: bytes
+) -> tuple[str, str | None]:
+    """(risk, None) if the payload is acceptable for the tool's payload kind on this topic
+    (for the typed kinds: for every device type the topic reaches)."""
+    end = m.end
+    if end.free is not None:
+        # any / json / json_schema: the tool's own limits, whatever the topic layout.
+        problem = end.free.check(payload)
+        return "low", problem
+    if validators is None:
+        return "low", "the policy has no payload validators"
+    kind = end.payload
+    if kind == "none":
+        # A tool without a payload kind carries no data (e.g. shadow/get): anything
+        # else would reach devices unvalidated (principle 2).
+        v = validators.empty(payload)
+        return v.risk, (None if v.ok else v.reason)
+    if not m.device_types:
+        return "low", f"{m.resource} has no devices to validate the payload against"
+    # Every device type the topic reaches must accept it; parsed once for all of them.
+    v = validators.for_types(kind, m.device_types, payload, command=m.command)
+    return v.risk, (None if v.ok else v.reason)

@@ -1,0 +1,122 @@
+"""An agent's topic templates indexed by shape: the first packet on a topic is a lookup.
+
+A concrete topic can only match templates with as many levels as it has, and (for a
+template whose last level is a literal, e.g. ``.../telemetry``) the same last level. So
+each agent's wildcard-free templates are indexed once, at CONNECT, by (level count,
+last level): a decision about a topic the session has not seen before is a split, one
+dict lookup and a check of the one or two templates found (their literal levels, then
+each variable against the registry), instead of a walk over trie nodes. A refusal
+knows which variable refused without a second walk.
+
+The answers are the trie's (``trie.match``, which stays the engine for templates with
+'+' or '#'): the same templates, in tool order, with the same variable rules.
+"""
+
+from __future__ import annotations
+
+from .registry import COMMAND, DEVICE, GROUP, TENANT, Bindings, Scope
+from .trie import End, end_ok
+
+Miss = tuple[End, int, str, Bindings]
+
+
+class Shape:
+    """One template: its literal levels to compare and its variables to look up."""
+
+    __slots__ = ("end", "literals", "variables")
+
+    def __init__(self, end: End, levels: list[str], skip_last: bool):
+        self.end = end
+        last = len(levels) - 1
+        self.literals = tuple(
+            (i, level)
+            for i, level in enumerate(levels)
+            if not level.startswith("{") and not (skip_last and i == last)
+        )
+        slots = {"tenant": TENANT, "device": DEVICE, "group": GROUP, "command": COMMAND}
+        self.variables = tuple(
+            (i, slots[level[1:-1]]) for i, level in enumerate(levels) if level.startswith("{")
+        )
+
+
+class ShapeIndex:
+    """The wildcard-free templates of one agent's publish or subscribe tools."""
+
+    __slots__ = ("_by_last", "_by_count")
+
+    def __init__(self, templates: list[tuple[list[str], End]]):
+        by_last: dict[tuple[int, str], list[Shape]] = {}
+        by_count: dict[int, list[Shape]] = {}  # templates ending in a variable
+        for levels, end in templates:
+            n, last = len(levels), levels[-1]
+            if last.startswith("{"):
+                by_count.setdefault(n, []).append(Shape(end, levels, False))
+            else:
+                by_last.setdefault((n, last), []).append(Shape(end, levels, True))
+        # A topic's candidates: its (count, last) templates and the count's variable-last
+        # ones, merged once here in tool order (a stable sort keeps template order).
+        for (n, _), shapes in by_last.items():
+            shapes.extend(by_count.get(n, ()))
+            shapes.sort(key=lambda s: s.end.order)
+        for shapes in by_count.values():
+            shapes.sort(key=lambda s: s.end.order)
+        self._by_last = {key: tuple(shapes) for key, shapes in by_last.items()}
+        self._by_count = {key: tuple(shapes) for key, shapes in by_count.items()}
+
+    def match(
+        self, levels: list[str], scope: Scope, first_only: bool = False
+    ) -> tuple[list[tuple[End, Bindings]], Miss | None]:
+        """The templates ``levels`` matches in tool order, and when none does, the first
+        refusal (template, variable slot or -1 for a command list, value, bindings)."""
+        n = len(levels)
+        shapes = self._by_last.get((n, levels[-1])) or self._by_count.get(n, ())
+        found: list[tuple[End, Bindings]] = []
+        refused: Miss | None = None
+        registry = scope.registry
+        for shape in shapes:
+            for i, literal in shape.literals:
+                if levels[i] != literal:
+                    break
+            else:
+                tenant = device = group = command = None
+                index = None
+                why = -2
+                value = ""
+                for i, slot in shape.variables:
+                    value = levels[i]
+                    if slot == TENANT:
+                        if value not in scope.tenants:
+                            why = slot
+                            break
+                        tenant = value
+                        index = registry.tenants.get(value)
+                    elif slot == DEVICE:
+                        if index is None or value not in index.devices:
+                            why = slot
+                            break
+                        device = value
+                    elif slot == GROUP:
+                        if index is None or value not in index.groups:
+                            why = slot
+                            break
+                        group = value
+                    else:
+                        if tenant is None or device is None or value not in (
+                            registry.commands_under((tenant, device, group, None))
+                        ):
+                            why = slot
+                            break
+                        command = value
+                b: Bindings = (tenant, device, group, command)
+                if why != -2:
+                    if refused is None:
+                        refused = (shape.end, why, value, b)
+                    continue
+                if not end_ok(shape.end, b, scope):
+                    if refused is None:
+                        refused = (shape.end, -1, "", b)
+                    continue
+                found.append((shape.end, b))
+                if first_only:
+                    break
+        return found, refused
