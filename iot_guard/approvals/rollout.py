@@ -159,7 +159,11 @@ class RolloutState:
         return True
 
     def _judge(self, now: float) -> None:
-        if self.status != RUNNING:
+        # An abort stops what is still to be sent; with nothing queued the rollout simply
+        # ends (done or failed) on its devices' outcomes.
+        if self.status != RUNNING or not any(
+            run.status == QUEUED for run in self.devices.values()
+        ):
             return
         spec = self.spec
         for d in self.canaries:

@@ -58,6 +58,7 @@ log = logging.getLogger("iot_guard.approvals")
 NOTICE_PREFIX = "$guard/approvals/"
 # Finished requests an agent still gets on subscribe (it may have missed the last notice).
 RECENT_S = 3600.0
+RECENT_LIMIT = 200
 RESTART_NOTE = "the guard was not running at the deadline"
 LIVE = (Status.PENDING, Status.ESCALATED, Status.APPROVED, Status.EXECUTING)
 
@@ -384,7 +385,12 @@ class ApprovalService:
 
     async def _replay(self, agent_id: str, topic_filter: str) -> None:
         now = self._clock()
-        for record in reversed(await self.store.list()):
+        # Open requests, and the most recent finished ones (bounded: a subscribe never
+        # reads the whole history).
+        records = await self.store.list([s.value for s in LIVE])
+        records += await self.store.list([s.value for s in FINAL], limit=RECENT_LIMIT)
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        for record in reversed(records):
             request = self._live.get(record.id) or ApprovalRequest.from_record(record.body)
             if request.binding.agent_id != agent_id:
                 continue

@@ -207,6 +207,61 @@ async def test_rollout_aborts_at_the_failure_percentage_after_min_executed(
     assert fleet.device("acme", "therm-003").boot_count == 1  # never sent: it never crashed
 
 
+async def test_offline_and_crashing_devices_time_out_and_the_rollout_fails(
+    mosquitto: MosquittoBroker, fleet: Fleet, tmp_path: Path
+) -> None:
+    # An offline device and a crash while applying both time out (no result); the others
+    # succeed. The abort threshold (40% of at least 2) is reached only by the last device,
+    # when nothing is left to stop: the rollout fails instead of aborting.
+    fleet.set_fault("offline", True, target="acme/therm-009")
+    fleet.device("acme", "therm-009").wait_online(10, online=False)
+    async with harness(mosquitto, tmp_path / "state") as h:
+        policy = h.policy_box[0]  # type: ignore[attr-defined]
+        await h.service.hold(held(policy, "apr-off", "tenants/acme/groups/floor-2/config/push"))
+        fleet.set_fault("crash_on_apply", True, target="acme/therm-010")
+        await h.service.approve("apr-off", "alice")
+        view = await h.wait_for("apr-off", "done", "failed", "aborted", timeout=40)
+    states = {d["device"]: (d["status"], d["detail"]) for d in view["rollout"]["devices"]}
+    assert states["acme/therm-009"] == ("timed_out", "no result within 5 s")
+    assert states["acme/therm-010"][0] == "timed_out"
+    assert {states[f"acme/therm-00{i}"][0] for i in (6, 7, 8)} == {"succeeded"}
+    assert view["status"] == "failed"
+    assert view["outcome"] == ("rollout failed: 3 of 5 devices succeeded (0 failed, 0 rejected, "
+                               "2 timed out)")
+    assert fleet.device("acme", "therm-010").boot_count == 2  # it did crash while applying
+
+
+async def test_cancel_list_and_bad_input(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with harness(mosquitto, tmp_path / "state") as h:
+        policy = h.policy_box[0]  # type: ignore[attr-defined]
+        await h.service.hold(held(policy, "apr-c1", "tenants/acme/groups/floor-2/config/push"))
+        await h.service.hold(held(policy, "apr-c2", "tenants/acme/devices/therm-002/config/patch"))
+        assert [v["id"] for v in await h.service.list()] == ["apr-c2", "apr-c1"]
+        with pytest.raises(ApprovalError) as bad:
+            await h.service.list("bogus")
+        assert bad.value.status == 400
+        with pytest.raises(ApprovalError) as outsider:
+            await h.service.cancel("apr-c1", "mallory", "x")
+        assert outsider.value.status == 403
+        with pytest.raises(ApprovalError) as no_reason:
+            await h.service.cancel("apr-c1", "secops", "")
+        assert no_reason.value.status == 400
+        view = await h.service.cancel("apr-c1", "secops", "agent under investigation")
+        assert view["status"] == "cancelled" and view["outcome"] == "agent under investigation"
+        assert [v["id"] for v in await h.service.list("pending")] == ["apr-c2"]
+        assert await h.service.rollout("apr-c2") is None
+        with pytest.raises(ApprovalError) as unknown:
+            await h.service.rollout("nope")
+        assert unknown.value.status == 404
+        assert h.service.approver_levels("bob") == {2}
+        assert h.service.approver_levels("ops-agent") == set()
+        record = [r for r in h.audit if r.get("action") == "cancelled"]
+        assert record and record[0]["who"] == "secops"
+        assert record[0]["reason"] == "agent under investigation"
+
+
 async def test_second_approval_is_refused_and_an_agent_never_approves(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:

@@ -78,6 +78,16 @@ def test_a_failed_canary_aborts_at_once() -> None:
     assert r.counts()["cancelled"] == 4
 
 
+def test_criteria_met_with_nothing_left_to_send_is_a_failed_rollout_not_an_abort() -> None:
+    r = RolloutState.plan(spec(failure_pct=40, min_executed=2), DEVICES[:2], 0.0)
+    r.start(DEVICES[0], 0)
+    r.start(DEVICES[1], 1)
+    r.result(DEVICES[0], "succeeded", None, 1)
+    r.result(DEVICES[1], "timed_out", "no result within 5 s", 6)
+    assert r.status == "running" and r.conclude() == "failed"
+    assert r.reason == "1 of 2 devices succeeded (0 failed, 0 rejected, 1 timed out)"
+
+
 def test_late_and_duplicate_results_are_ignored() -> None:
     r = RolloutState.plan(spec(), DEVICES, 0.0)
     assert not r.result(DEVICES[0], "succeeded", None, 0)  # never started
