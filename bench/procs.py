@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import select
 import socket
 import subprocess
@@ -57,19 +56,11 @@ def rss_bytes(pid: int) -> int:
 
 
 def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one; return the soft limit in force.
+    """The guard's own rule (it raises its limit at start too): soft open-files limit up
+    to the hard one, so thousands of sessions fit. Children inherit it."""
+    from iot_guard.proxy.limits import raise_open_files_limit
 
-    Thousands of sessions need thousands of sockets (the guard two per session); the
-    usual soft limit is 1024. Children (broker, guard, workers) inherit it.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError):  # a limit we may not raise: keep the soft one
-            return soft
-        return hard
-    return soft
+    return raise_open_files_limit()
 
 
 class Worker:

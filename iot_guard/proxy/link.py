@@ -2,9 +2,11 @@
 
 Only I/O lives here: asyncio protocols turn reads, closes and timers into session
 events and carry out the commands the session returns (the session never sees a
-socket). Backpressure is transport-to-transport: when one side's write buffer passes
-its high-water mark, the other side stops reading, so memory stays bounded whoever is
-slow.
+socket). Backpressure is transport-to-transport: when a write buffer passes its
+high-water mark, whoever fills it stops being read, so memory stays bounded whoever is
+slow: the broker while the agent does not read its deliveries, and the agent while the
+broker does not read its publishes *or* while the agent does not read the guard's own
+answers (refusals, events) to what it sends.
 """
 
 from __future__ import annotations
@@ -48,19 +50,30 @@ class UnknownCommand(TypeError):
     """The session asked for something this proxy cannot do: a bug, never ignored."""
 
 
+# Why the agent is not being read (a bit each); it is read again when none is left.
+PAUSED_UPSTREAM_OPENING = 1  # the broker has not got the CONNECT yet: keep order
+PAUSED_BROKER_SLOW = 2  # the upstream write buffer is above its high-water mark
+PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our answers
+
+
 class Link:
     """Ties a session to its two transports, the server's audit log, hooks and timers."""
+
+    __slots__ = (
+        "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
+        "_closed", "backpressured", "_agent_paused",
+    )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
         self.session = session
         self.server = server
         self.agent: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self._to_broker_backlog: list[bytes] = []  # written once the upstream is open
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._to_broker_backlog: list[bytes] | None = None  # written once the upstream is open
+        self._timers: dict[str, int] | None = None  # key -> sequence number in server.timers
         self._closed = False
         self.backpressured = False  # the agent reads slower than the broker sends
-        self._loop = asyncio.get_running_loop()
+        self._agent_paused = 0  # PAUSED_* bits
 
     @property
     def closed(self) -> bool:
@@ -73,26 +86,36 @@ class Link:
     # ------------------------------------------------------------ carrying out commands
 
     def perform(self, commands: list[Command]) -> None:
+        if not commands:
+            return
+        # The common case, one read relayed: nothing but bytes for one side.
+        kind = type(commands[0])
+        if kind is SendToAgent or kind is SendToBroker:
+            for command in commands:
+                if type(command) is not kind:
+                    break
+            else:
+                self._send(kind, commands)  # type: ignore[arg-type]
+                return
         to_agent: list[bytes] = []
         to_broker: list[bytes] = []
         audits: list[dict[str, Any]] = []
         try:
             for command in commands:
-                if isinstance(command, SendToAgent):
-                    to_agent.append(command.data)
-                elif isinstance(command, SendToBroker):
-                    to_broker.append(command.data)
-                elif isinstance(command, WriteAudit):
-                    audits.append(command.record)
+                kind = type(command)
+                if kind is SendToAgent:
+                    to_agent.append(command.data)  # type: ignore[union-attr]
+                elif kind is SendToBroker:
+                    to_broker.append(command.data)  # type: ignore[union-attr]
+                elif kind is WriteAudit:
+                    audits.append(command.record)  # type: ignore[union-attr]
                 elif isinstance(command, OpenUpstream):
                     self._flush(audits, to_agent, to_broker)
                     self._open_upstream(command.connect)
                 elif isinstance(command, SetTimer):
                     self._set_timer(command.key, command.at)
                 elif isinstance(command, CancelTimer):
-                    timer = self._timers.pop(command.key, None)
-                    if timer is not None:
-                        timer.cancel()
+                    self._cancel_timer(command.key)
                 elif isinstance(command, StartHold):
                     # Audited before the hook sees it: the hold record comes first.
                     self._flush(audits, to_agent, to_broker)
@@ -113,6 +136,21 @@ class Link:
             log.error("audit failed, closing session %s: %s", self.session.session_id, exc)
             self.close(str(exc))
 
+    def _send(self, kind: type, commands: list[SendToAgent] | list[SendToBroker]) -> None:
+        """Bytes only, no audit record: one write to one side."""
+        data = (b"".join([c.data for c in commands]) if len(commands) > 1
+                else commands[0].data)
+        if kind is SendToAgent:
+            agent = self.agent
+            if agent is not None and not agent.is_closing():
+                agent.write(data)
+        elif self.upstream is None:
+            if self._to_broker_backlog is None:
+                self._to_broker_backlog = []
+            self._to_broker_backlog.append(data)
+        elif not self.upstream.is_closing():
+            self.upstream.write(data)
+
     def _flush(
         self, audits: list[dict[str, Any]], to_agent: list[bytes], to_broker: list[bytes]
     ) -> None:
@@ -124,6 +162,8 @@ class Link:
             self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
         if to_broker:
             if self.upstream is None:
+                if self._to_broker_backlog is None:
+                    self._to_broker_backlog = []
                 self._to_broker_backlog.extend(to_broker)
             elif not self.upstream.is_closing():
                 self.upstream.write(b"".join(to_broker) if len(to_broker) > 1 else to_broker[0])
@@ -131,29 +171,54 @@ class Link:
         to_broker.clear()
 
     def _set_timer(self, key: str, at: float) -> None:
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-        delay = max(0.0, at - time.time())
-        self._timers[key] = self._loop.call_later(delay, self._timer_fired, key)
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = {}
+        elif key in timers:
+            self.server.timers.dropped()  # replaced: the old entry is skipped when it is due
+        timers[key] = self.server.timers.add(self, key, at)
 
-    def _timer_fired(self, key: str) -> None:
-        self._timers.pop(key, None)
+    def _cancel_timer(self, key: str) -> None:
+        if self._timers is not None and self._timers.pop(key, None) is not None:
+            self.server.timers.dropped()
+
+    def timer_current(self, key: str, seq: int) -> bool:
+        return self._timers is not None and self._timers.get(key) == seq
+
+    def timer_due(self, key: str, seq: int) -> bool:
+        if not self.timer_current(key, seq):
+            return False
+        assert self._timers is not None
+        del self._timers[key]
         if not self._closed:
             self.feed(TimerFired(key))
+        return True
+
+    # ------------------------------------------------------------ reading the agent
+
+    def pause_agent(self, why: int) -> None:
+        if not self._agent_paused and self.agent is not None and not self.agent.is_closing():
+            self.agent.pause_reading()
+        self._agent_paused |= why
+
+    def resume_agent(self, why: int) -> None:
+        was = self._agent_paused
+        self._agent_paused = was & ~why
+        if was and not self._agent_paused and self.agent is not None \
+                and not self.agent.is_closing():
+            self.agent.resume_reading()
 
     def _open_upstream(self, connect: bytes) -> None:
         # Hold the agent's further packets until the broker has the CONNECT: what the
         # agent sent meanwhile is kept in order in the backlog.
-        if self.agent is not None:
-            self.agent.pause_reading()
-        self._loop.create_task(self._connect_upstream(connect))
+        self.pause_agent(PAUSED_UPSTREAM_OPENING)
+        asyncio.get_running_loop().create_task(self._connect_upstream(connect))
 
     async def _connect_upstream(self, connect: bytes) -> None:
         cfg = self.server.config
         try:
             transport, _ = await asyncio.wait_for(
-                self._loop.create_connection(
+                asyncio.get_running_loop().create_connection(
                     lambda: UpstreamProtocol(self), cfg.upstream_host, cfg.upstream_port,
                     ssl=self.server.upstream_ssl,
                 ),
@@ -169,18 +234,18 @@ class Link:
         transport.write(connect)
         if self._to_broker_backlog:
             transport.write(b"".join(self._to_broker_backlog))
-            self._to_broker_backlog.clear()
-        if self.agent is not None and not self.agent.is_closing():
-            self.agent.resume_reading()
+        self._to_broker_backlog = None
+        self.resume_agent(PAUSED_UPSTREAM_OPENING)
 
     def close(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         log.debug("session %s closed: %s", self.session.session_id, reason)
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._timers:
+            # Their heap entries are skipped when due (and purged with the stale ones).
+            self.server.timers.dropped(len(self._timers))
+            self._timers.clear()
         # close() sends what is buffered first (a DISCONNECT, a refused CONNACK). An
         # upstream closed without the agent's DISCONNECT makes the broker send the will.
         if self.agent is not None:
@@ -192,6 +257,8 @@ class Link:
 
 class AgentProtocol(asyncio.Protocol):
     """The agent-facing side of a link."""
+
+    __slots__ = ("_server", "link")
 
     def __init__(self, server: GuardServer) -> None:
         self._server = server
@@ -214,19 +281,32 @@ class AgentProtocol(asyncio.Protocol):
             self.link.close("agent connection lost")
 
     def pause_writing(self) -> None:
-        # The agent reads slowly: stop reading from the broker until it catches up.
-        if self.link is not None and self.link.upstream is not None:
-            self.link.backpressured = True
-            self.link.upstream.pause_reading()
+        # The agent reads slowly: stop reading what fills its buffer until it catches
+        # up: the broker's deliveries, and the agent's own packets (the guard answers
+        # refusals itself; an agent that floods them and never reads would otherwise
+        # grow this buffer without bound).
+        link = self.link
+        if link is None:
+            return
+        link.pause_agent(PAUSED_AGENT_SLOW)
+        if link.upstream is not None:
+            link.backpressured = True
+            link.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.link is not None and self.link.upstream is not None:
-            self.link.backpressured = False
-            self.link.upstream.resume_reading()
+        link = self.link
+        if link is None:
+            return
+        link.resume_agent(PAUSED_AGENT_SLOW)
+        if link.upstream is not None:
+            link.backpressured = False
+            link.upstream.resume_reading()
 
 
 class UpstreamProtocol(asyncio.Protocol):
     """The broker-facing side of a link."""
+
+    __slots__ = ("link",)
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -240,11 +320,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The broker reads slowly: stop reading from the agent until it catches up.
-        agent = self.link.agent
-        if agent is not None and not agent.is_closing():
-            agent.pause_reading()
+        self.link.pause_agent(PAUSED_BROKER_SLOW)
 
     def resume_writing(self) -> None:
-        agent = self.link.agent
-        if agent is not None and not agent.is_closing():
-            agent.resume_reading()
+        self.link.resume_agent(PAUSED_BROKER_SLOW)

@@ -29,7 +29,9 @@ from ..tokens import check_secret
 from .control import ControlPlane
 from .flag_watch import FlagWatch
 from .hooks import Hooks
+from .limits import raise_open_files_limit
 from .link import AgentProtocol, Link
+from .timers import TimerQueue
 
 log = logging.getLogger("iot_guard.proxy")
 T = TypeVar("T")
@@ -129,6 +131,7 @@ class GuardServer:
             dry_run=config.mode == "dry-run",
         )
         self.links: set[Link] = set()
+        self.timers = TimerQueue()  # every session's timers, one loop timer
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
@@ -195,6 +198,8 @@ class GuardServer:
             self.state = None
             raise
         loop = asyncio.get_running_loop()
+        nofile = raise_open_files_limit()  # two sockets per session
+        log.debug("open files limit: %d (~%d sessions)", nofile, nofile // 2)
         self.audit.attach(loop)  # checkpoints are signed from the loop, off the packet path
         self._server = await loop.create_server(
             lambda: AgentProtocol(self),
@@ -217,6 +222,7 @@ class GuardServer:
             self._server.close()
         for link in list(self.links):
             link.close("guard shutting down")
+        self.timers.close()
         if self._server is not None:
             await self._server.wait_closed()
         await self.hooks.stop()

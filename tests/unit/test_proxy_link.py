@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from iot_guard.audit import AuditError
 from iot_guard.policy.decision import Decision, Verdict
 from iot_guard.proxy.hooks import Hooks
 from iot_guard.proxy.link import Link, UnknownCommand
+from iot_guard.proxy.timers import TimerQueue
 from iot_guard.session import (
     CancelTimer,
     Close,
@@ -83,6 +84,7 @@ class FakeServer:
     audit: FakeAudit
     hooks: Hooks
     closed: list[Link]
+    timers: TimerQueue = field(default_factory=TimerQueue)
 
     def link_closed(self, link: Link) -> None:
         self.closed.append(link)
@@ -177,3 +179,36 @@ def test_close_flushes_what_came_before_it() -> None:
         return journal
 
     assert run(go()) == [("agent", b"disconnect"), ("agent", "closed"), ("broker", "closed")]
+
+
+class PausableTransport(FakeTransport):
+    def pause_reading(self) -> None:
+        self.journal.append((self.name, "pause"))
+
+    def resume_reading(self) -> None:
+        self.journal.append((self.name, "resume"))
+
+
+def test_the_agent_is_read_again_only_when_every_reason_to_pause_is_gone() -> None:
+    from iot_guard.proxy.link import AgentProtocol, UpstreamProtocol
+
+    async def go() -> Journal:
+        link, journal = make_link()
+        link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
+        link.upstream = PausableTransport("broker", journal)  # type: ignore[assignment]
+        agent_side = AgentProtocol(link.server)  # type: ignore[arg-type]
+        agent_side.link = link
+        broker_side = UpstreamProtocol(link)
+        agent_side.pause_writing()  # the agent does not read what we send it
+        broker_side.pause_writing()  # and the broker does not read what we forward
+        agent_side.resume_writing()
+        journal.append(("-", "agent drained"))
+        broker_side.resume_writing()
+        return journal
+
+    # Not read while the agent is slow (it floods answers it never reads) nor while the
+    # broker is; read again once both caught up; the broker is paused for the slow agent.
+    assert run(go()) == [
+        ("agent", "pause"), ("broker", "pause"), ("broker", "resume"),
+        ("-", "agent drained"), ("agent", "resume"),
+    ]
