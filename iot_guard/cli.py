@@ -210,6 +210,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.compiler import CompiledPolicy
     from .policy.decision import Verdict
+    from .session.feedback import explain_json, explain_text
 
     policy = CompiledPolicy.load(args.directory)
     tools = _tool_list(args.tools)
@@ -227,22 +228,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     else:
         decision = agent.decide_receive(args.receive)
         what = f"receive {args.receive}"
-    if args.json:
-        print(json.dumps({
-            "agent": args.agent, "request": what, "decision": decision.verdict.value,
-            "reason": decision.reason, "reason_code": decision.reason_code,
-            "tool": decision.tool, "rule": decision.rule, "risk": decision.risk,
-            "resource": decision.resource, "action_type": decision.action_type,
-        }, indent=2))
-    else:
-        print(f"{decision.verdict.value}: {args.agent} may{'' if decision.allowed else ' not'} "
-              f"{what}")
-        print(f"  reason:      {decision.reason}")
-        print(f"  reason code: 0x{decision.reason_code:02X}")
-        for label, value in (("tool", decision.tool), ("rule", decision.rule),
-                             ("risk", decision.risk), ("resource", decision.resource)):
-            if value:
-                print(f"  {label + ':':<12} {value}")
+    # The same rendering as the audit record and the $guard/events payload.
+    render = explain_json if args.json else explain_text
+    print(render(decision, args.agent, what))
     return EXIT_OK if decision.verdict is Verdict.ALLOW else EXIT_DENIED
 
 

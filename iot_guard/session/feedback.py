@@ -1,7 +1,10 @@
-"""What a decision says, to the agent (``$guard/events``) and to the audit log.
+"""What a decision says: to the agent (``$guard/events``), to the audit log, and to the
+operator (``iot-guard policy explain``).
 
-One decision, one explanation (DESIGN principle 6): the event an agent reads and the
-audit line an operator reads are built from the same Decision.
+One decision, one explanation (DESIGN principle 6): ``decision_view`` is the one
+rendering of a Decision; the event, the audit record and the explain output (text and
+JSON) are all built from it. The audit log keeps its documented names for two fields
+(``tool_name``, ``resource_id``: README "Audit log").
 """
 
 from __future__ import annotations
@@ -28,20 +31,50 @@ def guard_refusal(reason: str, reason_code: int) -> Decision:
     )
 
 
+def decision_view(decision: Decision) -> dict[str, Any]:
+    """The fields every rendering of a decision shows, JSON-ready, in this order."""
+    view: dict[str, Any] = {
+        "decision": decision.verdict.value,
+        "reason": decision.reason,
+        "reason_code": int(decision.reason_code),
+        "tool": decision.tool,
+        "rule": decision.rule,
+        "risk": decision.risk,
+        "resource": decision.resource,
+        "action_type": decision.action_type,
+    }
+    if decision.max_qos is not None:
+        view["max_qos"] = decision.max_qos  # subscribe/receive: the QoS granted at most
+    return view
+
+
+# The audit log's established names (README "Audit log") for two of the view's fields.
+_AUDIT_NAMES = {"tool": "tool_name", "resource": "resource_id"}
+
+
+def explain_text(decision: Decision, agent_id: str, request: str) -> str:
+    """``policy explain``'s human output: a verdict line, then the view's fields."""
+    view = decision_view(decision)
+    lines = [f"{view['decision']}: {agent_id} may{'' if decision.allowed else ' not'} {request}"]
+    for key, value in view.items():
+        if key == "decision" or value is None or key == "action_type":
+            continue
+        label = key.replace("_", " ") + ":"
+        shown = f"0x{value:02X}" if key == "reason_code" else value
+        lines.append(f"  {label:<12} {shown}")
+    return "\n".join(lines)
+
+
+def explain_json(decision: Decision, agent_id: str, request: str) -> str:
+    """``policy explain --json``: the view, with who asked what."""
+    return json.dumps({"agent": agent_id, "request": request, **decision_view(decision)}, indent=2)
+
+
 def event_payload(
     decision: Decision, action: str, topic: str, now: float, approval_id: str | None = None
 ) -> bytes:
-    event: dict[str, object] = {
-        "decision": decision.verdict.value,
-        "action": action,
-        "topic": topic,
-        "tool": decision.tool,
-        "reason": decision.reason,
-        "reason_code": decision.reason_code,
-        "rule": decision.rule,
-        "risk": decision.risk,
-        "timestamp": utc_iso(now),
-    }
+    event: dict[str, object] = {"action": action, "topic": topic, **decision_view(decision)}
+    event["timestamp"] = utc_iso(now)
     if approval_id is not None:
         event["approval_id"] = approval_id
     return json.dumps(event, separators=(",", ":")).encode()
@@ -71,18 +104,12 @@ def audit_record(
         "client_id": client_id,
         "token_id": token_id,
         "packet": packet,
-        "tool_name": decision.tool,
-        "action_type": decision.action_type,
         "requested_scope": scope,
         "granted_scope": scope if allowed else None,
-        "resource_id": decision.resource,
         "result_status": status or _STATUS[decision.verdict],
-        "decision": decision.verdict.value,
-        "reason": decision.reason,
-        "reason_code": decision.reason_code,
-        "rule": decision.rule,
-        "risk": decision.risk,
     }
+    for key, value in decision_view(decision).items():
+        record[_AUDIT_NAMES.get(key, key)] = value
     if qos is not None:
         record["qos"] = qos
     if retain is not None:
