@@ -97,6 +97,16 @@ def fleet(
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A real redis-server on a free port for the session (shared state of several
+    guards); use ``redis_server.fresh_url()`` per test for empty state."""
+    from .redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def guard_secret() -> bytes:
     return secrets.token_bytes(32)
 

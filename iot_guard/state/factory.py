@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .protocols import Stores
-from .records import StateError, StateUnavailable
+from .records import StateError
 from .sqlite import DB_NAME, EmbeddedStores
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -44,12 +44,18 @@ async def open_state(
     """
     if isinstance(spec, str) and _is_url(spec):
         scheme = urlsplit(spec).scheme.lower()
-        if scheme in REDIS_SCHEMES:
-            raise StateUnavailable(
-                f"{scheme}:// state is not available yet (the Redis backend comes with the "
-                "scale-out work); use --state-dir DIR"
-            )
-        raise StateError(f"unknown state URL scheme {scheme!r}; give a directory")
+        if scheme not in REDIS_SCHEMES:
+            raise StateError(f"unknown state URL scheme {scheme!r}; give a directory or "
+                             "redis://HOST:PORT/DB")
+        from .redis import RedisStores
+
+        # The buckets run on Redis time unless a clock is injected (tests).
+        shared = RedisStores(spec, clock=None if clock is time.time else clock, poll_s=poll_s)
+        try:
+            return await shared.open()
+        except BaseException:
+            await shared.close()
+            raise
     directory = Path(spec).expanduser()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -88,6 +88,12 @@ class LocalRateLimiter:
                 self.sweep(now)
         return grant
 
+    def adopt(self, key: str, tat: float) -> None:
+        """Take on a bucket state learned elsewhere (a shared backend's sync): the later of
+        the two, so units taken on other guards count here too."""
+        if tat > self._tat.get(key, 0.0):
+            self._tat[key] = tat
+
     def sweep(self, now: float) -> int:
         """Forget full buckets; returns how many were dropped."""
         full = [k for k, tat in self._tat.items() if tat <= now]

@@ -35,6 +35,7 @@ from iot_guard.state import (
     open_state,
     rollout_counts,
 )
+from simulator.redis_server import RedisServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -77,7 +78,23 @@ def state_backend_sqlite(tmp_path: Path) -> Backend:
     return SqliteBackend(tmp_path / "state")
 
 
-BACKENDS = ["sqlite"]
+class RedisBackend:
+    """A real redis-server (the harness's, never fakeredis); a fresh key prefix per test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clock = FakeClock()
+
+    async def open(self) -> Stores:
+        return await open_state(self.url, clock=self.clock, poll_s=POLL_S)
+
+
+@pytest.fixture
+def state_backend_redis(redis_server: RedisServer) -> Backend:
+    return RedisBackend(redis_server.fresh_url())
+
+
+BACKENDS = ["sqlite", "redis"]
 
 
 class Handles:
