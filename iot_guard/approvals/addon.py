@@ -71,6 +71,7 @@ class ApprovalsAddon:
             audit=server.audit.write,
             notify=control.notify,
             hold_resolved=control.hold_resolved,
+            flags=self._state.flags.view,
         )
         await self.executor.start()
         try:

@@ -35,7 +35,7 @@ from iot_guard.audit import AuditError, utc_iso
 from iot_guard.mqtt import topic_matches
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Verdict
-from iot_guard.state import ApprovalStore, Record
+from iot_guard.state import ApprovalStore, FlagView, Record
 
 from . import facts
 from .chains import approver_levels, chain_for
@@ -103,8 +103,10 @@ class ApprovalService:
         audit: Audit | None = None,
         notify: Notify | None = None,
         hold_resolved: HoldResolved | None = None,
+        flags: FlagView | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._flags = flags
         self._store = store
         self._policy_of = policy
         self.executor = executor
@@ -132,11 +134,13 @@ class ApprovalService:
         audit: Audit | None,
         notify: Notify | None,
         hold_resolved: HoldResolved | None,
+        flags: FlagView | None = None,
     ) -> None:
         """Give a service made early (the admin API subscribes at its construction) the
         guard's parts once the server exists (the addon's ``start``)."""
         self._store, self._policy_of, self.executor = store, policy, executor
         self._audit, self._notify, self._hold_resolved = audit, notify, hold_resolved
+        self._flags = flags
         if executor is not None:
             executor.on_message = self._on_executor_message
 
@@ -440,6 +444,15 @@ class ApprovalService:
             return "the stored request no longer matches the digest the approvers saw"
         if now >= b.expires_at:
             return f"expired before execution (at {utc_iso(b.expires_at)})"
+        if self._flags is not None:
+            # The brakes win over an approval: a stopped agent's or a void token's request
+            # is not carried out.
+            killed = self._flags.is_killed(b.agent_id)
+            if killed is not None:
+                return killed
+            void = self._flags.token_void(b.agent_id, b.token_id, None)
+            if void is not None:
+                return f"the token that asked for it is void ({void})"
         agent = policy.for_agent(b.agent_id)
         if agent is None:
             return f"agent {b.agent_id} is no longer in the policy"

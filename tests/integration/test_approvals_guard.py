@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,4 +108,24 @@ def test_a_reconnecting_agent_gets_its_open_requests_on_subscribe(
         denied = second.expect(f"$guard/approvals/{request_id}",
                                where=lambda m: m.json()["status"] == "denied").json()
         assert denied["outcome"] == "not today"
+    assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
+
+
+def test_an_approval_of_a_stopped_agent_is_void_and_nothing_is_sent(
+    approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
+) -> None:
+    guard, addon, secret = approvals_guard
+    with agent(guard, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    views = guard.run(lambda: addon.service.list("pending"))
+    assert [v["id"] for v in views] == [request_id]
+    state = guard.server.state
+    assert state is not None
+    guard.run(lambda: state.flags.kill("ops-agent", "runaway agent", "secops"))
+    guard.run(lambda: addon.service.approve(request_id, "alice"))
+    deadline = time.monotonic() + 10
+    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "void":
+        assert time.monotonic() < deadline, view["status"]
+        time.sleep(0.02)  # polling the guard's store from the test thread
+    assert "kill switch for agent ops-agent by secops: runaway agent" in view["outcome"]
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
