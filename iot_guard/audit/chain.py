@@ -64,16 +64,26 @@ class ChainState:
 
     # ------------------------------------------------------------------ writing
 
-    def seal(self, records: Iterable[dict[str, Any]]) -> bytes:
-        """The lines for ``records``, newline-terminated; advances this state.
-        Raises ValueError/TypeError for a record that cannot be a line."""
+    def seal(self, records: Iterable[dict[str, Any]]) -> tuple[list[bytes], bytes]:
+        """The lines for ``records`` and the hash of the last one, leaving this state as it
+        is: ``commit`` them once they are written. Raises ValueError/TypeError for a record
+        that cannot be a line."""
+        seq, prev = self.seq, self.prev
         lines = []
         for record in records:
-            line = record_line(self.seq, self.prev, record)
-            self.append(line)
+            line = record_line(seq, prev, record)
+            prev = _sha256(line).hexdigest().encode()
+            seq += 1
             lines.append(line)
-        lines.append(b"")
-        return b"\n".join(lines)
+        return lines, prev
+
+    def commit(self, lines: list[bytes], prev: bytes) -> None:
+        """Advance past ``lines`` (sealed by ``seal``, now on disk)."""
+        append = self.tree.append
+        for line in lines:
+            append(leaf_hash(line))
+        self.seq += len(lines)
+        self.prev = prev
 
     def open_record(
         self, reason: str, key_id: int | None, timestamp: float, pid: int

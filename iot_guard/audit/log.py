@@ -160,12 +160,20 @@ class AuditLog:
     def write_many(self, records: list[dict[str, Any]]) -> None:
         """All records in one write: what one read from a peer decided, before forwarding."""
         with self._lock:
-            state = self.state.copy()
+            state = self.state
             try:
-                data = self._open_line(state) + state.seal(records)
+                head = b""
+                if self._pending_open is not None:  # the first write of this file or run
+                    state = state.copy()
+                    head = self._open_line(state)
+                lines, prev = state.seal(records)
             except (TypeError, ValueError) as exc:
                 raise AuditError(f"cannot encode audit record: {exc}") from exc
-            self._write(data)
+            lines.append(b"")
+            self._write(head + b"\n".join(lines))
+            lines.pop()
+            # Only once written: a failed write leaves the chain where the file ends.
+            state.commit(lines, prev)
             self._commit(state)
             due = self.signer is not None and state.unsigned >= self.checkpoint_records
         if due:
@@ -248,7 +256,7 @@ class AuditLog:
             self._write(data)
             self._commit(state)
         if self.on_checkpoint is not None:
-            self.on_checkpoint(state)
+            self.on_checkpoint(state.copy())
         return True
 
     # ------------------------------------------------------------------ rotation, close

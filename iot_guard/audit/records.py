@@ -20,18 +20,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 GENESIS = b"0" * 64  # the prev of line 0: no line before it
 RESERVED = frozenset({"seq", "prev", "audit"})
 OPEN, CHECKPOINT = "open", "checkpoint"
 FORMAT = 1  # in the open record: the line format version a verifier must understand
 
-_SEQ = b'{"seq":'
-_PREV = b'"prev":"'
-_KINDS = ((b',"audit":"open"', OPEN), (b',"audit":"checkpoint"', CHECKPOINT))
 
 
 def utc_iso(timestamp: float) -> str:
@@ -85,34 +82,26 @@ def checkpoint_line(seq: int, prev: bytes, note: str, frontier: list[bytes]) -> 
     })
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     seq: int
     prev: bytes
     kind: str | None  # OPEN, CHECKPOINT or None for a decision record
 
 
+# The link, matched in C: a canonical seq (no leading zero), a lowercase hex hash, then
+# either the end of the object or the next member (the chain's own lines name their kind).
+LINK = re.compile(
+    rb'\{"seq":(0|[1-9][0-9]{0,19}),"prev":"([0-9a-f]{64})"(?:\}$|,(?:"audit":"(open|checkpoint)"[,}])?)'
+)
+
+
 def read_link(line: bytes) -> Link | None:
     """The link at the start of a line, without parsing the rest; None if there is none."""
-    if not line.startswith(_SEQ):
+    match = LINK.match(line)
+    if match is None:
         return None
-    comma = line.find(b",", 7, 40)
-    digits = line[7:comma]
-    if comma < 0 or not digits.isdigit() or (len(digits) > 1 and digits[0] == 48):
-        return None
-    start = comma + 1 + len(_PREV)
-    if line[comma + 1:start] != _PREV or line[start + 64:start + 65] != b'"':
-        return None
-    rest = start + 65
-    tail = line[rest:rest + 1]
-    if tail == b"}" and rest + 1 == len(line):
-        return Link(int(digits), line[start:start + 64], None)
-    if tail != b",":
-        return None
-    for marker, kind in _KINDS:
-        if line.startswith(marker, rest):
-            return Link(int(digits), line[start:start + 64], kind)
-    return Link(int(digits), line[start:start + 64], None)
+    kind = match[3]
+    return Link(int(match[1]), match[2], kind.decode() if kind is not None else None)
 
 
 def is_hex_hash(value: bytes) -> bool:
