@@ -21,7 +21,7 @@ from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess, raise_fd_limit
 from .report import Row, table
 
-BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions")
+BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions", "audit")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"open files limit (soft): {raise_fd_limit():,}")
     rows: list[Row] = []
     errors: list[str] = []
-    network = [b for b in args.only if b != "decisions"]
+    network = [b for b in args.only if b not in ("decisions", "audit")]
     if network:
         from .approvals import run_approval_timing, run_relay_with_pending
         from .load import run_idle, run_load
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                             log(f"  FAILED: {exc}")
                 finally:
                     guard.stop()
+                from .audit import verify_guard_log
+
+                rows.append(verify_guard_log(guard.audit_path, guard.audit_pub, log))
                 if args.profile_guard:
                     log(f"guard profile written to {args.profile_guard} "
                         f"(python -m pstats {args.profile_guard})")
@@ -178,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             " on an equivalent policy, N tenants x 10 devices, one agent per tenant")
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         rows += run_decisions(sizes, compiled_n=5_000, cedar_n=2_000, passes=5, log=log)
+    if "audit" in args.only:
+        from .audit import run_audit
+
+        log("7. audit chain: writing chained records (vs plain JSON lines) and verifying them")
+        with tempfile.TemporaryDirectory(prefix="iot-guard-bench-audit-") as tmp:
+            rows += run_audit(Path(tmp), 20_000 if args.quick else 200_000, 3, log)
     errors += [f"{r.name}: lost messages or wrong answers" for r in rows
                if "[LOSS]" in r.name or "[WRONG]" in r.name]
     log("")

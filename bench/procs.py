@@ -161,6 +161,10 @@ class GuardProcess:
         self.secret_file.chmod(0o600)
         self.audit_path = workdir / "audit.jsonl"
         self.log_path = workdir / "guard.log"
+        # The audit chain is on as in production: hashed records, signed checkpoints.
+        from iot_guard.audit.signer import write_keys
+
+        self.audit_key, self.audit_pub = write_keys(workdir / "audit-keys", "bench.iot-guard/audit")
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
@@ -171,6 +175,7 @@ class GuardProcess:
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--secret-file", str(self.secret_file),
             "--audit-log", str(self.audit_path),
+            "--audit-key", str(self.audit_key),
         ]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
