@@ -9,7 +9,9 @@ problem of a chain is reported as ``file:line: what is wrong``.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,9 +183,16 @@ class ChainReport:
         return text
 
 
+def open_log(path: Path) -> io.BufferedIOBase:
+    """A log file for reading; rotated files logrotate compressed (gzip) too."""
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """(line number, line without its newline, whether it had one)."""
-    with path.open("rb") as f:
+    with open_log(path) as f:
         for number, raw in enumerate(f, 1):
             if raw.endswith(b"\n"):
                 yield number, raw[:-1], True
@@ -261,7 +270,7 @@ def verify_chain(files: list[Path], keys: Keys, prove: int | None = None) -> Cha
     before = ""  # where the previous line is, for messages
     for index, path in enumerate(files):
         number = 0
-        with path.open("rb") as f:
+        with open_log(path) as f:
             for raw in f:
                 number += 1
                 line = raw[:-1]
@@ -351,7 +360,7 @@ def _prove(report: ChainReport, seq: int) -> None:
 def _first_link(path: Path) -> tuple[str, int] | str:
     """(origin, first seq) of a file, or a problem."""
     try:
-        with path.open("rb") as f:
+        with open_log(path) as f:
             first = f.readline()
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"

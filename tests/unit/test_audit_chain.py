@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
 from pathlib import Path
@@ -223,6 +224,10 @@ def test_rotated_files_verify_as_one_chain_in_any_order(tmp_path: Path, signer: 
     # Each rotated file ends signed, and the newest starts with its own open record.
     assert b'"audit":"checkpoint"' in lines_of(old2)[-1]
     assert b'"reason":"rotate"' in lines_of(path)[0]
+    old2_lines = len(lines_of(old2))
+    # logrotate's compress: a gzipped rotated file verifies as it is.
+    old2.write_bytes(gzip.compress(old2.read_bytes()))
+    assert verify([path, old1, old2], signer).ok
     # Older files deleted by retention: the rest still verifies, and says where it starts.
     recent = verify([path], signer)
     assert recent.ok and recent.first_seq > 0
@@ -230,7 +235,7 @@ def test_rotated_files_verify_as_one_chain_in_any_order(tmp_path: Path, signer: 
     # A file missing in the middle of the series is a gap.
     gap = verify([old2, path], signer).problem
     assert gap is not None and gap.startswith(f"{path}:1: records ")
-    assert f"missing between {old2}:{len(lines_of(old2))} and this file" in gap
+    assert f"missing between {old2}:{old2_lines} and this file" in gap
 
 
 def test_several_guard_instances_verify_as_their_own_chains(tmp_path: Path) -> None:
