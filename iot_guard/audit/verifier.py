@@ -230,6 +230,9 @@ def _diagnose(
     if err.kind == "behind":
         link = read_link(line)
         assert link is not None
+        if link.seq == state.seq - 1:
+            return (f"{here}: record {link.seq} appears twice (here and on the line before): a "
+                    "line was inserted (or copied)")
         return (f"{here}: record {link.seq} appears again after record {state.seq - 1}: "
                 "a line was inserted (or copied) here")
     if err.kind == "prev":

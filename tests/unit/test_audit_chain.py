@@ -112,7 +112,12 @@ def test_an_inserted_line_is_found(log_path: Path, signer: NoteSigner) -> None:
     forged = record_line(7, prev_state.prev, {"agent_id": "ops-agent", "decision": "allow"})
     save(log_path, [*lines[:7], forged, *lines[7:]])
     assert verify([log_path], signer).problem == (
-        f"{log_path}:9: record 7 appears again after record 7: a line was inserted (or copied)"
+        f"{log_path}:9: record 7 appears twice (here and on the line before): a line was "
+        "inserted (or copied)")
+    # A copy of an older line further down.
+    save(log_path, [*lines[:12], lines[3], *lines[12:]])
+    assert verify([log_path], signer).problem == (
+        f"{log_path}:13: record 3 appears again after record 11: a line was inserted (or copied)"
         " here")
     # A plain JSON line slipped in.
     save(log_path, [*lines[:7], b'{"agent_id":"x"}', *lines[7:]])
