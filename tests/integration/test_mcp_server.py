@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
+from iot_guard.approvals.addon import ApprovalsAddon
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 
@@ -270,3 +272,45 @@ async def test_the_server_speaks_streamable_http_too(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_a_held_call_is_followed_to_its_outcome_with_check_approval(
+    mosquitto: Any, fleet: Any, tmp_path: Path, iot_guard_policy_dir: Path
+) -> None:
+    secret = secrets.token_bytes(32)
+    addon = ApprovalsAddon()
+    config = mosquitto.guard_config(iot_guard_policy_dir, secret, tmp_path / "audit.jsonl")
+    with GuardThread(config, addons=[addon]) as guard:
+        tokens = token_file(tmp_path, secret)
+        async with mcp_client(guard.port, tokens, iot_guard_policy_dir) as client:
+            held = await client.call_tool(
+                "shadow_update",
+                {"tenant": "acme", "device": "therm-008",
+                 "desired": {"firmware_channel": "beta"}},
+            )
+            assert not held.is_error, held  # held is not a failure: it waits for a human
+            approval_id = data(held)["approval_id"]
+            assert data(held)["status"] == "held" and approval_id
+            assert "check_approval" in data(held)["next"]
+            device = fleet.device("acme", "therm-008")
+            assert "firmware_channel" not in device.state.desired
+
+            pending = await client.call_tool("check_approval", {"approval_id": approval_id})
+            assert not pending.is_error, pending
+            assert data(pending)["state"]["id"] == approval_id
+            assert data(pending)["state"]["status"] == "pending"
+
+            view = await asyncio.to_thread(
+                guard.run, lambda: addon.service.approve(approval_id, "alice", "ok")
+            )
+            assert view["status"] == "approved"
+            deadline = time.monotonic() + 20
+            while True:
+                state = data(await client.call_tool(
+                    "check_approval", {"approval_id": approval_id}))["state"]
+                if state["status"] in ("done", "failed"):
+                    break
+                assert time.monotonic() < deadline, f"no outcome within 20 s: {state}"
+                await asyncio.sleep(0.1)  # polling a state: bounded by the deadline above
+            assert state["status"] == "done", state
+            device.wait_until(lambda d: d.state.desired.get("firmware_channel") == "beta", 5)
