@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import register as register_audit
 
     register_approvals(commands)
+    from .admin.brakes_cli import register as register_brakes  # kill, token revoke
+
+    register_brakes(commands, token)
     register_audit(commands)
 
     from .agent.cli import register as register_agent_side  # tools export, mcp

@@ -18,6 +18,7 @@ from ..approvals.lookup import approval_service_of
 from . import console
 from .approvals_api import Approvals, ApprovalsApi
 from .auth import Directory
+from .brakes_api import BrakesApi
 from .directory import PolicyDirectory
 from .events import EventHub
 from .server import AdminServer, json_response
@@ -80,6 +81,8 @@ class AdminApp:
             *console.routes(),
         ])
         self.approvals = ApprovalsApi(self.server, self.approvals_service, self.events)
+        self._guard: Any = None
+        self.brakes = BrakesApi(self.server, lambda: getattr(self._guard, "state", None))
 
     def approvals_service(self) -> Approvals | None:
         source = self._approvals
@@ -100,6 +103,7 @@ class AdminApp:
 
     async def start(self, server: Any = None) -> None:
         """Start serving; ``server``: the GuardServer when run as its addon."""
+        self._guard = server
         control = getattr(server, "control", None)
         if control is not None:
             self.policy_directory = PolicyDirectory(lambda: control.policy.document)

@@ -236,6 +236,30 @@ class ApprovalService:
         request = await self._transition(request_id, lambda r: r.cancel(by, reason, now))
         return request.view()
 
+    async def stop_agent(self, agent_id: str | None, by: str, reason: str) -> int:
+        """The kill switch (issue 8 §4): cancel the open and approved requests of
+        ``agent_id`` (None: every agent's) and abort its rollouts in progress; returns how
+        many requests it stopped. ``by`` is the admin who pulled the switch."""
+        stopped = 0
+        for view in await self.list():
+            if agent_id is not None and view.get("agent_id") != agent_id:
+                continue
+            status = view.get("status")
+            if status in (Status.PENDING, Status.ESCALATED, Status.APPROVED):
+                now = self._clock()
+                try:
+                    await self._transition(
+                        view["id"], lambda r, at=now: r.cancel(by, reason, at)  # type: ignore[misc]
+                    )
+                    stopped += 1
+                except ApprovalError as exc:  # decided meanwhile: nothing left to stop
+                    log.info("approval %s not cancelled by the kill switch: %s", view["id"],
+                             exc.message)
+            elif status == Status.EXECUTING and view["id"] in self._runners:
+                self._runners[view["id"]].stop(f"kill switch: {reason}")
+                stopped += 1
+        return stopped
+
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """``callback(view)`` on every transition and rollout progress; returns unsubscribe."""
         self._subscribers.append(callback)

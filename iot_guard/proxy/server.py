@@ -182,7 +182,7 @@ class GuardServer:
         try:
             self.pipeline = Pipeline([KillSwitchCheck(self.state.flags.view),
                                       *self._observing(self._checks)])
-            self._unwatch = self.state.flags.watch(FlagWatch(self.control).on_flag)
+            self._unwatch = self.state.flags.watch(FlagWatch(self.control, self).on_flag)
             mode = self.config.mode
             if mode == "dry-run":
                 log.warning("DRY RUN: this guard decides everything and refuses nothing the "
