@@ -323,3 +323,19 @@ async def test_cli_talks_to_the_api_with_exit_codes(
     assert code == 2 and "cannot reach" in err and "Traceback" not in err
     code, _, err = await cli("approvals", "list", "--token-file", str(tmp_path / "missing"))
     assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_slow_reader_is_told_to_resync_instead_of_being_waited_for() -> None:
+    from iot_guard.admin import events
+
+    hub = events.EventHub(Clock())
+    queue: asyncio.Queue[object] = asyncio.Queue(events.QUEUE_SIZE)
+    hub._queues.add(queue)  # a connected stream that reads nothing
+    for i in range(events.QUEUE_SIZE + 1):
+        hub.publish("approval", {"id": f"r-{i}"})  # never blocks
+    assert queue.qsize() == 1 and queue.get_nowait() is events._RESYNC
+    hub.publish("approval", {"id": "next"})
+    assert queue.get_nowait() == ("approval", {"id": "next"})
+    await hub.close()
+    assert queue.get_nowait() is events._CLOSE
