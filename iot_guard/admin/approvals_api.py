@@ -13,19 +13,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..approvals.service import ApprovalError
 from .auth import AuthError, Principal
 from .events import EventHub
 from .server import AdminServer, json_error, json_response
-
-try:
-    from ..approvals.service import ApprovalError
-except ImportError:  # pragma: no cover - until the approvals service lands
-    class ApprovalError(Exception):  # type: ignore[no-redef]
-        def __init__(self, status: int, message: str):
-            self.status = status
-            self.message = message
-            super().__init__(message)
-
 
 STATUSES = (
     "pending", "escalated", "approved", "denied", "expired", "cancelled", "executing", "done",
@@ -148,7 +139,7 @@ class ApprovalsApi:
         try:
             return json_response(await action)
         except ApprovalError as err:
-            return json_error(int(getattr(err, "status", 400)), str(err))
+            return json_error(err.status, err.message)
 
     async def list(self, request: web.Request) -> web.Response:
         self.admin.principal(request)

@@ -91,6 +91,10 @@ def test_admin_server_runs_inside_the_guard(running: tuple[str, Path]) -> None:
     status, body, _ = get(url + "/api/whoami", issue_token(secret, "mallory", 60,
                                                           role="approver"))
     assert status == 403 and "not listed" in body["detail"]
+    # The approvals service of `iot-guard run` answers (nothing held yet).
+    status, body, _ = get(url + "/api/approvals", issue_token(secret, "alice", 60,
+                                                              role="approver"))
+    assert status == 200 and body["requests"] == []
     status, body, _ = get(url + "/api/approvals", issue_token(secret, "ops-agent", 60))
     assert status == 403 and "agent token" in body["detail"]
     status, body, _ = get(url + "/api/approvals", issue_token(b"w" * 48, "bob", 60,

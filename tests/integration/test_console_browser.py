@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -29,6 +30,8 @@ CHROMIUM_FLAGS = (
     "--no-first-run", "--disable-background-networking", "--disable-component-update",
     "--disable-sync",
 )
+# A card is rebuilt when its request changes (live events): waits look it up again.
+RETRY = (StaleElementReferenceException,)
 # An LLM-written field that would run script if the console ever used it as markup (a
 # clientToken is free text of at most 64 bytes; it is held with the rest of the payload).
 HOSTILE = "<img src=x onerror=__xss=1><script>__xss=2</script>"
@@ -69,7 +72,7 @@ def card(driver: WebDriver, section: str, request_id: str, timeout: float = 20) 
                 return node
         return False
 
-    found = WebDriverWait(driver, timeout).until(
+    found = WebDriverWait(driver, timeout, ignored_exceptions=RETRY).until(
         find, f"request {request_id} not in #{section}")
     assert isinstance(found, WebElement)
     return found
@@ -111,11 +114,11 @@ def test_a_held_push_is_approved_by_clicking_and_the_devices_receive_it(
     pending.find_element(By.CSS_SELECTOR, "button.approve").click()
 
     # The guard carries it out; the card moves to Recent and follows the rollout live.
-    done = WebDriverWait(browser, 40).until(
+    done = WebDriverWait(browser, 40, ignored_exceptions=RETRY).until(
         lambda d: (c := card(d, "recent", request_id)) and text(c, ".status") == "DONE" and c,
         "the approved request did not reach done in the console")
     assert isinstance(done, WebElement)
-    assert "succeeded 5" in text(done, ".rollout summary")
+    assert "succeeded 5" in text(card(browser, "recent", request_id), ".rollout summary")
     for name in FLOOR_1:
         fleet.device("acme", name.split("/")[1]).wait_until(
             lambda d: d.config["firmware_channel"] == "beta", 10, "the approved change")
@@ -144,7 +147,8 @@ def test_the_console_refuses_an_agent_token_and_a_denial_without_reason(
     assert ag.wait_view(request_id, lambda v: True)["status"] == "pending"
     pending.find_element(By.CSS_SELECTOR, "input.reason").send_keys("not during the audit")
     pending.find_element(By.CSS_SELECTOR, "button.deny").click()
-    denied = card(browser, "recent", request_id)
-    assert text(denied, ".status") == "DENIED"
+    WebDriverWait(browser, 20, ignored_exceptions=RETRY).until(
+        lambda d: text(card(d, "recent", request_id), ".status") == "DENIED",
+        "the denial did not show")
     assert ag.wait_view(request_id, lambda v: True)["status"] == "denied"
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iot_guard.admin.approvals_api import ApprovalError
+from iot_guard.approvals.service import ApprovalError
 
 OPEN = ("pending", "escalated")
 

@@ -13,6 +13,7 @@ const state = {
   who: null,
   requests: new Map(),   // id -> request view
   drafts: new Map(),     // id -> reason being typed (kept across re-renders)
+  cards: new Map(),      // id -> {key, node}: a card is rebuilt only when its view changed
   clockOffset: 0,        // server time - browser time, seconds
   stream: null,          // AbortController of the event stream
 };
@@ -180,10 +181,12 @@ function render() {
   const focused = document.activeElement;
   const focusId = focused && focused.classList && focused.classList.contains("reason")
     ? focused.closest(".request").getAttribute("data-id") : null;
-  $("pending").replaceChildren(...(pending.length ? pending.map(card)
+  $("pending").replaceChildren(...(pending.length ? pending.map(cached)
     : [el("p", { class: "note" }, "nothing is waiting")]));
-  $("recent").replaceChildren(...recent.map(card));
+  $("recent").replaceChildren(...recent.map(cached));
   $("pending-count").textContent = `(${pending.length})`;
+  const shownIds = new Set([...pending, ...recent].map((v) => v.id));
+  for (const id of [...state.cards.keys()]) if (!shownIds.has(id)) state.cards.delete(id);
   if (focusId !== null) {
     for (const node of document.querySelectorAll(".request")) {
       if (node.getAttribute("data-id") === focusId) {
@@ -193,6 +196,16 @@ function render() {
     }
   }
   tick();
+}
+
+// The same view keeps its card (and whatever the approver is doing in it).
+function cached(view) {
+  const key = JSON.stringify(view);
+  const hit = state.cards.get(view.id);
+  if (hit && hit.key === key) return hit.node;
+  const node = card(view);
+  state.cards.set(view.id, { key, node });
+  return node;
 }
 
 function tick() {
@@ -307,6 +320,7 @@ function logout(message) {
   state.token = null;
   state.who = null;
   state.requests.clear();
+  state.cards.clear();
   sessionStorage.removeItem(TOKEN_KEY);
   $("console").hidden = true;
   $("logout").hidden = true;
