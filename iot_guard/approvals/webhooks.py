@@ -180,6 +180,8 @@ class WebhookNotifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._from_policy = False
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -199,30 +201,67 @@ class WebhookNotifier:
         """Start the senders; as a guard addon (after the approvals addon) also take the
         targets from the policy, audit to the guard's log and follow its approval service
         (a webhook secret missing from the environment stops the guard from starting)."""
+        self._from_policy = self.targets is None
         if self.targets is None:
-            document = server.control.policy.document
-            environ = self.environ if self.environ is not None else os.environ
-            self.targets = targets_from_policy(document.approvals.webhooks, environ)
+            self.targets = self._policy_targets(server.control.policy)
         if self._audit is None:
             self._audit = server.audit.write
-        self._queues = [asyncio.Queue(self.queue_size) for _ in self.targets]
         self._http = aiohttp.ClientSession()
-        self._tasks = [
-            asyncio.create_task(self._deliver_all(target, queue), name="iot-guard-webhook")
-            for target, queue in zip(self.targets, self._queues, strict=True)
-        ]
-        if server is not None and self.targets and self._unsubscribe is None:
+        self._run(self.targets)
+        if server is not None and self._unsubscribe is None:
             service = approval_service_of(server)
             if service is not None:
                 self._unsubscribe = service.subscribe(self.notify)
+
+    def _policy_targets(self, policy: Any) -> list[WebhookTarget]:
+        environ = self.environ if self.environ is not None else os.environ
+        return targets_from_policy(policy.document.approvals.webhooks, environ)
+
+    def _run(self, targets: list[WebhookTarget]) -> None:
+        self.targets = targets
+        self._queues = [asyncio.Queue(self.queue_size) for _ in targets]
+        self._tasks = [
+            asyncio.create_task(self._deliver_all(target, queue), name="iot-guard-webhook")
+            for target, queue in zip(targets, self._queues, strict=True)
+        ]
+
+    def on_policy_swapped(self, policy: Any) -> None:
+        """A reloaded policy's webhooks take over for new events; what the old targets
+        still had queued is delivered first, then their senders end."""
+        if not self._from_policy or self._http is None:
+            return
+        try:
+            targets = self._policy_targets(policy)
+        except ValueError as exc:  # keep sending where we did: a reload must not go silent
+            log.error("webhooks unchanged: %s", exc)
+            self._write({"timestamp": utc_iso(self.clock()), "event": "webhook_config_error",
+                         "note": f"{exc}; the previous webhooks stay in force"})
+            return
+        if targets == self.targets:
+            return
+        old = list(zip(self._queues, self._tasks, strict=True))
+        self._run(targets)
+        for queue, task in old:
+            retire = asyncio.get_running_loop().create_task(self._retire(queue, task))
+            for pending in (retire, task):
+                self._retiring.add(pending)
+                pending.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(queue: asyncio.Queue[dict[str, Any]], task: asyncio.Task[None]) -> None:
+        try:
+            await queue.join()
+        finally:
+            task.cancel()
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._retiring]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         if self._http is not None:
             await self._http.close()
@@ -294,8 +333,11 @@ class WebhookNotifier:
         if delivery:
             record["delivery"] = delivery
         log.warning("%s: %s %s", event, record["webhook"], note)
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         try:
             if self._audit is not None:
                 self._audit(record)
         except Exception:  # an audit failure is logged; the guard's own path fails closed
-            log.exception("could not audit %s", event)
+            log.exception("could not audit %s", record.get("event"))

@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from iot_guard.approvals.webhooks import (
     WebhookTarget,
     verify_signature,
 )
+from iot_guard.policy_models import Webhook
 from tests.unit.admin_fakes import make_view
 
 SECRET = b"receiver-shared-secret"
@@ -163,3 +165,43 @@ async def test_a_stuck_receiver_never_blocks_the_sender(receiver: Receiver) -> N
         await notifier.stop()
     ids = [json.loads(body)["request"]["id"] for _, body, _ in receiver.received]
     assert ids == ["r-1", "r-2", "r-3"]  # in order, per target
+
+
+def guard_like(urls: list[str], audit: list[dict[str, Any]]) -> Any:
+    """What the notifier reads of a guard: the policy in force and the audit log."""
+    return SimpleNamespace(control=SimpleNamespace(policy=policy_with(urls)),
+                           audit=SimpleNamespace(write=audit.append))
+
+
+def policy_with(urls: list[str], secret_env: str = "HOOK_SECRET") -> Any:
+    hooks = [Webhook(url=url, secret_env=secret_env) for url in urls]
+    return SimpleNamespace(document=SimpleNamespace(approvals=SimpleNamespace(webhooks=hooks)))
+
+
+@pytest.mark.asyncio
+async def test_a_policy_reload_moves_new_events_to_the_new_webhooks(receiver: Receiver) -> None:
+    other = Receiver()
+    await other.start()
+    audit: list[dict[str, Any]] = []
+    notifier = WebhookNotifier(environ={"HOOK_SECRET": "s" * 16}, base_delay_s=0.05)
+    await notifier.start(guard_like([receiver.url], audit))
+    try:
+        notifier.notify(make_view("r-1", time.time()))
+        await asyncio.wait_for(notifier.idle(), 10)
+        notifier.on_policy_swapped(policy_with([other.url]))
+        notifier.notify(make_view("r-2", time.time()))
+        await asyncio.wait_for(notifier.idle(), 10)
+        # A reload whose secret is missing keeps the webhooks in force, and says so.
+        notifier.on_policy_swapped(policy_with([receiver.url], secret_env="NOT_SET"))
+        notifier.notify(make_view("r-3", time.time()))
+        await asyncio.wait_for(notifier.idle(), 10)
+    finally:
+        await notifier.stop()
+        await other.stop()
+
+    def ids(r: Receiver) -> list[str]:
+        return [json.loads(body)["request"]["id"] for _, body, _ in r.received]
+
+    assert ids(receiver) == ["r-1"] and ids(other) == ["r-2", "r-3"]
+    assert [r["event"] for r in audit] == ["webhook_config_error"]
+    assert "NOT_SET is not set" in audit[0]["note"]

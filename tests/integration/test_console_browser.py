@@ -140,6 +140,13 @@ def test_the_console_refuses_an_agent_token_and_a_denial_without_reason(
     with ag.agent() as ops:
         request_id = held_id(ops.publish(FLOOR_1_PUSH, {"firmware_channel": "beta"})
                              .reason_string)
+    # bob decides at level 2: the level-1 request offers him no buttons, only who decides.
+    login(browser, ag, ag.token("bob"))
+    pending = card(browser, "pending", request_id)
+    assert text(pending, ".not-yours") == (
+        "waiting for level 1 (alice): you decide at level 2")
+    assert pending.find_elements(By.CSS_SELECTOR, "button") == []
+    browser.find_element(By.ID, "logout").click()
     login(browser, ag, ag.token("alice"))
     pending = card(browser, "pending", request_id)
     pending.find_element(By.CSS_SELECTOR, "button.deny").click()

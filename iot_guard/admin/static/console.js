@@ -105,7 +105,14 @@ function rolloutBlock(rollout) {
 }
 
 function actions(view) {
-  if (!OPEN.has(view.status) || !state.who || state.who.levels.length === 0) return null;
+  if (!OPEN.has(view.status) || !state.who) return null;
+  if (!state.who.levels.includes(view.level)) {
+    // The guard would refuse it anyway (403); say who decides instead of offering buttons.
+    const who = Array.isArray(view.approvers_at_level) ? view.approvers_at_level.join(", ") : "";
+    return el("p", { class: "note not-yours" },
+      `waiting for level ${view.level}${who ? ` (${who})` : ""}: you decide at level ` +
+      `${state.who.levels.join(", ") || "none"}`);
+  }
   const reason = el("input", {
     type: "text", class: "reason", placeholder: "reason (required to deny)",
     value: state.drafts.get(view.id) || "", maxLength: 1000,
