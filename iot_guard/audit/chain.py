@@ -93,14 +93,15 @@ class ChainState:
         self.append(line)
         return line + b"\n"
 
-    def checkpoint(self, signer: NoteSigner) -> bytes:
+    def checkpoint(self, signer: NoteSigner) -> tuple[bytes, Checkpoint]:
         """A signed checkpoint over lines 0..seq-1, as the next line."""
-        text = Checkpoint(self.origin, self.seq, self.tree.root()).text()
+        checkpoint = Checkpoint(self.origin, self.seq, self.tree.root())
+        text = checkpoint.text()
         note = format_note(text, [signer.sign(text)])
         line = checkpoint_line(self.seq, self.prev, note, self.tree.nodes)
         self.signed = self.seq
         self.append(line)
-        return line + b"\n"
+        return line + b"\n", checkpoint
 
     # ------------------------------------------------------------------ reading
 

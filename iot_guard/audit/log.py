@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .chain import ChainState
+from .checkpoint import Checkpoint
 from .records import utc_iso
 from .recovery import RecoveryError, recover
 from .signer import KeyFileError, NoteSigner, load_signer
@@ -86,7 +87,8 @@ class AuditLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._due = False
-        self.on_checkpoint: Callable[[ChainState], None] | None = None  # e.g. a head store
+        # Told of each checkpoint written (on the loop), e.g. to keep a head store in step.
+        self.on_checkpoint: Callable[[ChainState, Checkpoint], None] | None = None
         self.state = ChainState(self.origin)
         if self.path is not None:
             self._fd = self._open(self.path)
@@ -252,11 +254,13 @@ class AuditLog:
             if self.state.seq == 0 and self._pending_open == "start":
                 return False  # nothing written yet: no chain to sign
             state = self.state.copy()
-            data = self._open_line(state) + state.checkpoint(self.signer)
+            head = self._open_line(state)
+            line, checkpoint = state.checkpoint(self.signer)
+            data = head + line
             self._write(data)
             self._commit(state)
         if self.on_checkpoint is not None:
-            self.on_checkpoint(state.copy())
+            self.on_checkpoint(state.copy(), checkpoint)
         return True
 
     # ------------------------------------------------------------------ rotation, close

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..audit import AuditLog, utc_iso
+from ..audit.headstore import ChainHeadSync
 from ..checks import Check, Pipeline
 from ..checks.kill_switch import KillSwitchCheck
 from ..policy.compiler import CompiledPolicy
@@ -183,6 +184,10 @@ class GuardServer:
             self.pipeline = Pipeline([KillSwitchCheck(self.state.flags.view),
                                       *self._observing(self._checks)])
             self._unwatch = self.state.flags.watch(FlagWatch(self.control, self).on_flag)
+            # The log must reach as far as the stored chain head (a cut is refused).
+            self._chain_head = ChainHeadSync(self.audit, self.state.chain)
+            await self._chain_head.check()
+            self.audit.on_checkpoint = self._chain_head.on_checkpoint
             mode = self.config.mode
             if mode == "dry-run":
                 log.warning("DRY RUN: this guard decides everything and refuses nothing the "
@@ -226,10 +231,11 @@ class GuardServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.hooks.stop()
+        self.audit.close()  # signs the last records; the head store hears of it
         if self.state is not None:
+            await self._chain_head.flush()
             self._unwatch()
             await self.state.close()
-        self.audit.close()
 
 
 def _approval_id() -> str:

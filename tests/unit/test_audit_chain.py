@@ -335,7 +335,7 @@ def test_checkpoints_are_signed_on_the_loop_not_inside_the_write(
     async def scenario() -> None:
         log = AuditLog(path, signer=signer, checkpoint_records=5, checkpoint_seconds=3600)
         signed = asyncio.Event()
-        log.on_checkpoint = lambda state: signed.set()
+        log.on_checkpoint = lambda state, checkpoint: signed.set()
         log.attach(asyncio.get_running_loop())
         log.write_many([record(i) for i in range(5)])
         # The write returned with the records on disk and no signature yet...
@@ -352,3 +352,45 @@ def test_checkpoints_are_signed_on_the_loop_not_inside_the_write(
 
     asyncio.run(scenario())
     assert verify([path], signer).ok
+
+
+# ----------------------------------------------------------------------------- head store
+
+def test_the_state_store_catches_a_cut_the_file_alone_cannot_show(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    """A log cut right after an earlier checkpoint verifies on its own; the chain head kept
+    in the state store shows records were removed, and the guard refuses to start."""
+    from iot_guard.audit.headstore import ChainHeadSync
+    from iot_guard.state import open_state
+
+    path = tmp_path / "audit.jsonl"
+
+    async def run_guard(n: int) -> None:
+        stores = await open_state(tmp_path / "state")
+        try:
+            log = AuditLog(path, signer=signer, checkpoint_records=10)
+            sync = ChainHeadSync(log, stores.chain)
+            await sync.check()
+            log.on_checkpoint = sync.on_checkpoint
+            log.attach(asyncio.get_running_loop())
+            for i in range(n):
+                log.write(record(i))
+            log.close()
+            await sync.flush()
+            head = await stores.chain.head(ORIGIN)
+            assert head is not None and head.seq == log.state.seq - 1
+            assert head.hash == log.state.prev.decode()
+            assert head.checkpoint_size == log.state.seq - 1
+        finally:
+            await stores.close()
+
+    asyncio.run(run_guard(25))
+    asyncio.run(run_guard(5))  # a restart: the file reaches the stored head
+    lines = lines_of(path)
+    cut = max(i for i, line in enumerate(lines[:-1]) if b'"audit":"checkpoint"' in line)
+    save(path, lines[:cut + 1])  # ends with an older checkpoint: looks clean
+    assert verify([path], signer).ok
+    with pytest.raises(AuditError, match=r"the state store says the chain of guard-a.test/audit "
+                                         r"reached record \d+ .* records were removed"):
+        asyncio.run(run_guard(1))

@@ -1,0 +1,93 @@
+"""Keep the state store's chain head in step with the log (issue 8 §1; issue 11).
+
+The file alone cannot show a cut made exactly after a checkpoint: what is left verifies.
+So at each checkpoint the guard also stores where its chain ends (last seq and hash, the
+checkpoint's size and root) in the state store, off the packet path; at start, a stored
+head beyond the end of the file means lines were removed while the guard was down, and
+the guard refuses to start. The store is compare-and-set on the seq this guard stored
+last, so a second writer of the same origin (one chain, one writer) is noticed. Only
+signed chains take part: their origin is the instance's key name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+
+from ..state import ChainHead, ChainHeadStore
+from .chain import ChainState
+from .checkpoint import Checkpoint
+from .log import AuditError, AuditLog
+
+log = logging.getLogger("iot_guard.audit")
+
+
+class ChainHeadSync:
+    def __init__(self, audit: AuditLog, store: ChainHeadStore) -> None:
+        self.audit = audit
+        self.store = store
+        self._expect: int | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> None:
+        """At start: the file must reach at least as far as the store says it did."""
+        if self.audit.signer is None:
+            return  # an unsigned chain has no instance identity (its origin is the host's)
+        origin = self.audit.origin
+        stored = await self.store.head(origin)
+        self._expect = stored.seq if stored is not None else None
+        if stored is None:
+            return
+        state = self.audit.state
+        where = self.audit.path or "the audit log"
+        if state.seq == 0:
+            # A new file (rotated while the guard was down, or replaced): a new chain.
+            log.warning("%s is empty but the chain of %s ended at record %d (hash %s, "
+                        "checkpoint of %d records): starting a new chain", where, origin,
+                        stored.seq, stored.hash, stored.checkpoint_size)
+            return
+        last = state.seq - 1
+        if stored.seq > last:
+            raise AuditError(
+                f"{where}: the state store says the chain of {origin} reached record "
+                f"{stored.seq} (checkpoint of {stored.checkpoint_size} records), the file ends "
+                f"at record {last}: records were removed; verify the log and restore it")
+        if stored.seq == last and stored.hash != state.prev.decode():
+            raise AuditError(
+                f"{where}: record {last} is not the one the state store recorded for the chain "
+                f"of {origin}: the end of the log was replaced; verify it and restore it")
+
+    def on_checkpoint(self, state: ChainState, checkpoint: Checkpoint) -> None:
+        """From AuditLog (on the loop): store the new head in the background."""
+        head = ChainHead(state.seq - 1, state.prev.decode(), checkpoint.size,
+                         base64.b64encode(checkpoint.root).decode(), time.time())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a script): nothing to keep in step
+        task = loop.create_task(self._put(head))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _put(self, head: ChainHead) -> None:
+        async with self._lock:  # in order: each put expects the seq of the one before
+            try:
+                stored = await self.store.put_head(self.audit.origin, head,
+                                                   expect_seq=self._expect)
+            except Exception as exc:  # the store is down: the log itself is unaffected
+                log.error("cannot store the audit chain head of %s: %s", self.audit.origin, exc)
+                return
+            if stored:
+                self._expect = head.seq
+            else:
+                log.error("the audit chain head of %s moved under this guard: another guard "
+                          "writes the same origin (give each instance its own key)",
+                          self.audit.origin)
+
+    async def flush(self) -> None:
+        """Wait for the heads still being stored (before the store closes)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
