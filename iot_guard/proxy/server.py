@@ -231,10 +231,11 @@ class GuardServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.hooks.stop()
+        if self.state is not None:
+            self._unwatch()
         self.audit.close()  # signs the last records; the head store hears of it
         if self.state is not None:
             await self._chain_head.flush()
-            self._unwatch()
             await self.state.close()
 
 
