@@ -110,7 +110,8 @@ def format_view(view: dict[str, Any], now: float | None = None) -> str:
         ("time left", _left(view, now)), ("agent", view.get("agent_id")),
         ("session", view.get("session_id")), ("tool", view.get("tool")),
         ("topic", view.get("topic")), ("qos/retain", f"{view.get('qos')}/{view.get('retain')}"),
-        ("risk", view.get("risk")), ("why held", view.get("reason")), ("rule", view.get("rule")),
+        ("risk", view.get("risk")), ("why held", view.get("reason")),
+        ("outcome", view.get("outcome")), ("rule", view.get("rule")),
         ("may decide", ", ".join(view.get("approvers_at_level") or [])),
         ("policy", view.get("policy_version")), ("digest", view.get("digest")),
         ("payload", view.get("payload")),
@@ -167,6 +168,12 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 1000, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: Any) -> None:
     """Add ``approvals`` to the ``iot-guard`` command (called by iot_guard.cli)."""
     approvals = subparsers.add_parser(
@@ -175,7 +182,7 @@ def register(subparsers: Any) -> None:
 
     listing = approvals.add_parser("list", help="requests, newest first")
     listing.add_argument("--status", help="e.g. pending, open (pending+escalated), done; a,b")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_limit, default=100, help="at most N (default 100)")
     show = approvals.add_parser("show", help="one request: change, devices, history, rollout")
     show.add_argument("id")
     approve = approvals.add_parser("approve", help="approve at your level")

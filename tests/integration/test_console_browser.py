@@ -157,5 +157,6 @@ def test_the_console_refuses_an_agent_token_and_a_denial_without_reason(
     WebDriverWait(browser, 20, ignored_exceptions=RETRY).until(
         lambda d: text(card(d, "recent", request_id), ".status") == "DENIED",
         "the denial did not show")
+    assert text(card(browser, "recent", request_id), ".outcome") == "not during the audit"
     assert ag.wait_view(request_id, lambda v: True)["status"] == "denied"
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"

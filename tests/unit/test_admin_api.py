@@ -321,6 +321,9 @@ async def test_cli_talks_to_the_api_with_exit_codes(
     assert code == 1 and "agent token" in err
     code, _, err = await cli("approvals", "list", "--admin", "http://127.0.0.1:9")
     assert code == 2 and "cannot reach" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2, one line
+        await cli("approvals", "list", "--limit", "0")
+    assert usage.value.code == 2 and "1 to 1000" in capsys.readouterr().err
     code, _, err = await cli("approvals", "list", "--token-file", str(tmp_path / "missing"))
     assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
 

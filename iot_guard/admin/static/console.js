@@ -163,6 +163,8 @@ function card(view) {
       el("dt", {}, "tool"), el("dd", { class: "tool" }, view.tool),
       el("dt", {}, "topic"), el("dd", { class: "topic" }, view.topic),
       el("dt", {}, "why held"), el("dd", { class: "why" }, view.reason),
+      view.outcome ? el("dt", {}, "outcome") : null,
+      view.outcome ? el("dd", { class: "outcome" }, view.outcome) : null,
       el("dt", {}, "rule"), el("dd", {}, view.rule || ""),
       el("dt", {}, "devices"),
       el("dd", { class: "devices" }, `${devices.length}: ${devices.join(", ")}`),
