@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from paho.mqtt.client import topic_matches_sub
+
 from iot_guard.policy_models import NAME_PATTERN
 
 from .calls import CallError, Message, read_topic, to_message
@@ -270,34 +272,49 @@ class AgentRuntime:
             if replies:
                 stop()
 
+    def _cached(self, topic_filter: str) -> tuple[str, Latest] | None:
+        """The latest message on a topic, or on any topic a wildcard filter matches."""
+        latest = self._latest.get(topic_filter)
+        if latest is not None:
+            return topic_filter, latest
+        if "+" not in topic_filter and "#" not in topic_filter:
+            return None
+        matching = [
+            (topic, entry)
+            for topic, entry in self._latest.items()
+            if topic_matches_sub(topic_filter, topic)
+        ]
+        return max(matching, key=lambda te: te[1].at) if matching else None
+
     async def _read(self, spec: ToolSpec, args: dict[str, Any]) -> Outcome:
-        topic = read_topic(spec, args)
-        base = {"tool": spec.name, "topic": topic}
-        latest = self._latest.get(topic)
-        if latest is None:
-            fut, stop = self._wait_for((topic,), lambda t, d: True)
+        topic_filter = read_topic(spec, args)
+        base = {"tool": spec.name, "topic": topic_filter}
+        found = self._cached(topic_filter)
+        if found is None:
+            fut, stop = self._wait_for((topic_filter,), lambda t, d: True)
             try:
-                code, reason = await self._subscribe(topic)
+                code, reason = await self._subscribe(topic_filter)
                 if code >= 0x80:
                     return Outcome({
                         **base, "status": "refused",
                         "guard_code": f"0x{code:02X} {_REASON_NAMES.get(code, 'refused')}",
                         "reason": reason or "the guard refused the subscription",
                     }, is_error=True)
-                latest = self._latest.get(topic)
-                if latest is None:
+                found = self._cached(topic_filter)  # a retained message may be in already
+                if found is None:
                     try:
-                        await asyncio.wait_for(fut, self.options.read_timeout)
+                        topic, _ = await asyncio.wait_for(fut, self.options.read_timeout)
                     except TimeoutError:
                         wait = self.options.read_timeout
                         return Outcome({**base, "status": "no_message",
                                         "note": f"no message within {wait:g} s"})
-                    latest = self._latest.get(topic)
+                    found = topic, self._latest[topic]
             finally:
                 stop()
-        assert latest is not None
+        topic, latest = found
         return Outcome({
-            **base, "status": "ok", "message": _decode(latest.payload), "retained": latest.retain,
+            **base, "topic": topic, "status": "ok", "message": _decode(latest.payload),
+            "retained": latest.retain,
             "age_s": round(max(0.0, self.options.clock() - latest.at), 3),
         })
 

@@ -28,6 +28,7 @@ from iot_guard.cli import main
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Verdict
 from iot_guard.policy_models import NAME_PATTERN, PolicyDocument
+from iot_guard.tokens import issue_token
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 AGENTS = ("ops-agent", "observer", "globex-agent")
@@ -395,3 +396,20 @@ def test_a_multi_tenant_agent_gets_each_device_only_with_its_tenant(
     schema = input_schema(push, "mcp")
     assert validates(schema, {"tenant": "globex", "group": "lab", "config": {}})
     assert not validates(schema, {"tenant": "acme", "group": "lab", "config": {}})
+
+
+@pytest.mark.parametrize(
+    ("token_agent", "message"),
+    [("observer", "the token is for agent 'observer', not 'ops-agent'"), (None, "No such file")],
+)
+def test_mcp_refuses_a_wrong_or_missing_token_file_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, token_agent: str | None, message: str
+) -> None:
+    token_file = tmp_path / "agent.token"
+    if token_agent is not None:
+        token_file.write_text(issue_token(b"k" * 32, token_agent, ttl_s=60))
+    code = main(["mcp", "--agent", "ops-agent", "--guard", "127.0.0.1:1", "--token-file",
+                 str(token_file), "--policy", str(POLICY_DIR)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from iot_guard.agent.link import Ack, LinkError
 from iot_guard.agent.runtime import AgentRuntime, RuntimeOptions
 from iot_guard.agent.tools import agent_tool_specs
 from iot_guard.policy.compiler import CompiledPolicy
+from iot_guard.policy_models import PolicyDocument
 
 pytestmark = pytest.mark.asyncio
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
@@ -187,3 +188,33 @@ async def test_unknown_tools_and_malformed_calls_are_tool_errors(runtime: AgentR
     assert unknown.is_error and "unknown tool" in unknown.data["error"]
     malformed = await runtime.call("shadow_get", {"tenant": "acme", "device": "a/b"})
     assert malformed.is_error and "not a name" in malformed.data["error"]
+
+
+async def test_a_read_tool_with_a_wildcard_topic_returns_the_newest_match(
+    link: ScriptedLink,
+) -> None:
+    policy = CompiledPolicy.load(POLICY_DIR)
+    raw = policy.document.model_dump()
+    raw["tools"]["read_fleet_status"] = {
+        "description": "Status of every device of a tenant.", "verb": "subscribe",
+        "topics": ["tenants/{tenant}/devices/+/status"], "risk": "low",
+    }
+    raw["agents"]["ops-agent"]["tools"].append("read_fleet_status")
+    specs = agent_tool_specs(CompiledPolicy(PolicyDocument.model_validate(raw)), "ops-agent")
+    now = [1000.0]
+    rt = AgentRuntime(specs, link,  # type: ignore[arg-type]
+                      RuntimeOptions(read_timeout=0.5, clock=lambda: now[0]))
+    await rt.start()
+    spec = rt.specs["read_fleet_status"]
+    assert spec.variables == ("tenant",)
+    # Nothing cached: the read subscribes to the filter and returns the first message.
+    link.on_subscribe = lambda topic: link.deliver(
+        "tenants/acme/devices/therm-004/status", {"status": "online"})
+    first = await rt.call("read_fleet_status", {"tenant": "acme"})
+    assert link.subscribed == ["tenants/acme/devices/+/status"]
+    assert first.data["topic"] == "tenants/acme/devices/therm-004/status"
+    now[0] = 1001.0
+    link.deliver("tenants/acme/devices/therm-009/status", {"status": "offline"})
+    newest = await rt.call("read_fleet_status", {"tenant": "acme"})
+    assert newest.data["topic"] == "tenants/acme/devices/therm-009/status"
+    assert newest.data["message"] == {"status": "offline"}
