@@ -6,6 +6,7 @@ temp dir), and stock MQTT clients as agents.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from iot_guard.approvals.addon import ApprovalsAddon
+from iot_guard.approvals.request import ApprovalError
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.agent import AgentClient
@@ -111,7 +113,7 @@ def test_a_reconnecting_agent_gets_its_open_requests_on_subscribe(
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
 
 
-def test_an_approval_of_a_stopped_agent_is_void_and_nothing_is_sent(
+def test_a_killed_agents_request_is_cancelled_and_can_no_longer_be_approved(
     approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
 ) -> None:
     guard, addon, secret = approvals_guard
@@ -122,10 +124,12 @@ def test_an_approval_of_a_stopped_agent_is_void_and_nothing_is_sent(
     state = guard.server.state
     assert state is not None
     guard.run(lambda: state.flags.kill("ops-agent", "runaway agent", "secops"))
-    guard.run(lambda: addon.service.approve(request_id, "alice"))
     deadline = time.monotonic() + 10
-    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "void":
+    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "cancelled":
         assert time.monotonic() < deadline, view["status"]
         time.sleep(0.02)  # polling the guard's store from the test thread
-    assert "kill switch for agent ops-agent by secops: runaway agent" in view["outcome"]
+    assert "kill switch: runaway agent" in json.dumps(view["history"])
+    with pytest.raises(ApprovalError) as refused:
+        guard.run(lambda: addon.service.approve(request_id, "alice"))
+    assert refused.value.status == 409
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
