@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -18,42 +17,14 @@ from iot_guard.policy_models import PolicyDocument
 
 
 def policy_version(policy: CompiledPolicy) -> str:
-    """The compiled policy's version (the policy lane's hash), or a hash of its document."""
-    version = getattr(policy, "version", None)
-    if isinstance(version, str) and version:
-        return version
-    cached = getattr(policy, "_approvals_version", None)
-    if cached is None:
-        text = policy.document.model_dump_json()
-        cached = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-        policy._approvals_version = cached  # type: ignore[attr-defined]
-    return str(cached)
+    """The compiled policy's version (a hash of its files): an approval is bound to it."""
+    return policy.version
 
 
-def devices_reached(
-    policy: CompiledPolicy, agent_id: str, topic: str, resource: str | None
-) -> tuple[str, ...]:
+def devices_reached(policy: CompiledPolicy, agent_id: str, topic: str) -> tuple[str, ...]:
     """Every device ``topic`` reaches for ``agent_id`` ("tenant/device"), frozen in order."""
     agent = policy.for_agent(agent_id)
-    reached = getattr(agent, "devices_reached", None) if agent is not None else None
-    if callable(reached):
-        return tuple(reached(topic))
-    return _from_resource(policy.document, resource)
-
-
-def _from_resource(document: PolicyDocument, resource: str | None) -> tuple[str, ...]:
-    # A decision's resource is "tenant/device" or "tenant/groups/group".
-    if not resource:
-        return ()
-    parts = resource.split("/")
-    tenant = document.tenants.get(parts[0])
-    if tenant is None:
-        return ()
-    if len(parts) == 2 and parts[1] in tenant.devices:
-        return (resource,)
-    if len(parts) == 3 and parts[1] == "groups":
-        return tuple(f"{parts[0]}/{m}" for m in tenant.groups.get(parts[2], ()))
-    return ()
+    return tuple(agent.devices_reached(topic)) if agent is not None else ()
 
 
 def changes(

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asyncio_throttle import Throttler
 
-from iot_guard.state import ApprovalStore
+from iot_guard.state import ApprovalStore, DeviceState
 
 from .executor import ExecutorError
 from .rollout import (
@@ -72,6 +72,7 @@ class RolloutRunner:
         publish: Publish,
         clock: Callable[[], float],
         on_progress: Callable[[RolloutState], None],
+        resume: Sequence[DeviceState] | None = None,
     ) -> None:
         self.request_id = request_id
         self.spec = spec
@@ -82,6 +83,12 @@ class RolloutRunner:
         # The device's result names this token: AWS's 64-byte clientToken limit.
         self.payload, self.token = with_client_token(payload, f"iotguard:{request_id}"[:64])
         self.state = RolloutState.plan(spec, devices, clock())
+        self._resumed = resume is not None
+        for saved in resume or ():
+            # After a restart: where each device was, as the store says.
+            run = self.state.devices.get(saved.device)
+            if run is not None:
+                run.status, run.at, run.detail = saved.status, saved.at, saved.detail
         self._changed = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._writes: list[asyncio.Task[Any]] = []
@@ -91,10 +98,16 @@ class RolloutRunner:
 
     async def run(self) -> RolloutState:
         state, spec = self.state, self.spec
-        await self.store.rollout_start(self.request_id, list(state.devices))
+        loop = asyncio.get_running_loop()
+        if self._resumed:
+            # Devices sent before the restart: their result may still come; never resent.
+            for sent in state.in_progress():
+                self._timers[sent] = loop.call_later(spec.device_timeout_s, self._timed_out, sent)
+        else:
+            await self.store.rollout_start(self.request_id, list(state.devices))
         self._on_progress(state)
         throttler = Throttler(rate_limit=1, period=spec.interval_s, retry_interval=0.005)
-        started = 0
+        started = sum(1 for run in state.devices.values() if run.status != QUEUED)
         while (device := state.next_queued()) is not None:
             if spec.canary and started == len(state.canaries):
                 await self._until(state.canaries_settled)
@@ -111,7 +124,6 @@ class RolloutRunner:
                 break
             state.start(device, self._clock())
             started += 1
-            loop = asyncio.get_running_loop()
             self._timers[device] = loop.call_later(spec.device_timeout_s, self._timed_out, device)
             self._progress()
             try:
@@ -125,6 +137,13 @@ class RolloutRunner:
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         return state
+
+    def halt(self) -> list[asyncio.Task[Any]]:
+        """The guard is stopping: no more timers; return the store writes still running."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        return [t for t in self._writes if not t.done()]
 
     def stop(self, reason: str) -> None:
         """Abort from outside (the guard is stopping, an admin cancelled)."""

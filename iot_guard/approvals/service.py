@@ -28,14 +28,14 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from iot_guard.audit import AuditError, utc_iso
 from iot_guard.mqtt import topic_matches
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Verdict
-from iot_guard.state import ApprovalStore, FlagView, Record
+from iot_guard.state import ApprovalStore, DeviceState, FlagView, Record
 
 from . import facts
 from .chains import approver_levels, chain_for
@@ -168,29 +168,23 @@ class ApprovalService:
             elif request.status is Status.APPROVED:
                 self._spawn(self._execute(request.id))
             elif request.status is Status.EXECUTING:
-                # At most once: what was in flight is not sent again after a restart.
-                await self.store.rollout_cancel(
-                    request.id, "the guard stopped during the rollout; not sent again"
-                )
-                await self._persist_if_moved(
-                    request,
-                    lambda r: r.finish(
-                        Status.FAILED,
-                        "the guard stopped while carrying it out; nothing is sent again "
-                        "(at most once)",
-                        now,
-                    ),
-                )
+                self._spawn(self._resume(request))
 
     async def stop(self) -> None:
         self._stopping = True
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        # A rollout is not aborted by a restart: it stops sending and resumes from the
+        # store at the next start (queued devices still go, none is sent twice).
+        pending: list[asyncio.Task[Any]] = []
         for runner in list(self._runners.values()):
-            runner.stop("the guard is shutting down")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+            pending += runner.halt()
+        for task in list(self._tasks):
+            task.cancel()
+        pending += self._tasks
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -289,7 +283,7 @@ class ApprovalService:
         chain = chain_for(
             document.approvals, spec.conditions.approval_chain if spec else None, risk
         )
-        devices = facts.devices_reached(policy, held.agent_id, held.topic, decision.resource)
+        devices = facts.devices_reached(policy, held.agent_id, held.topic)
         binding = Binding(
             agent_id=held.agent_id,
             session_id=held.session_id,
@@ -462,11 +456,13 @@ class ApprovalService:
 
     # -- execution -------------------------------------------------------------------------------
 
-    def _void_reason(self, request: ApprovalRequest, policy: CompiledPolicy, now: float) -> str:
+    def _void_reason(
+        self, request: ApprovalRequest, policy: CompiledPolicy, now: float, expiry: bool = True
+    ) -> str:
         b = request.binding
         if not request.bound_digest_ok():
             return "the stored request no longer matches the digest the approvers saw"
-        if now >= b.expires_at:
+        if expiry and now >= b.expires_at:
             return f"expired before execution (at {utc_iso(b.expires_at)})"
         if self._flags is not None:
             # The brakes win over an approval: a stopped agent's or a void token's request
@@ -483,7 +479,7 @@ class ApprovalService:
         decision = agent.decide_publish(b.topic, b.payload, b.qos, b.retain)
         if decision.verdict is Verdict.DENY:
             return f"the policy in force now denies it: {decision.reason}"
-        devices = facts.devices_reached(policy, b.agent_id, b.topic, decision.resource)
+        devices = facts.devices_reached(policy, b.agent_id, b.topic)
         if devices != b.devices:
             return (
                 f"the devices it reaches changed since it was held (was {len(b.devices)}: "
@@ -517,9 +513,41 @@ class ApprovalService:
             return
         if request.status is not Status.EXECUTING:
             return
+        await self._carry_and_finish(request, self._carry_out(request, policy))
+
+    async def _resume(self, request: ApprovalRequest) -> None:
+        """A request the guard was carrying out when it stopped.
+
+        At most once: a single publish whose outcome is unknown is not sent again (failed);
+        a rollout resumes from the store: queued devices are still sent (they never were),
+        devices in progress get their result or time out, none is sent twice. A policy that
+        changed meanwhile (or a brake) stops it: the queued devices are cancelled.
+        """
+        policy = self._policy()
+        now = self._clock()
+        tool = policy.document.tools.get(request.binding.tool)
+        devices = await self.store.rollout(request.id)
+        if tool is None or tool.rollout is None or devices is None or self.executor is None:
+            await self.store.rollout_cancel(request.id, "the guard stopped; not sent again")
+            await self._persist_if_moved(request, lambda r: r.finish(
+                Status.FAILED,
+                "the guard stopped while carrying it out; nothing is sent again (at most once)",
+                now,
+            ))
+            return
+        why = self._void_reason(request, policy, now, expiry=False)
+        spec = RolloutSpec.from_model(tool.rollout)
+        await self._carry_and_finish(
+            request, self._run_rollout(request, spec, resume=devices, stop_reason=why)
+        )
+
+    async def _carry_and_finish(
+        self, request: ApprovalRequest, work: Coroutine[Any, Any, tuple[Status, str]]
+    ) -> None:
+        request_id = request.id
         self._live[request_id] = request
         try:
-            status, why = await self._carry_out(request, policy)
+            status, why = await work
         except Exception as exc:  # anything unexpected ends the request, loudly
             log.exception("approval %s failed while carrying it out", request_id)
             status, why = Status.FAILED, f"internal error while carrying it out: {exc}"
@@ -586,7 +614,11 @@ class ApprovalService:
         await self.executor.publish(topic, payload, qos=min(b.qos, 1) or 1, retain=b.retain)
 
     async def _run_rollout(
-        self, request: ApprovalRequest, spec: RolloutSpec
+        self,
+        request: ApprovalRequest,
+        spec: RolloutSpec,
+        resume: Sequence[DeviceState] | None = None,
+        stop_reason: str = "",
     ) -> tuple[Status, str]:
         assert self.executor is not None
         result_filter = spec.result_filter()
@@ -613,8 +645,11 @@ class ApprovalService:
             publish=publish,
             clock=self._clock,
             on_progress=progress,
+            resume=resume,
         )
         self._runners[request.id] = runner
+        if stop_reason:
+            runner.stop(f"{stop_reason} (found when the guard restarted)")
         state = await runner.run()
         request.rollout = state.view()
         counts = state.counts()

@@ -372,3 +372,28 @@ async def test_restart_keeps_pending_requests_resumes_timers_and_expires_the_lat
             "held", "escalated", "escalated", "expired"]
     fleet.device("acme", "therm-004").wait_until(
         lambda d: d.config["firmware_channel"] == "beta", 5, "approved patch")
+
+
+async def test_a_rollout_cut_by_a_restart_resumes_and_no_device_gets_it_twice(
+    mosquitto: MosquittoBroker, fleet: Fleet, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    async with harness(mosquitto, state_dir) as h:
+        policy = h.policy_box[0]  # type: ignore[attr-defined]
+        await h.service.hold(held(policy, "apr-rs", "tenants/acme/groups/floor-1/config/push"))
+        await h.service.approve("apr-rs", "alice")
+        async with asyncio.timeout(20):
+            while not any(v["rollout"] and v["rollout"]["counts"]["succeeded"] >= 2
+                          for v in h.views):
+                h.changed.clear()
+                await h.changed.wait()
+    # The guard stopped mid-rollout: still executing, some devices never sent.
+    async with harness(mosquitto, state_dir) as h:
+        view = await h.wait_for("apr-rs", "done", "failed", "aborted", timeout=30)
+    assert view["status"] == "done", view["outcome"]
+    assert view["rollout"]["counts"]["succeeded"] == 5
+    for name in FLOOR_1:
+        device = fleet.device("acme", name.split("/")[1])
+        assert device.config["firmware_channel"] == "beta"
+        applied = [e for e in device.events if e.name == "config_applied"]
+        assert len(applied) == 1, (name, applied)  # at most once, even across the restart
