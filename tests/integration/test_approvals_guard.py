@@ -133,3 +133,26 @@ def test_a_killed_agents_request_is_cancelled_and_can_no_longer_be_approved(
         guard.run(lambda: addon.service.approve(request_id, "alice"))
     assert refused.value.status == 409
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
+
+
+def test_an_approval_whose_token_was_revoked_is_void_and_nothing_is_sent(
+    approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
+) -> None:
+    guard, addon, secret = approvals_guard
+    with agent(guard, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    views = guard.run(lambda: addon.service.list("pending"))
+    assert [v["id"] for v in views] == [request_id]
+    token_id = views[0]["token_id"]
+    state = guard.server.state
+    assert state is not None and token_id
+    guard.run(lambda: state.flags.revoke(token_id, expires_at=time.time() + 600,
+                                         reason="leaked in a log", agent="ops-agent"))
+    guard.run(lambda: addon.service.approve(request_id, "alice"))
+    deadline = time.monotonic() + 10
+    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "void":
+        assert time.monotonic() < deadline, view["status"]
+        time.sleep(0.02)  # polling the guard's store from the test thread
+    assert view["outcome"].startswith(f"the token that asked for it is void (token {token_id} "
+                                      "revoked: leaked in a log)")
+    assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
