@@ -208,7 +208,7 @@ class AgentPolicy:
         return tuple(PubMatch(end, b, topic, self._registry) for end, b in found)
 
     def _no_tool(self, verb: str, topic: str, refused: Miss | None, action: str) -> Decision:
-        detail = wording.miss_detail(self.agent_id, self.tenants, refused)
+        detail = wording.miss_detail(self.agent_id, self._scope.shown(), refused)
         return deny(wording.no_tool(self.agent_id, verb, topic, detail), action)
 
     def devices_reached(self, topic: str) -> list[str]:
@@ -294,7 +294,12 @@ class AgentPolicy:
             return deny(self._unknown, READ)
         if topic.startswith("$"):
             return deny(wording.reserved(self.agent_id, "receive", topic), READ)
-        found, refused = self._concrete(self._subscribe, self._recv_shapes, topic.split("/"), True)
+        levels = topic.split("/")
+        shapes = self._recv_shapes
+        if shapes is not None:
+            found, refused = shapes.match(levels, self._scope, True)
+        else:
+            found, refused = self._concrete(self._subscribe, None, levels, True)
         if not found:
             return self._no_tool("receive", topic, refused, READ)
         end, b = found[0]

@@ -58,7 +58,7 @@ def cover(
             if narrow or not kinds:
                 if not plus:
                     if narrow:
-                        why = wording.plus_over_tenants(agent_id, scope.tenants, i)
+                        why = wording.plus_over_tenants(agent_id, scope.shown(), i)
                     else:
                         why = wording.plus_uncovered(levels, i)
                     return None, why, states[0][1]
@@ -86,7 +86,7 @@ def cover(
                     if scope.accepts(slot, level, b):
                         nxt.append((vchild, bind(b, slot, level)))
                     elif not refused:
-                        refused = wording.why_not(agent_id, scope.tenants, slot, level, b)
+                        refused = wording.why_not(agent_id, scope.shown(), slot, level, b)
                 if node.plus is not None:
                     nxt.append((node.plus, b))
             if not nxt:

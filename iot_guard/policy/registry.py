@@ -132,7 +132,7 @@ class Registry:
 class Scope:
     """What one agent's variables may stand for: its tenants, then the registry under them."""
 
-    __slots__ = ("registry", "tenants", "all_tenants")
+    __slots__ = ("registry", "tenants", "all_tenants", "_shown")
 
     def __init__(self, registry: Registry, tenants: frozenset[str]):
         self.registry = registry
@@ -140,6 +140,17 @@ class Scope:
         # A '+' at the {tenant} level covers every registered tenant only if the agent
         # has them all; decided once here, not per subscription.
         self.all_tenants = bool(registry.all_tenants) and registry.all_tenants <= tenants
+        self._shown: str | None = None
+
+    def shown(self) -> str:
+        """The agent's tenants as a refusal names them (sorted once, on first refusal)."""
+        if self._shown is None:
+            ordered = sorted(self.tenants)
+            text = ", ".join(ordered[:5])
+            if len(ordered) > 5:
+                text += f" and {len(ordered) - 5} more"
+            self._shown = text
+        return self._shown
 
     def accepts(self, slot: int, value: str, b: Bindings) -> bool:
         """May ``value`` stand for the variable in ``slot`` given earlier bindings?"""

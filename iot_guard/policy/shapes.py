@@ -23,10 +23,12 @@ Miss = tuple[End, int, str, Bindings]
 class Shape:
     """One template: its literal levels to compare and its variables to look up."""
 
-    __slots__ = ("end", "literals", "variables")
+    __slots__ = ("end", "literals", "variables", "check_end")
 
     def __init__(self, end: End, levels: list[str], skip_last: bool):
         self.end = end
+        # Only a tool with a command list has a condition beyond the variables.
+        self.check_end = end.uses_command and end.commands is not None
         last = len(levels) - 1
         self.literals = tuple(
             (i, level)
@@ -112,7 +114,7 @@ class ShapeIndex:
                     if refused is None:
                         refused = (shape.end, why, value, b)
                     continue
-                if not end_ok(shape.end, b, scope):
+                if shape.check_end and not end_ok(shape.end, b, scope):
                     if refused is None:
                         refused = (shape.end, -1, "", b)
                     continue

@@ -23,13 +23,11 @@ def under(levels: list[str], i: int) -> str:
     return f"under {'/'.join(levels[:i])}/ " if i else ""
 
 
-def why_not(agent_id: str, tenants: Iterable[str], slot: int, value: str, b: Bindings) -> str:
-    """Why ``value`` may not stand for the variable in ``slot``."""
+def why_not(agent_id: str, tenants: str, slot: int, value: str, b: Bindings) -> str:
+    """Why ``value`` may not stand for the variable in ``slot`` (``tenants``: the agent's,
+    as ``Scope.shown`` words them)."""
     if slot == TENANT:
-        return (
-            f"{value!r} is not a tenant of agent {agent_id} "
-            f"(its tenants: {names(tenants) or 'none'})"
-        )
+        return f"{value!r} is not a tenant of agent {agent_id} (its tenants: {tenants or 'none'})"
     tenant = b[TENANT]
     if slot == DEVICE:
         return f"{value!r} is not a registered device of tenant {tenant!r}"
@@ -39,7 +37,7 @@ def why_not(agent_id: str, tenants: Iterable[str], slot: int, value: str, b: Bin
 
 
 def miss_detail(
-    agent_id: str, tenants: Iterable[str], miss: tuple[End, int, str, Bindings] | None
+    agent_id: str, tenants: str, miss: tuple[End, int, str, Bindings] | None
 ) -> str:
     """The detail after "has no tool that allows ...": what refused the closest template."""
     if miss is None:
@@ -136,10 +134,10 @@ def hash_uncovered(levels: list[str], i: int) -> str:
     )
 
 
-def plus_over_tenants(agent_id: str, tenants: Iterable[str], i: int) -> str:
+def plus_over_tenants(agent_id: str, tenants: str, i: int) -> str:
     return (
         f"'+' at level {i + 1} would include tenants agent {agent_id} may not read "
-        f"(its tenants: {names(tenants)})"
+        f"(its tenants: {tenants})"
     )
 
 
