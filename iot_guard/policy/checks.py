@@ -30,9 +30,7 @@ class PubMatch:
         "reach",
         "raised",
         "_allow",
-        "_hold",
-        "_qos_denied",
-        "_retain_denied",
+        "_other",
     )
 
     def __init__(self, end: End, b: Bindings, topic: str, registry: Registry):
@@ -48,10 +46,19 @@ class PubMatch:
         # Devices reached: 1 for a device topic, a group's size for a group topic.
         self.reach = registry.reach(b) if limit is not None else 0
         self.raised = limit is not None and self.reach > limit
-        self._allow: dict[str, Decision] = {}  # by effective risk
-        self._hold: dict[tuple[str, str | None], Decision] = {}  # by (risk, raised from)
-        self._qos_denied: dict[int, Decision] = {}  # by requested QoS
-        self._retain_denied: Decision | None = None
+        self._allow: dict[str, Decision] = {}  # by effective risk: the common outcome
+        # Holds and refusals, made on first need (most topics never see one).
+        self._other: dict[tuple[object, ...], Decision] | None = None
+
+    def _made(self, key: tuple[object, ...]) -> Decision | None:
+        other = self._other
+        return None if other is None else other.get(key)
+
+    def _keep(self, key: tuple[object, ...], made: Decision) -> Decision:
+        if self._other is None:
+            self._other = {}
+        self._other[key] = made
+        return made
 
     def allow(self, risk: str) -> Decision:
         d = self._allow.get(risk)
@@ -64,12 +71,13 @@ class PubMatch:
         return d
 
     def hold(self, risk: str, raised_from: str | None) -> Decision:
-        d = self._hold.get((risk, raised_from))
+        key = ("hold", risk, raised_from)
+        d = self._made(key)
         if d is None:
             end = self.end
             # The decision names the rule that raised the risk when one did.
             rule = end.radius_rule if raised_from is not None else end.rule
-            d = self._hold[(risk, raised_from)] = decision(
+            d = self._keep(key, decision(
                 Verdict.HOLD,
                 wording.held(risk, end, raised_from, self.reach),
                 ReasonCode.NOT_AUTHORIZED,
@@ -78,29 +86,31 @@ class PubMatch:
                 rule,
                 self.resource,
                 risk,
-            )
+            ))
         return d
 
     def qos_denied(self, qos: int) -> Decision:
         # MQTT QoS is 0-2 [MQTT-3.3.1-4]: out-of-range requests share the clamped entry.
         q = min(max(qos, 0), 2)
-        d = self._qos_denied.get(q)
+        key = ("qos", q)
+        d = self._made(key)
         if d is None:
             end = self.end
-            d = self._qos_denied[q] = deny(
+            d = self._keep(key, deny(
                 wording.qos_denied(end, q, self.topic), self.action_type,
                 tool=end.tool, rule=end.rule, resource=self.resource,
-            )
+            ))
         return d
 
     def retain_denied(self) -> Decision:
-        d = self._retain_denied
+        key = ("retain",)
+        d = self._made(key)
         if d is None:
             end = self.end
-            d = self._retain_denied = deny(
+            d = self._keep(key, deny(
                 wording.retain_denied(end, self.topic), self.action_type,
                 tool=end.tool, rule=end.rule, resource=self.resource,
-            )
+            ))
         return d
 
     def payload_denied(self, problem: str) -> Decision:

@@ -132,11 +132,16 @@ class Registry:
 class Scope:
     """What one agent's variables may stand for: its tenants, then the registry under them."""
 
-    __slots__ = ("registry", "tenants", "all_tenants", "_shown")
+    __slots__ = ("registry", "tenants", "own", "all_tenants", "_shown")
 
     def __init__(self, registry: Registry, tenants: frozenset[str]):
         self.registry = registry
         self.tenants = tenants
+        # The agent's tenants' indexes: one small dict answers "is it mine" and "its
+        # devices" (the registry's dict holds every tenant of the fleet).
+        self.own: dict[str, TenantIndex] = {
+            t: registry.tenants[t] for t in tenants if t in registry.tenants
+        }
         # A '+' at the {tenant} level covers every registered tenant only if the agent
         # has them all; decided once here, not per subscription.
         self.all_tenants = bool(registry.all_tenants) and registry.all_tenants <= tenants

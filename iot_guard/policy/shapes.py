@@ -75,6 +75,7 @@ class ShapeIndex:
         found: list[tuple[End, Bindings]] = []
         refused: Miss | None = None
         registry = scope.registry
+        own = scope.own
         for shape in shapes:
             for i, literal in shape.literals:
                 if levels[i] != literal:
@@ -87,11 +88,11 @@ class ShapeIndex:
                 for i, slot in shape.variables:
                     value = levels[i]
                     if slot == TENANT:
-                        if value not in scope.tenants:
+                        index = own.get(value)
+                        if index is None:
                             why = slot
                             break
                         tenant = value
-                        index = registry.tenants.get(value)
                     elif slot == DEVICE:
                         if index is None or value not in index.devices:
                             why = slot
