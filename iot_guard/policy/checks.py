@@ -17,6 +17,9 @@ from .decision import INVOKE, WRITE, Decision, Verdict, decision, deny
 from .registry import COMMAND, Bindings, Registry, resource_of
 from .trie import End
 
+# Enum members as module constants: a global read is cheaper than a class attribute.
+_ALLOW, _SUCCESS = Verdict.ALLOW, ReasonCode.SUCCESS
+
 
 class PubMatch:
     __slots__ = (
@@ -65,7 +68,7 @@ class PubMatch:
         if d is None:
             end = self.end
             d = self._allow[risk] = decision(
-                Verdict.ALLOW, end.allowed_reason, ReasonCode.SUCCESS, self.action_type,
+                _ALLOW, end.allowed_reason, _SUCCESS, self.action_type,
                 end.tool, end.rule, self.resource, risk,
             )
         return d

@@ -47,6 +47,7 @@ class Decision:
 
 
 _new = object.__new__
+_DENY = Verdict.DENY
 (
     _set_verdict,
     _set_reason,
@@ -98,4 +99,4 @@ def deny(
     resource: str | None = None,
     risk: str | None = None,
 ) -> Decision:
-    return decision(Verdict.DENY, reason, reason_code, action_type, tool, rule, resource, risk)
+    return decision(_DENY, reason, reason_code, action_type, tool, rule, resource, risk)

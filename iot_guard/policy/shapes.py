@@ -14,7 +14,9 @@ The answers are the trie's (``trie.match``, which stays the engine for templates
 
 from __future__ import annotations
 
-from .registry import COMMAND, DEVICE, GROUP, TENANT, Bindings, Scope
+from operator import itemgetter
+
+from .registry import COMMAND, DEVICE, GROUP, NO_BINDINGS, TENANT, Bindings, Scope
 from .trie import End, end_ok
 
 Miss = tuple[End, int, str, Bindings]
@@ -23,7 +25,7 @@ Miss = tuple[End, int, str, Bindings]
 class Shape:
     """One template: its literal levels to compare and its variables to look up."""
 
-    __slots__ = ("end", "literals", "variables", "check_end")
+    __slots__ = ("end", "literals", "variables", "check_end", "lit_get", "lit_want", "td")
 
     def __init__(self, end: End, levels: list[str], skip_last: bool):
         self.end = end
@@ -38,6 +40,16 @@ class Shape:
         slots = {"tenant": TENANT, "device": DEVICE, "group": GROUP, "command": COMMAND}
         self.variables = tuple(
             (i, slots[level[1:-1]]) for i, level in enumerate(levels) if level.startswith("{")
+        )
+        # The literal levels compared in one C call (itemgetter gives a scalar for one).
+        positions = tuple(i for i, _ in self.literals)
+        wanted = tuple(level for _, level in self.literals)
+        self.lit_get = itemgetter(*positions) if positions else None
+        self.lit_want: object = wanted[0] if len(wanted) == 1 else wanted
+        # Most templates bind {tenant} then {device}: that case has its own short path.
+        kinds = tuple(slot for _, slot in self.variables)
+        self.td = (
+            (self.variables[0][0], self.variables[1][0]) if kinds == (TENANT, DEVICE) else None
         )
 
 
@@ -74,52 +86,66 @@ class ShapeIndex:
         shapes = self._by_last.get((n, levels[-1])) or self._by_count.get(n, ())
         found: list[tuple[End, Bindings]] = []
         refused: Miss | None = None
-        registry = scope.registry
         own = scope.own
         for shape in shapes:
-            for i, literal in shape.literals:
-                if levels[i] != literal:
-                    break
+            get = shape.lit_get
+            if get is not None and get(levels) != shape.lit_want:
+                continue
+            td = shape.td
+            if td is not None:
+                tenant = levels[td[0]]
+                index = own.get(tenant)
+                if index is None:
+                    if refused is None:
+                        refused = (shape.end, TENANT, tenant, NO_BINDINGS)
+                    continue
+                device = levels[td[1]]
+                b: Bindings = (tenant, device, None, None)
+                if device not in index.devices:
+                    if refused is None:
+                        refused = (shape.end, DEVICE, device, (tenant, None, None, None))
+                    continue
             else:
-                tenant = device = group = command = None
-                index = None
-                why = -2
-                value = ""
-                for i, slot in shape.variables:
-                    value = levels[i]
-                    if slot == TENANT:
-                        index = own.get(value)
-                        if index is None:
-                            why = slot
-                            break
-                        tenant = value
-                    elif slot == DEVICE:
-                        if index is None or value not in index.devices:
-                            why = slot
-                            break
-                        device = value
-                    elif slot == GROUP:
-                        if index is None or value not in index.groups:
-                            why = slot
-                            break
-                        group = value
-                    else:
-                        if tenant is None or device is None or value not in (
-                            registry.commands_under((tenant, device, group, None))
-                        ):
-                            why = slot
-                            break
-                        command = value
-                b: Bindings = (tenant, device, group, command)
-                if why != -2:
+                b, why, value = _bind(shape, levels, scope)
+                if why >= 0:
                     if refused is None:
                         refused = (shape.end, why, value, b)
                     continue
-                if shape.check_end and not end_ok(shape.end, b, scope):
-                    if refused is None:
-                        refused = (shape.end, -1, "", b)
-                    continue
-                found.append((shape.end, b))
-                if first_only:
-                    break
+            if shape.check_end and not end_ok(shape.end, b, scope):
+                if refused is None:
+                    refused = (shape.end, -1, "", b)
+                continue
+            found.append((shape.end, b))
+            if first_only:
+                break
         return found, refused
+
+
+def _bind(shape: Shape, levels: list[str], scope: Scope) -> tuple[Bindings, int, str]:
+    """The bindings of any template's variables, or the slot and value that refused
+    (slot -1: none refused)."""
+    registry = scope.registry
+    tenant = device = group = command = None
+    index = None
+    for i, slot in shape.variables:
+        value = levels[i]
+        if slot == TENANT:
+            index = scope.own.get(value)
+            if index is None:
+                return (tenant, device, group, command), slot, value
+            tenant = value
+        elif slot == DEVICE:
+            if index is None or value not in index.devices:
+                return (tenant, device, group, command), slot, value
+            device = value
+        elif slot == GROUP:
+            if index is None or value not in index.groups:
+                return (tenant, device, group, command), slot, value
+            group = value
+        else:
+            if tenant is None or device is None or value not in (
+                registry.commands_under((tenant, device, group, None))
+            ):
+                return (tenant, device, group, command), slot, value
+            command = value
+    return (tenant, device, group, command), -1, ""
