@@ -115,10 +115,17 @@ def run_approval_timing(
 
 
 def _approve_timed(guard: Any, addon: Any, request_id: str) -> float:
+    """Approve at every level the request needs (a critical one, e.g. a push reaching more
+    than approval_above_devices, needs each level in turn); the time of the last call."""
+
     async def timed() -> float:
-        started = time.time()
-        await addon.service.approve(request_id, "alice", "bench")
-        return started
+        while True:
+            view = await addon.service.get(request_id)
+            approver = view["approvers_at_level"][0]
+            started = time.time()
+            view = await addon.service.approve(request_id, approver, "bench")
+            if view["status"] != "pending":
+                return started
 
     started: float = guard.run(timed)
     return started
