@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import baseline as baseline_math
+from .common import expected_statuses, notify, strict_json
 from .flags import FlagView, diff_flags
 from .protocols import Unsubscribe
 from .ratelimit import LocalRateLimiter
@@ -104,21 +105,10 @@ return {granted, string.format('%.17g', retry), string.format('%.17g', new_tat o
 """
 
 
-def _json(body: Mapping[str, Any]) -> str:
-    return json.dumps(dict(body), allow_nan=False, separators=(",", ":"))
 
 
-def _statuses(expect: str | Collection[str]) -> tuple[str, ...]:
-    return (expect,) if isinstance(expect, str) else tuple(expect)
 
 
-def _notify(callbacks: builtins.list[Callable[[T], None]], items: Sequence[T]) -> None:
-    for item in items:
-        for cb in list(callbacks):
-            try:
-                cb(item)
-            except Exception:
-                log.exception("state watcher %r failed", cb)
 
 
 def redacted(url: str) -> str:
@@ -198,7 +188,7 @@ def _record(h: Mapping[str, str]) -> Record:
 
 def _fields(rec: Record) -> dict[str, str]:
     return {
-        "id": rec.id, "status": rec.status, "body": _json(rec.body),
+        "id": rec.id, "status": rec.status, "body": strict_json(rec.body),
         "created_at": repr(rec.created_at), "updated_at": repr(rec.updated_at),
         "rev": str(rec.rev), "owner": rec.owner or "",
         "lease_until": repr(rec.lease_until) if rec.lease_until is not None else "",
@@ -227,7 +217,7 @@ class RedisApprovalStore:
         return int(await self._x.call(lambda: self._x.r.incr(self._x.key("rev"))))
 
     async def create(self, record_id: str, status: str, body: Mapping[str, Any]) -> Record:
-        text = _json(body)
+        text = strict_json(body)
         now = self._clock()
         rev = await self._rev()
         rec = Record(record_id, status, json.loads(text), now, now, rev)
@@ -250,7 +240,7 @@ class RedisApprovalStore:
     async def list(
         self, statuses: Collection[str] | None = None, *, limit: int | None = None
     ) -> builtins.list[Record]:
-        wanted = None if statuses is None else set(_statuses(statuses))
+        wanted = None if statuses is None else set(expected_statuses(statuses))
         if wanted is not None and not wanted:
             return []
         # Newest first by created_at then id, like the embedded backend.
@@ -291,8 +281,8 @@ class RedisApprovalStore:
         changes: Mapping[str, Any] | None = None,
         owner: str | None = None,
     ) -> Record | None:
-        wanted = _statuses(expect)
-        delta = json.loads(_json(changes or {}))
+        wanted = expected_statuses(expect)
+        delta = json.loads(strict_json(changes or {}))
         now = self._clock()
 
         def make(rec: Record, rev: int) -> Record | None:
@@ -318,7 +308,7 @@ class RedisApprovalStore:
     ) -> Record | None:
         if lease_s <= 0:
             raise ValueError(f"a lease lasts a positive time, not {lease_s}")
-        wanted = None if expect is None else _statuses(expect)
+        wanted = None if expect is None else expected_statuses(expect)
         now = self._clock()
 
         def make(rec: Record, rev: int) -> Record | None:
@@ -399,7 +389,7 @@ class RedisApprovalStore:
     ) -> DeviceState | None:
         if status not in DEVICE_STATUSES:
             raise ValueError(f"unknown device status {status!r}; known: {DEVICE_STATUSES}")
-        wanted = _statuses(expect)
+        wanted = expected_statuses(expect)
         now = self._clock()
         states, _ = self._roll(record_id)
 
@@ -441,7 +431,7 @@ class RedisApprovalStore:
     def _announce(self, rec: Record | None) -> Record | None:
         if rec is not None and self._seen.get(rec.id, -1) < rec.rev:
             self._seen[rec.id] = rec.rev
-            _notify(self._watchers, [rec])
+            notify(self._watchers, [rec])
             asyncio.get_running_loop().create_task(self._ring(rec))
         return rec
 
@@ -462,7 +452,7 @@ class RedisApprovalStore:
             rec = await self.get(record_id)
             if rec is not None and self._seen.get(rec.id, -1) < rec.rev:
                 self._seen[rec.id] = rec.rev
-                _notify(self._watchers, [rec])
+                notify(self._watchers, [rec])
 
 
 # ----------------------------------------------------------------------------- counters
@@ -698,7 +688,7 @@ class RedisFlagStore:
             snap = await self._x.call(lambda: self._read(None))
             events = diff_flags(self._view.snapshot, snap)
             self._view.replace(snap)
-            _notify(self._watchers, events)
+            notify(self._watchers, events)
             return snap
 
     async def forget_expired(self) -> int:

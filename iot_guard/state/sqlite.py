@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import baseline as baseline_math
+from .common import expected_statuses, notify, strict_json
 from .flags import FlagView, diff_flags
 from .protocols import Unsubscribe
 from .ratelimit import LocalRateLimiter
@@ -98,28 +99,14 @@ CREATE TABLE IF NOT EXISTS chain_heads (
 """
 
 
-def _json(body: Mapping[str, Any]) -> str:
-    """A body as strict JSON, before anything touches the file: TypeError for what JSON
-    cannot hold (bytes...), ValueError for NaN/Infinity (not JSON, RFC 8259 §6)."""
-    return json.dumps(dict(body), allow_nan=False, separators=(",", ":"))
 
 
-def _statuses(expect: str | Collection[str]) -> tuple[str, ...]:
-    return (expect,) if isinstance(expect, str) else tuple(expect)
 
 
 def _in(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _notify(callbacks: list[Callable[[T], None]], items: Sequence[T]) -> None:
-    """Ring every watcher; one that raises is logged and does not stop the others."""
-    for item in items:
-        for cb in list(callbacks):
-            try:
-                cb(item)
-            except Exception:
-                log.exception("state watcher %r failed", cb)
 
 
 # ----------------------------------------------------------------------------- the database
@@ -229,7 +216,7 @@ def _write(conn: sqlite3.Connection, rec: Record) -> None:
     conn.execute(
         "UPDATE records SET status = ?, body = ?, updated_at = ?, rev = ?, owner = ?, "
         "lease_until = ? WHERE id = ?",
-        (rec.status, _json(rec.body), rec.updated_at, rec.rev, rec.owner, rec.lease_until,
+        (rec.status, strict_json(rec.body), rec.updated_at, rec.rev, rec.owner, rec.lease_until,
          rec.id),
     )
 
@@ -249,7 +236,7 @@ class SqliteApprovalStore:
         self._last_rev = 0
 
     async def create(self, record_id: str, status: str, body: Mapping[str, Any]) -> Record:
-        text = _json(body)
+        text = strict_json(body)
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Record:
@@ -275,7 +262,7 @@ class SqliteApprovalStore:
     ) -> builtins.list[Record]:
         where, params = "", []  # type: tuple[str, builtins.list[Any]]
         if statuses is not None:
-            wanted = _statuses(statuses)
+            wanted = expected_statuses(statuses)
             if not wanted:
                 return []
             where, params = f"WHERE status IN ({_in(len(wanted))})", list(wanted)
@@ -298,8 +285,8 @@ class SqliteApprovalStore:
         changes: Mapping[str, Any] | None = None,
         owner: str | None = None,
     ) -> Record | None:
-        wanted = _statuses(expect)
-        delta = json.loads(_json(changes or {}))  # our own copy
+        wanted = expected_statuses(expect)
+        delta = json.loads(strict_json(changes or {}))  # our own copy
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Record | None:
@@ -328,7 +315,7 @@ class SqliteApprovalStore:
     ) -> Record | None:
         if lease_s <= 0:
             raise ValueError(f"a lease lasts a positive time, not {lease_s}")
-        wanted = None if expect is None else _statuses(expect)
+        wanted = None if expect is None else expected_statuses(expect)
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Record | None:
@@ -407,7 +394,7 @@ class SqliteApprovalStore:
     ) -> DeviceState | None:
         if status not in DEVICE_STATUSES:
             raise ValueError(f"unknown device status {status!r}; known: {DEVICE_STATUSES}")
-        wanted = _statuses(expect)
+        wanted = expected_statuses(expect)
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> tuple[Record | None, DeviceState | None]:
@@ -451,7 +438,7 @@ class SqliteApprovalStore:
     def _announce(self, rec: Record | None) -> Record | None:
         if rec is not None:
             self._own_revs.add(rec.rev)
-            _notify(self._watchers, [rec])
+            notify(self._watchers, [rec])
         return rec
 
     def _changed_elsewhere(self, foreign: bool, rev_seen: int, rows: builtins.list[Record]
@@ -672,7 +659,7 @@ class SqliteFlagStore:
         """Show ``snap`` in the view first, then ring the watchers with what changed."""
         events = diff_flags(self._view.snapshot, snap)
         self._view.replace(snap)
-        _notify(self._watchers, events)
+        notify(self._watchers, events)
 
 
 # ----------------------------------------------------------------------------- chain heads
@@ -777,7 +764,7 @@ class EmbeddedStores:
         foreign, rev_seen, rows, snap = await self._db.run(op)
         if snap is not None:
             self.flags._apply(snap)
-        _notify(self.approvals._watchers,
+        notify(self.approvals._watchers,
                 self.approvals._changed_elsewhere(foreign, rev_seen, rows))
 
     async def _poll_forever(self) -> None:
