@@ -69,6 +69,14 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def _reopen_audit(server: Any) -> None:
+    """SIGHUP: continue the audit chain in a new file at the same path (after logrotate)."""
+    try:
+        server.control.reopen_audit()
+    except AuditError as exc:  # the old file stays in use: nothing is lost
+        logging.getLogger("iot_guard").error("audit log not reopened: %s", exc)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .approvals.addon import ApprovalsAddon
     from .proxy.server import GuardConfig, GuardServer, new_event_loop
@@ -135,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reopen_audit, server)  # logrotate's postrotate
         await stop.wait()
         await server.stop()
 

@@ -116,3 +116,35 @@ def test_cli_guard_restarts_on_its_log_and_the_chain_verifies(tmp_path: Path) ->
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"{log}:{len(lines) - 2}: the last ")
     assert result.stderr.count("\n") == 1
+
+
+def test_sighup_continues_the_chain_in_a_new_file_as_logrotate_expects(tmp_path: Path) -> None:
+    keys = keygen(tmp_path, "guard-hup.test/audit")
+    secret_file = tmp_path / "guard.secret"
+    secret_file.write_text("h" * 48)
+    log, rotated = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
+    port = free_port()
+    with MosquittoBroker(auth=False) as broker:
+        proc = _start_guard(
+            ["--policy", str(POLICY_DIR), "--listen", f"127.0.0.1:{port}",
+             "--upstream", f"{broker.host}:{broker.port}", "--secret-file", str(secret_file),
+             "--audit-log", str(log), "--audit-key", str(keys / "audit.key")], port)
+        try:
+            publish_acked(port, b"h" * 48, 1)
+            log.rename(rotated)  # logrotate's create mode: move, then postrotate kill -HUP
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not (log.exists() and b'"reason":"rotate"' in log.read_bytes()):
+                assert time.monotonic() < deadline, "no new audit file after SIGHUP"
+                time.sleep(0.05)  # polling a file another process writes
+            publish_acked(port, b"h" * 48, 2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+    assert b'"audit":"checkpoint"' in rotated.read_bytes().splitlines()[-1]  # old file signed
+    result = iot_guard("audit", "verify", str(log), str(rotated), "--pubkey",
+                       str(keys / "audit.pub"))
+    assert result.returncode == 0, result.stderr
+    assert "in 2 file(s)" in result.stdout
+    assert [len([r for r in decisions(p) if r.get("requested_scope") == TOPIC])
+            for p in (rotated, log)] == [1, 1]
