@@ -1,17 +1,18 @@
-"""The checks a publish goes through once its topic matched tools: QoS, retain, the
-payload, the blast radius and the approval threshold.
+"""What the publish checks work on: a ``PubMatch`` (one publish tool matching one
+concrete topic, with everything but the payload decided: resource, device types, the
+blast radius) and the payload check of each payload kind.
 
-A ``PubMatch`` is one publish tool matching one concrete topic, with everything but the
-payload decided; it is kept per topic (cached, or precomputed per agent), and the
-decisions it can give are built on first use and then kept: a topic usually sees one
-or two of the dozen possible outcomes.
+A PubMatch is kept per topic in the agent's cache, and the decisions it can give are
+built on first use and then kept: a topic usually sees one or two of the dozen possible
+outcomes. The order of the checks (QoS, retain, payload, blast radius, approval) is
+``AgentPolicy.decide_publish``'s, the per-packet call, written out there in one loop.
 """
 
 from __future__ import annotations
 
 from ..mqtt.reason_codes import ReasonCode
 from ..payloads import PayloadValidators
-from ..policy_models import RISK_ORDER, TYPED_PAYLOADS, risk_above, risk_max
+from ..policy_models import TYPED_PAYLOADS
 from . import wording
 from .decision import INVOKE, WRITE, Decision, Verdict, decision, deny
 from .registry import COMMAND, Bindings, Registry, resource_of
@@ -122,46 +123,6 @@ class PubMatch:
             wording.payload_refused(end, problem), self.action_type,
             ReasonCode.PAYLOAD_FORMAT_INVALID, end.tool, end.rule, self.resource,
         )
-
-
-def decide_publish(
-    matches: tuple[PubMatch, ...],
-    validators: PayloadValidators | None,
-    payload: bytes,
-    qos: int,
-    retain: bool,
-) -> Decision:
-    """The first tool (agent order) whose checks all pass decides; else the most telling
-    refusal (a payload problem over a QoS/retain one)."""
-    refusal: Decision | None = None
-    refusal_rank = -1
-    for m in matches:
-        end = m.end
-        if qos > end.max_qos:
-            if refusal_rank < 1:
-                refusal, refusal_rank = m.qos_denied(qos), 1
-            continue
-        if retain and not end.retain:
-            if refusal_rank < 1:
-                refusal, refusal_rank = m.retain_denied(), 1
-            continue
-        risk = end.risk
-        if end.payload != "none" or payload:
-            verdict_risk, problem = check_payload(m, validators, payload)
-            if problem is not None:
-                if refusal_rank < 2:
-                    refusal, refusal_rank = m.payload_denied(problem), 2
-                continue
-            risk = risk_max(risk, verdict_risk)
-        raised_from: str | None = None
-        if m.raised:
-            # Blast radius: reaching more devices than the tool allows raises one class.
-            raised_from, risk = risk, risk_above(risk)
-        if end.approval_above is not None and RISK_ORDER[risk] > RISK_ORDER[end.approval_above]:
-            return m.hold(risk, raised_from)
-        return m.allow(risk)
-    assert refusal is not None  # matches is never empty
-    return refusal
 
 
 def check_payload(

@@ -21,9 +21,17 @@ from typing import TypeVar
 from ..mqtt.reason_codes import ReasonCode
 from ..mqtt.topics import split_shared, topic_filter_problem, topic_name_problem
 from ..payloads import FreeFormValidator, PayloadValidators
-from ..policy_models import RISK_ORDER, RISKS, TYPED_PAYLOADS, PolicyDocument, Tool
+from ..policy_models import (
+    RISK_ORDER,
+    RISKS,
+    TYPED_PAYLOADS,
+    PolicyDocument,
+    Tool,
+    risk_above,
+    risk_max,
+)
 from . import wording
-from .checks import PubMatch, decide_publish
+from .checks import PubMatch, check_payload
 from .coverage import first_granting
 from .decision import READ, WRITE, Decision, Verdict, decision, deny
 from .loader import PolicyError, PolicySource, dotted, load_policy_source
@@ -187,13 +195,46 @@ class AgentPolicy:
     def decide_publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
     ) -> Decision:
-        """May this agent publish ``payload`` to ``topic``? Allow, deny or hold."""
+        """May this agent publish ``payload`` to ``topic``? Allow, deny or hold.
+
+        The first tool (agent order) whose checks all pass decides; else the most
+        telling refusal (a payload problem over a QoS/retain one).
+        """
         matches = self._pub_cache.get(topic)
         if matches is None:
             matches = _fill(self._pub_cache, topic, self._publish_matches)
         if isinstance(matches, Decision):
             return matches
-        return decide_publish(matches, self._validators, payload, qos, retain)
+        refusal: Decision | None = None
+        refusal_rank = -1
+        for m in matches:
+            end = m.end
+            if qos > end.max_qos:
+                if refusal_rank < 1:
+                    refusal, refusal_rank = m.qos_denied(qos), 1
+                continue
+            if retain and not end.retain:
+                if refusal_rank < 1:
+                    refusal, refusal_rank = m.retain_denied(), 1
+                continue
+            risk = end.risk
+            if end.payload != "none" or payload:
+                verdict_risk, problem = check_payload(m, self._validators, payload)
+                if problem is not None:
+                    if refusal_rank < 2:
+                        refusal, refusal_rank = m.payload_denied(problem), 2
+                    continue
+                risk = risk_max(risk, verdict_risk)
+            raised_from: str | None = None
+            if m.raised:
+                # Blast radius: reaching more devices than the tool allows raises one class.
+                raised_from, risk = risk, risk_above(risk)
+            above = end.approval_above
+            if above is not None and RISK_ORDER[risk] > RISK_ORDER[above]:
+                return m.hold(risk, raised_from)
+            return m.allow(risk)
+        assert refusal is not None  # matches is never empty
+        return refusal
 
     def _publish_matches(self, topic: str) -> tuple[PubMatch, ...] | Decision:
         # A malformed name is 0x90 whoever asks: the codec's rules, checked first.
