@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from iot_guard.mqtt import Connect, PropertyId, StreamParser, Will, encode
 from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
 from iot_guard.policy.decision import Verdict
 from iot_guard.policy.loader import PolicyError
+from iot_guard.session import (
+    AgentData,
+    AgentOpened,
+    GuardSession,
+    OpenUpstream,
+    SendToAgent,
+    SessionSettings,
+)
+from iot_guard.tokens import issue_token
 
 PAYLOAD_INVALID = 0x99
 
@@ -148,8 +158,28 @@ def test_a_publish_template_with_a_wildcard_is_refused(tmp_path: Path) -> None:
 
 
 def test_wills_are_judged_by_the_same_kinds(tmp_path: Path) -> None:
-    # The session asks decide_publish for a CONNECT's will (topic, payload, QoS, retain):
-    # the same tool, kind and limits apply as for a PUBLISH.
-    a = bot(tmp_path)
-    assert a.decide_publish("chat/acme/room", b"bot went away", qos=0, retain=False).allowed
-    assert not a.decide_publish("chat/acme/room", b"bot went away!!!!!", qos=0).allowed
+    """A CONNECT's will goes through decide_publish in the session: the same tool, kind
+    and limits as a PUBLISH (here: `any` with max_bytes 16)."""
+    bot(tmp_path)  # writes the policy
+    policy = CompiledPolicy.load(tmp_path)
+    secret = b"unit-test-secret-unit-test-secret-0123"
+    settings = SessionSettings(secret=secret, upstream_username="iot-guard",
+                               upstream_password=b"pw", max_packet_size=64 * 1024)
+
+    def connect(will_payload: bytes) -> list[object]:
+        session = GuardSession(policy, settings, "s-1")
+        session.handle(AgentOpened("127.0.0.1:5000"), 1000.0)
+        password = issue_token(secret, "bot", now=1000.0).encode()
+        will = Will(topic="chat/acme/room", payload=will_payload)
+        connect = Connect(client_id="bot-1", protocol_level=5, username="bot",
+                          password=password, will=will)
+        return session.handle(AgentData(encode(connect, 5)), 1000.0)
+
+    assert any(isinstance(c, OpenUpstream) for c in connect(b"bot went away"))
+    refused = connect(b"bot went away, sadly")
+    assert not any(isinstance(c, OpenUpstream) for c in refused)
+    data = b"".join(c.data for c in refused if isinstance(c, SendToAgent))
+    (connack,) = StreamParser(side="client", protocol_level=5).feed(data)
+    assert connack.reason_code >= 0x80  # the session answers a refused will with 0x87
+    reason = connack.properties[PropertyId.REASON_STRING]
+    assert "will" in reason and "payload is 20 bytes; the limit is 16" in reason
