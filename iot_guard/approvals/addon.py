@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from iot_guard.state import Stores, default_state_dir, open_state
+from iot_guard.state import StateError, Stores, default_state_dir, open_state
 
 from .executor import ExecutorClient, ExecutorError
 from .service import ApprovalService, HeldLike
@@ -34,8 +34,11 @@ class ApprovalsAddon:
         *,
         state: Stores | None = None,
         instance: str | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.service = ApprovalService()
+        if lease_s is not None:
+            self.service.lease_s = lease_s
         self._state_dir = state_dir
         self._state = state
         self._own_state = state is None
@@ -72,6 +75,8 @@ class ApprovalsAddon:
             notify=control.notify,
             hold_resolved=control.hold_resolved,
             flags=self._state.flags.view,
+            # Claims on requests being carried out name this guard (several share a store).
+            instance=EXECUTOR_PREFIX + self.instance,
         )
         await self.executor.start()
         try:
@@ -102,12 +107,11 @@ class ApprovalsAddon:
         try:
             await self.service.hold(held)
         except Exception as exc:
-            # Fail closed: a request that cannot be stored is refused, and the agent is told.
-            log.exception("approvals: could not park held action %s", held.hold_id)
-            if self._server is not None:
-                self._server.control.hold_resolved(
-                    held.session_id, held.hold_id, "denied", f"could not be stored: {exc}"
-                )
+            # Fail closed: a request that cannot be stored is refused (nothing is sent), the
+            # agent is told on $guard/approvals/<id> and by its hold's outcome, and audited.
+            log.error("approvals: could not park held action %s: %s", held.hold_id, exc)
+            self.service.refuse_hold(held, f"the approvals state is unreachable ({exc})"
+                                     if isinstance(exc, StateError) else f"internal error: {exc}")
 
     def on_guard_subscribe(self, agent_id: str, session_id: str, topic_filter: str) -> None:
         self.service.on_guard_subscribe(agent_id, session_id, topic_filter)

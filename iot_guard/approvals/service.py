@@ -17,29 +17,40 @@ Implements the contract the admin API, CLI, console and webhooks build on (``App
   admin lane's console and webhooks) and a notice to the agent on
   ``$guard/approvals/<id>``.
 
+Several guards on one store (issue 11): each service watches the store, so a request held
+on guard A shows on B's console, B's timers run for it, and a decision taken through B
+reaches the agent's sessions on A (the guard that made a transition audits it; the others
+only show it). Carrying out is guarded by a claim with a lease (``lease.Lease``): every guard
+that sees an approved request tries to claim it, one wins; a guard that dies mid-rollout
+stops renewing and another resumes from the stored per-device states. The store
+unreachable: nothing can be decided or carried out (``ApprovalError`` 503), a hold that
+cannot be stored is refused and the agent is told (``refuse_hold``).
+
 Nothing here runs on the per-packet path: ``hold`` is scheduled by the server addon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol
 
 from iot_guard.audit import AuditError, utc_iso
 from iot_guard.mqtt import topic_matches
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Verdict
-from iot_guard.state import ApprovalStore, DeviceState, FlagView, Record
+from iot_guard.state import AlreadyExists, ApprovalStore, DeviceState, FlagView, Record, StateError
 
 from . import facts
 from .chains import approver_levels, chain_for
 from .executor import ExecutorClient, ExecutorError
+from .lease import LEASE_S, Lease
 from .request import (
     FINAL,
     OPEN,
@@ -105,8 +116,16 @@ class ApprovalService:
         hold_resolved: HoldResolved | None = None,
         flags: FlagView | None = None,
         clock: Callable[[], float] = time.time,
+        instance: str = "guard",
+        lease_s: float = LEASE_S,
     ) -> None:
         self._flags = flags
+        # Who claims requests to carry them out (unique per running guard) and for how long.
+        self.instance = instance
+        self.lease_s = lease_s
+        self._ours: set[str] = set()  # requests this guard is carrying out (claimed)
+        self._seen: dict[str, int] = {}  # history entries already announced, per request
+        self._unwatch: Callable[[], None] | None = None
         self._store = store
         self._policy_of = policy
         self.executor = executor
@@ -135,12 +154,15 @@ class ApprovalService:
         notify: Notify | None,
         hold_resolved: HoldResolved | None,
         flags: FlagView | None = None,
+        instance: str | None = None,
     ) -> None:
         """Give a service made early (the admin API subscribes at its construction) the
         guard's parts once the server exists (the addon's ``start``)."""
         self._store, self._policy_of, self.executor = store, policy, executor
         self._audit, self._notify, self._hold_resolved = audit, notify, hold_resolved
         self._flags = flags
+        if instance is not None:
+            self.instance = instance
         if executor is not None:
             executor.on_message = self._on_executor_message
 
@@ -160,18 +182,24 @@ class ApprovalService:
     async def start(self) -> None:
         """Reload requests: apply deadlines missed while down, resume timers, settle the rest."""
         now = self._clock()
+        self._stopping = False
+        # Changes made by other guards sharing the store (and our own, already announced).
+        self._unwatch = self.store.watch(self._on_record)
         records = await self.store.list([s.value for s in LIVE])
         for record in reversed(records):  # oldest first
             request = ApprovalRequest.from_record(record.body)
+            self._seen[request.id] = len(request.history)
             if request.status in OPEN:
                 await self._persist_if_moved(request, lambda r: r.tick(now, note=RESTART_NOTE))
-            elif request.status is Status.APPROVED:
-                self._spawn(self._execute(request.id))
-            elif request.status is Status.EXECUTING:
-                self._spawn(self._resume(request))
+            else:
+                self._take_over(record)
+        self._spawn(self._scan_forever())
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -192,11 +220,13 @@ class ApprovalService:
         """Request views, newest first; ``status`` filters (an unknown status is a 400)."""
         if status is not None and status not in {s.value for s in Status}:
             raise ApprovalError(400, f"unknown status {status!r}")
-        records = await self.store.list([status] if status else None)
+        with unavailable_is_503():
+            records = await self.store.list([status] if status else None)
         return [self._view(r) for r in records]
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
-        record = await self.store.get(request_id)
+        with unavailable_is_503():
+            record = await self.store.get(request_id)
         return self._view(record) if record is not None else None
 
     async def rollout(self, request_id: str) -> dict[str, Any] | None:
@@ -211,7 +241,9 @@ class ApprovalService:
     ) -> dict[str, Any]:
         self._check_approver(approver)
         now = self._clock()
-        request = await self._transition(request_id, lambda r: r.approve(approver, reason, now))
+        with unavailable_is_503():
+            request = await self._transition(
+                request_id, lambda r: r.approve(approver, reason, now))
         if request.status is Status.APPROVED:
             self._spawn(self._execute(request_id))
         return request.view()
@@ -219,7 +251,8 @@ class ApprovalService:
     async def deny(self, request_id: str, approver: str, reason: str) -> dict[str, Any]:
         self._check_approver(approver)
         now = self._clock()
-        request = await self._transition(request_id, lambda r: r.deny(approver, reason, now))
+        with unavailable_is_503():
+            request = await self._transition(request_id, lambda r: r.deny(approver, reason, now))
         return request.view()
 
     async def cancel(self, request_id: str, by: str, reason: str) -> dict[str, Any]:
@@ -227,7 +260,8 @@ class ApprovalService:
         if by not in document.approvals.approvers and by not in document.approvals.admins:
             raise ApprovalError(403, f"{by} is not an approver or admin in the policy")
         now = self._clock()
-        request = await self._transition(request_id, lambda r: r.cancel(by, reason, now))
+        with unavailable_is_503():
+            request = await self._transition(request_id, lambda r: r.cancel(by, reason, now))
         return request.view()
 
     async def stop_agent(self, agent_id: str | None, by: str, reason: str) -> int:
@@ -312,6 +346,36 @@ class ApprovalService:
         self._announce(request, 0)
         return request.view()
 
+    def refuse_hold(self, held: HeldLike, why: str) -> None:
+        """A held action that could not be parked (the store is unreachable): fail closed.
+        Nothing is sent; the agent learns it on ``$guard/approvals/<id>`` (status
+        ``failed``) and as the hold's outcome, and the audit log says why."""
+        now = self._clock()
+        detail = f"not parked for approval: {why}; nothing was sent, ask again later"
+        self._write_audit({
+            "timestamp": utc_iso(now), "event": "approval", "approval_id": held.hold_id,
+            "action": "failed", "who": "guard", "reason": detail, "status": "failed",
+            "level": None, "agent_id": held.agent_id, "session_id": held.session_id,
+            "token_id": held.token_id, "tool_name": held.tool or held.decision.tool,
+            "requested_scope": held.topic, "risk": held.decision.risk,
+            "payload_sha256": _sha256(bytes(held.payload)), "alert": True,
+        })
+        if self._notify is not None:
+            notice = {
+                "id": held.hold_id, "status": "failed", "tool": held.tool,
+                "topic": held.topic, "payload_sha256": _sha256(bytes(held.payload)),
+                "reason": held.decision.reason, "outcome": detail,
+                "last": {"at": now, "action": "failed", "reason": detail},
+                "rollout": None, "timestamp": utc_iso(time.time()),
+            }
+            try:
+                self._notify(held.agent_id, NOTICE_PREFIX + held.hold_id,
+                             json.dumps(notice, separators=(",", ":")).encode())
+            except Exception:
+                log.exception("approval notice to %s failed", held.agent_id)
+        if self._hold_resolved is not None:
+            self._hold_resolved(held.session_id, held.hold_id, "failed", detail)
+
     # -- transitions ---------------------------------------------------------------------------
 
     def _check_approver(self, approver: str) -> None:
@@ -322,7 +386,8 @@ class ApprovalService:
             raise ApprovalError(403, f"{approver} is not an approver in the policy")
 
     async def _transition(
-        self, request_id: str, op: Callable[[ApprovalRequest], object]
+        self, request_id: str, op: Callable[[ApprovalRequest], object],
+        owner: str | None = None,
     ) -> ApprovalRequest:
         """Load, apply ``op`` (pure), compare-and-set in the store, then announce.
 
@@ -346,6 +411,7 @@ class ApprovalService:
                     before.value,
                     status=request.status.value,
                     changes=request.to_record(),
+                    owner=owner,  # fenced: only while this guard's claim is live
                 )
                 if written is None:
                     raise ApprovalError(
@@ -366,10 +432,13 @@ class ApprovalService:
         else:
             self._arm_for(current)  # the timer resumes where it was
 
-    def _announce(self, request: ApprovalRequest, seen: int) -> None:
-        """Audit each new history entry, tell subscribers and the agent, set the timer."""
-        for entry in request.history[seen:]:
-            self._write_audit(self._transition_record(request, entry))
+    def _announce(self, request: ApprovalRequest, seen: int, *, audit: bool = True) -> None:
+        """Audit each new history entry (``audit``: this guard made the transition), tell
+        subscribers and the agent, set the timer."""
+        self._seen[request.id] = max(self._seen.get(request.id, 0), len(request.history))
+        if audit:
+            for entry in request.history[seen:]:
+                self._write_audit(self._transition_record(request, entry))
         self._publish_view(request)
         self._arm_for(request)
         if request.status in FINAL and self._hold_resolved is not None:
@@ -443,10 +512,72 @@ class ApprovalService:
         try:
             request = await self._transition(request_id, lambda r: r.tick(max(now, self._clock())))
         except ApprovalError as exc:
-            log.warning("approval %s deadline: %s", request_id, exc.message)
+            # 409: another guard sharing the store applied the deadline first.
+            level = logging.DEBUG if exc.status == 409 else logging.WARNING
+            log.log(level, "approval %s deadline: %s", request_id, exc.message)
+            return
+        except StateError as exc:  # applied by whichever guard reaches the store first
+            log.warning("approval %s deadline not applied yet: %s", request_id, exc)
+            self._retry_deadline(request_id)
             return
         if request.is_open and request.id not in self._timers:
             self._arm_for(request)
+
+    def _retry_deadline(self, request_id: str) -> None:
+        if not self._stopping and request_id not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[request_id] = loop.call_later(
+                min(self.lease_s, 5.0), self._deadline, request_id)
+
+    # -- other guards sharing the store --------------------------------------------------------
+
+    def _on_record(self, record: Record) -> None:
+        """The store's doorbell (called inside a store operation for our own writes: act on
+        it from the loop, after the operation's caller has announced what it did)."""
+        asyncio.get_running_loop().call_soon(self._on_record_later, record)
+
+    def _on_record_later(self, record: Record) -> None:
+        if self._stopping:
+            return
+        try:
+            request = ApprovalRequest.from_record(record.body)
+        except (KeyError, TypeError, ValueError):
+            log.error("approval %s: stored body unreadable; ignored", record.id)
+            return
+        seen = self._seen.get(record.id, 0)
+        if len(request.history) > seen and record.id not in self._live:
+            # A transition made by another guard: show it, tell the agent's sessions here,
+            # follow its deadlines; its maker wrote the audit record.
+            self._announce(request, seen, audit=False)
+        self._take_over(record)
+
+    def _take_over(self, record: Record) -> None:
+        """Carry out an approved request nobody has claimed, or resume an executing one
+        whose guard stopped renewing its lease. Every guard may try; the claim decides."""
+        if self._stopping or record.id in self._ours:
+            return
+        if record.status not in (Status.APPROVED.value, Status.EXECUTING.value):
+            return
+        if record.owner is not None and record.lease_until is not None \
+                and record.lease_until > self._clock():
+            return  # a live claim: its holder carries it out
+        if record.status == Status.APPROVED.value:
+            self._spawn(self._execute(record.id))
+        else:
+            self._spawn(self._resume(ApprovalRequest.from_record(record.body)))
+
+    async def _scan_forever(self) -> None:
+        """A lease that runs out changes nothing in the store (no doorbell): look for
+        executing and approved requests without a live claim every half lease."""
+        while not self._stopping:
+            await asyncio.sleep(self.lease_s / 2)
+            try:
+                records = await self.store.list([Status.APPROVED.value, Status.EXECUTING.value])
+            except StateError as exc:
+                log.debug("approvals scan: %s", exc)
+                continue
+            for record in records:
+                self._take_over(record)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -494,8 +625,28 @@ class ApprovalService:
         return ""
 
     async def _execute(self, request_id: str) -> None:
+        if request_id in self._ours:
+            return  # already carried out here (a doorbell may ring twice)
+        self._ours.add(request_id)
+        try:
+            lease = self._lease(request_id)
+            if await lease.acquire(Status.APPROVED.value) is None:
+                return  # another guard claimed it first: it carries it out
+            try:
+                await self._begin_and_carry(request_id, lease)
+            finally:
+                await lease.release()
+        except StateError as exc:
+            # Nothing was sent on the strength of a write that failed; the request stays
+            # approved (or executing) and is picked up when the state is back.
+            log.error("approval %s not carried out now: %s", request_id, exc)
+        finally:
+            self._ours.discard(request_id)
+
+    async def _begin_and_carry(self, request_id: str, lease: Lease) -> None:
         policy = self._policy()
         now = self._clock()
+        began: list[bool] = []
 
         def begin(r: ApprovalRequest) -> None:
             if r.status is not Status.APPROVED:
@@ -505,55 +656,109 @@ class ApprovalService:
                 r.void(why + "; nothing was sent", now)
             else:
                 r.start_execution(now)
+                began.append(True)
 
         try:
-            request = await self._transition(request_id, begin)
+            request = await self._transition(request_id, begin, owner=self.instance)
         except ApprovalError as exc:
             log.warning("approval %s not carried out: %s", request_id, exc.message)
             return
-        if request.status is not Status.EXECUTING:
+        if not began:
             return
-        await self._carry_and_finish(request, self._carry_out(request, policy))
+        await self._carry_and_finish(request, lease, self._carry_out(request, policy))
 
     async def _resume(self, request: ApprovalRequest) -> None:
-        """A request the guard was carrying out when it stopped.
+        """A request a guard was carrying out when it stopped (this one, restarted, or
+        another one sharing the store whose lease ran out).
 
         At most once: a single publish whose outcome is unknown is not sent again (failed);
         a rollout resumes from the store: queued devices are still sent (they never were),
         devices in progress get their result or time out, none is sent twice. A policy that
         changed meanwhile (or a brake) stops it: the queued devices are cancelled.
         """
+        if request.id in self._ours:
+            return
+        self._ours.add(request.id)
+        try:
+            lease = self._lease(request.id)
+            if await lease.acquire(Status.EXECUTING.value) is None:
+                return  # its guard is alive, or another one resumed it first
+            try:
+                await self._resume_claimed(request.id, lease)
+            finally:
+                await lease.release()
+        except StateError as exc:
+            log.error("approval %s not resumed now: %s", request.id, exc)
+        finally:
+            self._ours.discard(request.id)
+
+    async def _resume_claimed(self, request_id: str, lease: Lease) -> None:
+        record = await self.store.get(request_id)  # the state as of our claim
+        if record is None or record.status != Status.EXECUTING.value:
+            return
+        request = ApprovalRequest.from_record(record.body)
+        log.warning("approval %s: resuming the rollout %s left (this guard: %s)", request_id,
+                    "a stopped guard" if record.owner != self.instance else "it", self.instance)
         policy = self._policy()
         now = self._clock()
         tool = policy.document.tools.get(request.binding.tool)
         devices = await self.store.rollout(request.id)
         if tool is None or tool.rollout is None or devices is None or self.executor is None:
             await self.store.rollout_cancel(request.id, "the guard stopped; not sent again")
-            await self._persist_if_moved(request, lambda r: r.finish(
-                Status.FAILED,
-                "the guard stopped while carrying it out; nothing is sent again (at most once)",
-                now,
-            ))
+            lease.stop_renewing()
+            try:
+                await self._transition(request.id, lambda r: r.finish(
+                    Status.FAILED,
+                    "the guard stopped while carrying it out; nothing is sent again (at most "
+                    "once)",
+                    now,
+                ), owner=self.instance)
+            except ApprovalError as exc:
+                log.warning("approval %s: %s", request.id, exc.message)
             return
         why = self._void_reason(request, policy, now, expiry=False)
         spec = RolloutSpec.from_model(tool.rollout)
         await self._carry_and_finish(
-            request, self._run_rollout(request, spec, resume=devices, stop_reason=why)
+            request, lease, self._run_rollout(request, spec, resume=devices, stop_reason=why)
         )
 
+    def _lease(self, request_id: str) -> Lease:
+        task = asyncio.current_task()
+
+        def lost(why: str) -> None:
+            # Stop sending at once: another guard may be carrying it out now.
+            runner = self._runners.get(request_id)
+            if runner is not None:
+                runner.halt()
+            if task is not None:
+                task.cancel()
+
+        return Lease(self.store, request_id, self.instance, self.lease_s, lost)
+
     async def _carry_and_finish(
-        self, request: ApprovalRequest, work: Coroutine[Any, Any, tuple[Status, str]]
+        self, request: ApprovalRequest, lease: Lease,
+        work: Coroutine[Any, Any, tuple[Status, str]],
     ) -> None:
         request_id = request.id
         self._live[request_id] = request
+        lease.keep([Status.EXECUTING.value])
         try:
             status, why = await work
+        except StateError:
+            # The store went away mid-way: stop here; the request stays executing and is
+            # resumed from the stored per-device states once the state is back (by this
+            # guard or another, after the lease).
+            log.error("approval %s: the shared state is unreachable; the rollout pauses and "
+                      "resumes from the store", request_id)
+            raise
         except Exception as exc:  # anything unexpected ends the request, loudly
             log.exception("approval %s failed while carrying it out", request_id)
             status, why = Status.FAILED, f"internal error while carrying it out: {exc}"
         finally:
             self._live.pop(request_id, None)
-            self._runners.pop(request_id, None)
+            runner = self._runners.pop(request_id, None)
+            if runner is not None:
+                runner.halt()
         final_rollout = request.rollout
         done_at = self._clock()
 
@@ -561,7 +766,11 @@ class ApprovalService:
             r.rollout = final_rollout
             r.finish(status, why, done_at)
 
-        await self._transition(request_id, finish)
+        lease.stop_renewing()
+        try:
+            await self._transition(request_id, finish, owner=self.instance)
+        except ApprovalError as exc:  # our lease ran out and another guard took it over
+            log.warning("approval %s: outcome not written: %s", request_id, exc.message)
 
     async def _carry_out(
         self, request: ApprovalRequest, policy: CompiledPolicy
@@ -736,6 +945,19 @@ def agent_view(request: ApprovalRequest) -> dict[str, Any]:
         ),
         "timestamp": utc_iso(time.time()),
     }
+
+
+@contextlib.contextmanager
+def unavailable_is_503() -> Iterator[None]:
+    """The store unreachable: nothing is decided; the caller gets a clear 503."""
+    try:
+        yield
+    except AlreadyExists:
+        raise
+    except StateError as exc:
+        raise ApprovalError(
+            503, f"the approvals state is unreachable, nothing was decided: {exc}"
+        ) from exc
 
 
 def _sha256(data: bytes) -> str:

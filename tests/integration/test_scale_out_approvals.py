@@ -1,0 +1,332 @@
+"""Approvals across several guards on one Redis and one Mosquitto (issue 11): a request held
+on one guard is seen, timed and decided on the other; an approved request is carried out by
+exactly one guard, even when both see the approval at once; a rollout survives the death of
+the guard running it; a hold made while Redis is down fails closed and the agent is told.
+
+Real redis-server, Mosquitto and simulated fleet from the harness; guards as GuardThreads
+and, where one must die without cleaning up, as a process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from iot_guard.admin.client import AdminClient
+from iot_guard.approvals.addon import EXECUTOR_PREFIX, ApprovalsAddon
+from iot_guard.approvals.request import ApprovalError, ApprovalRequest
+from iot_guard.proxy.server import GuardThread
+from iot_guard.state import open_state
+from iot_guard.tokens import ROLE_APPROVER, issue_token
+from simulator.agent import AgentClient
+from simulator.broker import MosquittoBroker
+from simulator.fleet import Fleet
+from simulator.redis_server import RedisServer
+
+from .guard_process import GuardProcess
+
+POLICY = Path(__file__).resolve().parents[2] / "device_policies"
+FLOOR_1 = "tenants/acme/groups/floor-1/config/push"
+DEVICES = [f"therm-00{i}" for i in range(1, 6)]
+LEASE_S = 1.5
+T = TypeVar("T")
+
+pytestmark = pytest.mark.integration
+
+
+class Guard:
+    """One guard of the pair: the thread, its approvals addon, its audit log."""
+
+    def __init__(self, mosquitto: MosquittoBroker, url: str, audit: Path, secret: bytes,
+                 policy: Path = POLICY) -> None:
+        self.audit = audit
+        self.addon = ApprovalsAddon(lease_s=LEASE_S)
+        config = mosquitto.guard_config(policy, secret, audit)
+        config.state = url
+        self.thread = GuardThread(config, addons=[self.addon]).start()
+
+    @property
+    def service(self) -> Any:
+        return self.addon.service
+
+    def run(self, make: Callable[[], Any], timeout: float = 5.0) -> Any:
+        return self.thread.run(make, timeout)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+@pytest.fixture
+def secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
+@pytest.fixture
+def two_guards(mosquitto: MosquittoBroker, redis_server: RedisServer, tmp_path: Path,
+               secret: bytes) -> Iterator[tuple[Guard, Guard]]:
+    url = redis_server.fresh_url()
+    a = Guard(mosquitto, url, tmp_path / "a.jsonl", secret)
+    b = Guard(mosquitto, url, tmp_path / "b.jsonl", secret)
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def agent(port: int, secret: bytes, protocol: int = 5) -> AgentClient:
+    return AgentClient("127.0.0.1", port, username="ops-agent",
+                       password=issue_token(secret, "ops-agent", ttl_s=300),
+                       protocol=protocol).connect()
+
+
+def held_id(reason: str | None) -> str:
+    match = re.match(r"held for approval (\S+): ", reason or "")
+    assert match, reason
+    return match.group(1)
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll ``probe`` until it returns something truthy; fail loudly at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last: {value!r})")
+        time.sleep(0.02)
+
+
+def status_of(guard: Guard, request_id: str) -> str | None:
+    view = guard.run(lambda: guard.service.get(request_id))
+    return view["status"] if view else None
+
+
+def executions(*audits: Path) -> list[tuple[str, str]]:
+    """(guard's executor client id, device) of every publish a guard carried out."""
+    out = []
+    for path in audits:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "approval_execute":
+                out.append((record["client_id"], record["resource_id"]))
+    return out
+
+
+def patches_received(fleet: Fleet, name: str) -> int:
+    """How many config patches addressed to the device itself reached it."""
+    return sum(
+        1 for e in fleet.device("acme", name).events
+        if e.detail.get("source") == "device"
+        or (e.name == "rejected" and e.detail.get("topic") == "config/patch")
+    )
+
+
+def test_held_on_a_approved_through_b_is_carried_out_once_and_a_tells_its_agent(
+    two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes
+) -> None:
+    a, b = two_guards
+    with agent(a.thread.port, secret) as ops:
+        ops.subscribe("$guard/approvals/+")
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+        # B learns of the request A parked, and follows its deadline too.
+        eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+        eventually(lambda: b.thread.call(lambda: request_id in b.service._timers), 3,
+                   "B armed the request's timer")
+        view = b.run(lambda: b.service.approve(request_id, "alice", "go"))
+        assert view["status"] == "approved"
+        with pytest.raises(ApprovalError) as again:  # A knows: the second approval is refused
+            a.run(lambda: a.service.approve(request_id, "alice"))
+        assert again.value.status == 409
+        # The agent is on A; B decided and carried it out: A tells it every step.
+        done = ops.expect(f"$guard/approvals/{request_id}", timeout=20,
+                          where=lambda m: m.json()["status"] in ("done", "failed", "aborted"))
+        assert done.json()["status"] == "done", done.json()
+    runs = executions(a.audit, b.audit)
+    assert sorted(device for _, device in runs) == [f"acme/{d}" for d in DEVICES]
+    assert {who for who, _ in runs} == {b.addon.executor.client_id}
+    for name in DEVICES:
+        assert patches_received(fleet, name) == 1, name
+        assert fleet.device("acme", name).state.reported["firmware_channel"] == "beta"
+    # The decision is audited once, by the guard that took it.
+    approvals_in = {
+        path.name: [r["action"] for r in map(json.loads, path.read_text().splitlines())
+                    if r.get("event") == "approval" and r.get("approval_id") == request_id]
+        for path in (a.audit, b.audit)
+    }
+    assert approvals_in["a.jsonl"].count("held") == 1 and "approved" not in approvals_in["a.jsonl"]
+    assert approvals_in["b.jsonl"].count("approved") == 1 and "held" not in approvals_in["b.jsonl"]
+
+
+def test_both_guards_see_the_approval_at_once_and_one_carries_it_out(
+    two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes, redis_server: RedisServer
+) -> None:
+    a, b = two_guards
+    with agent(a.thread.port, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    # A third party (an approver on a guard that then went away) writes the approval to the
+    # store: both guards learn of it from the doorbell at the same moment and both try.
+    store_url = a.thread.server.state.location  # type: ignore[union-attr]
+    import asyncio
+
+    async def approve_in_store() -> None:
+        state = await open_state(store_url, poll_s=0)
+        try:
+            record = await state.approvals.get(request_id)
+            assert record is not None
+            request = ApprovalRequest.from_record(record.body)
+            request.approve("alice", "from elsewhere", time.time())
+            assert await state.approvals.update(request_id, "pending", status="approved",
+                                                changes=request.to_record())
+        finally:
+            await state.close()
+
+    asyncio.run(approve_in_store())
+    eventually(lambda: status_of(a, request_id) in ("done", "failed", "aborted"), 20,
+               "the rollout ends")
+    assert status_of(a, request_id) == "done"
+    runs = executions(a.audit, b.audit)
+    assert sorted(device for _, device in runs) == [f"acme/{d}" for d in DEVICES]
+    assert len({who for who, _ in runs}) == 1, runs  # one executor
+    for name in DEVICES:
+        assert patches_received(fleet, name) == 1, name
+
+
+def test_a_request_held_on_a_escalates_on_b_after_a_is_gone(
+    mosquitto: MosquittoBroker, redis_server: RedisServer, tmp_path: Path, secret: bytes,
+    fleet: Fleet,
+) -> None:
+    # Level timeouts of 1 s (the same policy on both guards: the policy version binds).
+    policy = tmp_path / "policy"
+    shutil.copytree(POLICY, policy)
+    chains = policy / "approvals.yaml"
+    chains.write_text(chains.read_text().replace("timeout_s: 300", "timeout_s: 1"))
+    url = redis_server.fresh_url()
+    a = Guard(mosquitto, url, tmp_path / "a.jsonl", secret, policy)
+    b = Guard(mosquitto, url, tmp_path / "b.jsonl", secret, policy)
+    try:
+        with agent(a.thread.port, secret) as ops:
+            request_id = held_id(
+                ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+        eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+        a.stop()  # A's timers are gone with it; B's run the deadlines
+        view = eventually(lambda: (v := b.run(lambda: b.service.get(request_id)))
+                          and v["status"] == "expired" and v, 8, "expired through B")
+        actions = [h["action"] for h in view["history"]]
+        assert actions.count("escalated") == 2, actions
+    finally:
+        a.stop()
+        b.stop()
+    assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
+
+
+def test_a_rollout_survives_the_death_of_the_guard_running_it(
+    mosquitto: MosquittoBroker, redis_server: RedisServer, tmp_path: Path, secret: bytes,
+    fleet: Fleet,
+) -> None:
+    url = redis_server.fresh_url()
+    victim = GuardProcess(
+        policy=str(POLICY), upstream_host=mosquitto.host, upstream_port=mosquitto.port,
+        username=mosquitto.guard_account.username, password=mosquitto.guard_account.password,
+        secret=secret.hex(), state=url, audit=str(tmp_path / "victim.jsonl"),
+        log=str(tmp_path / "victim.log"), lease_s=LEASE_S, instance="victim",
+    ).start()
+    survivor = Guard(mosquitto, url, tmp_path / "survivor.jsonl", secret)
+    try:
+        with agent(victim.port, secret) as ops:
+            request_id = held_id(
+                ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+        eventually(lambda: status_of(survivor, request_id) == "pending", 3, "seen by both")
+        # Approved through the victim's admin API: it claims the request and rolls it out.
+        approver = issue_token(secret, "alice", ttl_s=300, role=ROLE_APPROVER)
+        AdminClient(victim.admin_url, approver).decide(request_id, "approve", "go")
+        store = survivor.thread.server.state
+        assert store is not None
+
+        def rollout() -> dict[str, str]:
+            states = survivor.run(lambda: store.approvals.rollout(request_id)) or []
+            return {s.device.split("/")[1]: s.status for s in states}
+
+        # Kill it once the canary is done and the rest is still to go.
+        eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
+                   and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+        record = survivor.run(lambda: store.approvals.get(request_id))
+        assert record.owner == EXECUTOR_PREFIX + "victim" and record.status == "executing"
+        victim.kill()
+        at_death = rollout()
+        killed_at = time.monotonic()
+        eventually(lambda: status_of(survivor, request_id) in ("done", "failed", "aborted"),
+                   30, "the survivor finishes the rollout")
+        took = time.monotonic() - killed_at
+        final = rollout()
+        view = survivor.run(lambda: survivor.service.get(request_id))
+        assert view["status"] == "done", view
+        record = survivor.run(lambda: store.approvals.get(request_id))
+        assert record.owner is None  # released at the end
+    finally:
+        victim.kill()
+        survivor.stop()
+    # Never twice: each device got its patch at most once, and every device still queued
+    # when the victim died got it exactly once, from the survivor.
+    for name in DEVICES:
+        assert patches_received(fleet, name) <= 1, name
+        if at_death[name] == "queued":
+            assert patches_received(fleet, name) == 1, name
+            assert final[name] == "succeeded", final
+        if at_death[name] == "succeeded":
+            assert patches_received(fleet, name) == 1, name
+    runs = executions(tmp_path / "victim.jsonl", tmp_path / "survivor.jsonl")
+    devices = [device for _, device in runs]
+    assert len(devices) == len(set(devices)), runs
+    resumed = {device.split("/")[1] for who, device in runs
+               if who == survivor.addon.executor.client_id}
+    assert resumed == {n for n, s in at_death.items() if s == "queued"}
+    assert took < 20, took
+
+
+def test_a_hold_while_redis_is_down_fails_closed_and_the_agent_is_told(
+    mosquitto: MosquittoBroker, tmp_path: Path, secret: bytes, fleet: Fleet
+) -> None:
+    with RedisServer() as own:
+        a = Guard(mosquitto, own.url(prefix="down"), tmp_path / "a.jsonl", secret)
+        try:
+            with agent(a.thread.port, secret) as ops:
+                ops.subscribe("$guard/approvals/+")
+                ops.subscribe("$guard/events")
+                own.stop()
+                result = ops.publish(FLOOR_1, {"firmware_channel": "beta"})
+                assert result.reason_code == 0x83  # held, never success
+                request_id = held_id(result.reason_string)
+                notice = ops.expect(f"$guard/approvals/{request_id}", timeout=10).json()
+                assert notice["status"] == "failed"
+                assert "unreachable" in notice["outcome"]
+                assert "nothing was sent" in notice["outcome"]
+                event = ops.expect("$guard/events", timeout=5,
+                                   where=lambda m: m.json().get("approval_id") == request_id
+                                   and "failed" in m.json()["reason"]).json()
+                assert event["decision"] == "deny", event
+                # Nothing can be decided meanwhile: a clear 503.
+                with pytest.raises(ApprovalError) as down:
+                    a.run(lambda: a.service.list(), timeout=10)
+                assert down.value.status == 503 and "unreachable" in down.value.message
+                own.start()
+                # Back: the same agent's next hold is parked again.
+                again = ops.publish(FLOOR_1, {"firmware_channel": "beta"})
+                second = held_id(again.reason_string)
+                eventually(lambda: status_of(a, second) == "pending", 10, "parked after recovery")
+        finally:
+            a.stop()
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r.get("approval_id") == request_id]
+    assert [r["action"] for r in failed] == ["failed"] and failed[0]["alert"] is True
+    assert not [r for r in records if r.get("event") == "approval_execute"]
+    assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
