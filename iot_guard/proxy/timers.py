@@ -54,7 +54,9 @@ class TimerQueue:
         """``count`` entries no longer matter (cancelled, replaced, owner closed)."""
         self._stale += count
         if self._stale > 64 and self._stale * 2 > len(self._heap):
-            self._heap = [e for e in self._heap if e[2].timer_current(e[3], e[1])]
+            # In place: _fire may be walking this very list (a timer that closes a
+            # session drops that session's other timers).
+            self._heap[:] = [e for e in self._heap if e[2].timer_current(e[3], e[1])]
             heapq.heapify(self._heap)
             self._stale = 0
             if not self._heap and self._handle is not None:

@@ -89,3 +89,42 @@ def test_stale_entries_are_purged_so_closed_owners_are_not_kept() -> None:
     left, fired = asyncio.run(go())
     assert left == 100  # rebuilt without the closed owners' entries
     assert fired == 0
+
+
+def test_a_purge_while_timers_fire_keeps_every_live_timer() -> None:
+    # A timer that closes a session drops that session's other timers; with enough stale
+    # entries that purges the heap while it is being walked.
+    async def go() -> tuple[list[tuple[str, str]], int]:
+        clock = Clock()
+        queue = TimerQueue(clock)
+        fired: list[tuple[str, str]] = []
+        closers = [Owner(queue, fired, f"c{i}") for i in range(200)]
+        keeper = Owner(queue, fired, "keeper")
+        for owner in closers:
+            owner.set("a", 1_001.0)
+            owner.set("b", 5_000.0)
+        keeper.set("later", 1_002.0)
+
+        class Closing(Owner):
+            def timer_due(self, key: str, seq: int) -> bool:
+                ok = super().timer_due(key, seq)
+                if ok:  # the session closes: its other timer no longer matters
+                    self.current.clear()
+                    self.queue.dropped()
+                return ok
+
+        for owner in closers:
+            owner.__class__ = Closing
+        clock.now = 1_003.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while ("keeper", "later") not in fired:
+            assert loop.time() < deadline, f"the keeper's timer did not fire ({len(fired)})"
+            await asyncio.sleep(0.01)  # lets the loop run its timers
+        return fired, [entry[0] for entry in queue._heap]
+
+    fired, left = asyncio.run(go())
+    assert sorted(fired) == sorted([(f"c{i}", "a") for i in range(200)] + [("keeper", "later")])
+    # Purged while firing (most of the 200 dropped "b" timers are gone), and nothing that
+    # already fired is left behind in the heap.
+    assert len(left) < 100 and all(at == 5_000.0 for at in left)
