@@ -112,9 +112,10 @@ def test_the_local_path_works_without_the_api(guarded) -> None:
     done = cli("token", "revoke", "--agent", "ops-agent", "--reason", "leaked laptop",
                "--state-dir", str(g["state"]))
     assert done.returncode == 0, done.stderr
-    assert closed_within(ops, 1.5) == 0x87
+    # The guard polls its state every 0.25 s; the margin is for a loaded machine.
+    assert closed_within(ops, 3.0) == 0x87
     assert bystander.disconnected is None
     everyone = cli("kill", "--all", "--reason", "incident", "--state-dir", str(g["state"]),
                    "--by", "oncall")
     assert everyone.returncode == 0, everyone.stderr
-    assert closed_within(bystander, 1.5) == 0x98
+    assert closed_within(bystander, 3.0) == 0x98
