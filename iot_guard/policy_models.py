@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -430,6 +431,176 @@ class Approvals(StrictModel):
     )
 
 
+# ----------------------------------------------------------------------------- limits (issue 8 §2)
+
+
+class Rate(StrictModel):
+    """A rate with a burst (GCRA): on average ``per_minute`` actions a minute, at most
+    ``burst`` at once. ``{per_minute: 20, burst: 20}``: 20 in a row, then one every 3 s."""
+
+    per_minute: float = Field(gt=0, le=600_000, description="Actions per minute, on average.")
+    burst: int = Field(
+        default=1, ge=1, le=100_000,
+        description="How many may come at once (the bucket's size; default 1: evenly spaced).",
+    )
+
+
+class ActionLimit(StrictModel):
+    """Limits on one tool's (or one risk class's) actions; every one given applies."""
+
+    per_agent: Rate | None = Field(
+        default=None, description="Across all sessions of one agent (refused with 0x97)."
+    )
+    per_session: Rate | None = Field(
+        default=None, description="Within one session (refused with 0x97)."
+    )
+    per_session_total: int | None = Field(
+        default=None, ge=1,
+        description="At most this many in one session, ever (a quota; refused with 0x97).",
+    )
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ActionLimit:
+        if self.per_agent is None and self.per_session is None and self.per_session_total is None:
+            raise ValueError("give per_agent, per_session or per_session_total")
+        return self
+
+
+class Limits(StrictModel):
+    """Rate limits and quotas (the ``limits`` section); nothing here: no limit."""
+
+    connections: Rate | None = Field(
+        default=None,
+        description="CONNECTs per agent (a reconnect storm gets CONNACK 0x9F).",
+    )
+    subscriptions: Rate | None = Field(
+        default=None,
+        description="Subscription filters per session (a SUBSCRIBE flood gets SUBACK 0x97).",
+    )
+    tools: dict[Name, ActionLimit] = Field(
+        default_factory=dict, description="Limits per tool name (publish and subscribe tools)."
+    )
+    risks: dict[RiskClass, ActionLimit] = Field(
+        default_factory=dict,
+        description="Limits per effective risk class, across every tool of that class.",
+    )
+
+
+# ----------------------------------------------------------------------------- anomaly (§3)
+
+AnomalyMode = Literal["alert", "block", "off"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = get_args(Weekday)
+_WORK_WEEK: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+_CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class AnomalyRule(StrictModel):
+    """One anomaly rule: ``alert`` (audit, log, ``$guard/events``, alert hooks), ``block``
+    (also the kill switch for the agent), or ``off``."""
+
+    mode: AnomalyMode = Field(default="alert", description="alert, block or off.")
+    count: int = Field(default=10, ge=2, le=100_000, description="How many make an anomaly.")
+    window_s: float = Field(
+        default=60, gt=0, le=86_400, description="...within this many seconds."
+    )
+
+
+class RateSpike(StrictModel):
+    """An agent's rate of one tool far above its own baseline (an EWMA mean and variance
+    of the count per window, kept in the state store)."""
+
+    mode: AnomalyMode = Field(default="alert", description="alert, block or off.")
+    k: float = Field(default=3.0, gt=0, le=100, description="Standard deviations above the mean.")
+    window_s: float = Field(
+        default=60, ge=1, le=86_400, description="The window actions are counted in."
+    )
+    alpha: float = Field(
+        default=0.1, gt=0, le=1, description="EWMA weight of the newest window (0 < a <= 1)."
+    )
+    warmup_windows: int = Field(
+        default=10, ge=1, le=100_000,
+        description="Windows a baseline must cover before it can alert.",
+    )
+    min_count: int = Field(
+        default=5, ge=1,
+        description="Never alert below this many actions in a window (a quiet baseline's "
+        "standard deviation is near zero).",
+    )
+
+
+class WorkingHours(StrictModel):
+    """When agents are expected to act; outside it the ``off_hours`` rule fires."""
+
+    timezone: str = Field(default="UTC", description="IANA time zone, e.g. Europe/Berlin.")
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(_WORK_WEEK), min_length=1,
+        description="Working days.",
+    )
+    start: Annotated[str, StringConstraints(pattern=_CLOCK_TIME)] = Field(
+        default="08:00", description="HH:MM local time (inclusive)."
+    )
+    end: Annotated[str, StringConstraints(pattern=_CLOCK_TIME)] = Field(
+        default="18:00", description="HH:MM local time (exclusive); before start: overnight."
+    )
+
+    @model_validator(mode="after")
+    def _zone_exists(self) -> WorkingHours:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        if self.start == self.end:
+            raise ValueError("start and end are the same time")
+        return self
+
+
+def _off() -> AnomalyRule:
+    return AnomalyRule(mode="off")
+
+
+class Anomaly(StrictModel):
+    """Anomaly rules (the ``anomaly`` section). Every rule is off until named here; start
+    each in ``alert`` and measure its false positives before ``block`` (README)."""
+
+    repeated_denials: AnomalyRule = Field(
+        default_factory=_off, description="``count`` refusals of one agent within ``window_s``."
+    )
+    outside_tenants: AnomalyRule = Field(
+        default_factory=_off,
+        description="An action naming a registered tenant that is not the agent's "
+        "(``count``/``window_s`` unused: every attempt counts).",
+    )
+    repeated_action: AnomalyRule = Field(
+        default_factory=_off,
+        description="The same action (tool and topic) ``count`` times in a row in a session.",
+    )
+    first_use: AnomalyRule = Field(
+        default_factory=_off, description="An agent uses a tool for the first time ever."
+    )
+    off_hours: AnomalyRule = Field(
+        default_factory=_off, description="Any action outside ``working_hours``."
+    )
+    rate_spike: RateSpike = Field(
+        default_factory=lambda: RateSpike(mode="off"),
+        description="An agent+tool rate more than k standard deviations above its baseline.",
+    )
+    working_hours: WorkingHours | None = Field(
+        default=None, description="Needed by off_hours."
+    )
+    cooldown_s: float = Field(
+        default=60, ge=0, le=86_400,
+        description="One alert per agent, rule and subject within this many seconds "
+        "(more are counted, not sent).",
+    )
+
+    @model_validator(mode="after")
+    def _hours_for_off_hours(self) -> Anomaly:
+        if self.off_hours.mode != "off" and self.working_hours is None:
+            raise ValueError("off_hours needs working_hours")
+        return self
+
+
 class PolicyDocument(StrictModel):
     """The whole policy: the union of every YAML file in the policy directory."""
 
@@ -444,6 +615,10 @@ class PolicyDocument(StrictModel):
     approvals: Approvals = Field(
         default_factory=Approvals, description="Approvers, admins and approval chains."
     )
+    limits: Limits = Field(
+        default_factory=Limits, description="Rate limits and quotas per tool and risk class."
+    )
+    anomaly: Anomaly = Field(default_factory=Anomaly, description="Anomaly rules and modes.")
 
     def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Cross references that pydantic cannot see, as (path, message) pairs."""
@@ -476,6 +651,9 @@ class PolicyDocument(StrictModel):
                         )
                     )
         problems.extend(self._approval_problems())
+        for tool_name in self.limits.tools:
+            if tool_name not in self.tools:
+                problems.append((("limits", "tools", tool_name), f"unknown tool {tool_name!r}"))
         for agent_name, agent in self.agents.items():
             for i, tenant_name in enumerate(agent.tenants):
                 if tenant_name not in self.tenants:

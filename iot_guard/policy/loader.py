@@ -1,10 +1,10 @@
 """Load a policy directory into a validated :class:`PolicyDocument`, with file:line errors.
 
 Every ``*.yaml`` / ``*.yml`` file under the directory (recursive, sorted) is one part
-of the policy. Each file is a mapping whose top-level keys are among the five
-sections (``device_types``, ``tenants``, ``tools``, ``agents``, ``approvals``); sections are merged
-across files, and one entry (say ``tenants.acme``) defined in two files is an error
-naming both places.
+of the policy. Each file is a mapping whose top-level keys are among the sections
+(``device_types``, ``tenants``, ``tools``, ``agents``, ``approvals``, ``limits``,
+``anomaly``); sections are merged across files, and one entry (say ``tenants.acme``)
+defined in two files is an error naming both places.
 
 Line numbers come from PyYAML's composed node tree (``SafeLoader`` compose), so every
 problem reads ``path/to/file.yaml:LINE: dotted.path: message`` (1-based lines).
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ..policy_models import PolicyDocument
 
-SECTIONS = ("device_types", "tenants", "tools", "agents", "approvals")
+SECTIONS = ("device_types", "tenants", "tools", "agents", "approvals", "limits", "anomaly")
 
 PathKey = tuple[str | int, ...]
 

@@ -56,7 +56,7 @@ def policy_json_schema() -> dict[str, Any]:
     schema["title"] = "iot-guard policy file"
     schema["description"] = (
         "One file of an iot-guard policy directory. Every *.yaml file under the directory "
-        "is merged; each may hold any of the five sections."
+        "is merged; each may hold any of the sections."
     )
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
 

@@ -47,7 +47,7 @@ class ControlPlane:
         return self._server.policy
 
     def sessions(self) -> list[SessionInfo]:
-        return [_info(link) for link in self._live()]
+        return [session_info(link) for link in self._live()]
 
     def _live(self, agent_id: str | None = None) -> list[Link]:
         return [
@@ -127,7 +127,7 @@ class ControlPlane:
         log.info("audit log reopened")
 
 
-def _info(link: Link) -> SessionInfo:
+def session_info(link: Link) -> SessionInfo:
     s = link.session
     return SessionInfo(s.session_id, s.agent_id, s.client_id, s.token_id, s.peer,
                        s.protocol_level, s.state.value)

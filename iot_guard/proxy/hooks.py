@@ -7,6 +7,7 @@ An addon is any object with some of these methods (mitmproxy's addon model):
                                         ``$guard/...`` topic the guard answers itself
 ``on_session_opened(info)`` / ``on_session_closed(info)``   a session began / ended
 ``on_policy_swapped(policy)``           a new policy is in force
+``on_alert(alert)``                     a check raised an alert (``checks.alerts.Alert``)
 ``async start(server)`` / ``async stop()``  addons that run services (approvals, admin)
 
 A hook that raises is logged and the others still run: one broken addon must not stop
@@ -23,7 +24,7 @@ log = logging.getLogger("iot_guard.hooks")
 
 HOOKS = frozenset({
     "on_hold", "on_guard_subscribe", "on_session_opened", "on_session_closed",
-    "on_policy_swapped",
+    "on_policy_swapped", "on_alert",
 })
 
 

@@ -27,7 +27,8 @@ from ..policy.compiler import CompiledPolicy
 from ..session import GuardSession, SessionSettings
 from ..state import Stores, default_state_dir, open_state
 from ..tokens import check_secret
-from .control import ControlPlane
+from .brakes import Brakes
+from .control import ControlPlane, session_info
 from .flag_watch import FlagWatch
 from .hooks import Hooks
 from .limits import raise_open_files_limit
@@ -116,7 +117,9 @@ class GuardServer:
         self._checks = tuple(checks)
         self.pipeline = Pipeline(self._checks)  # completed with the brakes in start()
         self.state: Stores | None = None
-        self.hooks = Hooks(addons)
+        # Rate limits and anomaly detection: their checks are built at start, on the state.
+        self.brakes = Brakes()
+        self.hooks = Hooks([self.brakes, *addons])
         self.control = ControlPlane(self)
         self.settings = SessionSettings(
             secret=config.secret,
@@ -174,6 +177,8 @@ class GuardServer:
 
     def link_closed(self, link: Link) -> None:
         self.links.discard(link)
+        if link.session.agent_id is not None:
+            self.hooks.call("on_session_closed", session_info(link))
 
     async def start(self) -> None:
         # Fail closed: without its state (kill switches, revocations, approvals) the
@@ -181,8 +186,10 @@ class GuardServer:
         spec = self.config.state or default_state_dir(self.config.audit_path)
         self.state = await open_state(spec)
         try:
+            limits, anomaly = await self.brakes.open(self)
+            # Anomaly last: it sees every refusal, the limits' included.
             self.pipeline = Pipeline([KillSwitchCheck(self.state.flags.view),
-                                      *self._observing(self._checks)])
+                                      *self._observing([limits, *self._checks, anomaly])])
             self._unwatch = self.state.flags.watch(FlagWatch(self.control, self).on_flag)
             # The log must reach as far as the stored chain head (a cut is refused).
             self._chain_head = ChainHeadSync(self.audit, self.state.chain)
@@ -199,6 +206,7 @@ class GuardServer:
                 "checks": [c.name for c in self.pipeline.checks],
             })
         except BaseException:
+            await self.brakes.close()
             await self.state.close()
             self.state = None
             raise
@@ -233,6 +241,7 @@ class GuardServer:
         await self.hooks.stop()
         if self.state is not None:
             self._unwatch()
+            await self.brakes.close()  # the last counts folded into the store
         self.audit.close()  # signs the last records; the head store hears of it
         if self.state is not None:
             await self._chain_head.flush()

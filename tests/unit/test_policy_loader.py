@@ -163,9 +163,10 @@ def test_unknown_section_and_non_mapping_file(tmp_path: Path) -> None:
     problems = problems_of(tmp_path)
     assert problems == [
         f"{tmp_path / 'a.yaml'}:1: agent: unknown section; expected one of "
-        "device_types, tenants, tools, agents, approvals",
+        "device_types, tenants, tools, agents, approvals, limits, anomaly",
         f"{tmp_path / 'b.yaml'}:1: a policy file must be a mapping of sections "
-        "('device_types', 'tenants', 'tools', 'agents', 'approvals')",
+        "('device_types', 'tenants', 'tools', 'agents', 'approvals', 'limits', "
+        "'anomaly')",
     ]
 
 

@@ -22,7 +22,8 @@ def test_committed_schema_equals_the_generated_one() -> None:
 def test_schema_has_the_optional_sections_and_descriptions() -> None:
     schema = policy_json_schema()
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"device_types", "tenants", "tools", "agents", "approvals"}
+    assert set(schema["properties"]) == {"device_types", "tenants", "tools", "agents", "approvals",
+                                             "limits", "anomaly"}
     assert "required" not in schema
     # every field of every model carries help text for editors
     for name, definition in schema["$defs"].items():
