@@ -14,6 +14,7 @@ step behaved as expected, 1 otherwise.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -126,10 +127,23 @@ def _first_clause(text: str, limit: int = 40) -> str:
 def _event_for(agent: AgentClient, topic: str, since: float) -> dict[str, Any]:
     """The guard's explanation (on $guard/events) for a refusal on ``topic``."""
     message = agent.expect(
-        GUARD_EVENTS, WAIT_S, where=lambda m: m.json().get("topic") == topic, since=since
+        GUARD_EVENTS, WAIT_S, since=since,
+        # Alerts (decision "alert") share the topic; the refusal's own event is wanted.
+        where=lambda m: m.json().get("topic") == topic and m.json().get("decision") != "alert",
     )
     event: dict[str, Any] = message.json()
     return event
+
+
+class AlertLog(logging.Handler):
+    """The guard's alerts (its ``iot_guard.alerts`` log), shown after the steps."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
@@ -156,6 +170,8 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     fleet: Fleet | None = None
     guard: GuardThread | None = None
     agent: AgentClient | None = None
+    alerts = AlertLog()
+    logging.getLogger("iot_guard.alerts").addHandler(alerts)
     try:
         demo.say(
             f"mosquitto  : 127.0.0.1:{broker.port} (one account per device, ACL, anonymous refused)"
@@ -199,8 +215,14 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
         if fleet is not None:
             fleet.stop()
         broker.close()
+        logging.getLogger("iot_guard.alerts").removeHandler(alerts)
     if demo.steps:
         demo.table()
+    if alerts.lines:
+        demo.say()
+        demo.say("alerts the guard raised (also in the audit log and on $guard/events):")
+        for line in alerts.lines:
+            demo.say(f"  {line}")
     ok = bool(demo.steps) and all(s.ok for s in demo.steps)
     demo.say()
     demo.say("every step behaved as expected" if ok else "some steps did not behave as expected")
@@ -397,6 +419,23 @@ def _steps(demo: Demo, agent: AgentClient, fleet: Fleet, approver: ApproverCli) 
         )
 
     demo.step("a third push nobody answers", "escalates 1 -> 2 -> 3, then expires", expires)
+
+    def rate_limit() -> tuple[bool, str]:
+        # The example policy: identify_device 20 a minute per agent, burst included.
+        topic = f"{ACME}/therm-003/commands/identify"
+        since = time.time()
+        acks = [agent.publish(topic, {}) for _ in range(21)]
+        passed = sum(ack.ok for ack in acks[:20])
+        last = acks[20]
+        event = _event_for(agent, topic, since)
+        ok = passed == 20 and last.reason_code == 0x97 and event["decision"] == "deny"
+        return ok, (
+            f"{passed} of 20 identified; 21st PUBACK 0x{last.reason_code:02x}: "
+            f"{last.reason_string}"
+        )
+
+    demo.step("21 identify commands in a minute", "20 pass, the 21st refused with 0x97",
+              rate_limit)
 
 
 def main() -> int:

@@ -50,8 +50,10 @@ def test_example_fleet_loads_with_every_registry_entry() -> None:
     assert sorted(doc.agents) == ["globex-agent", "observer", "ops-agent"]
     assert [p.name for p in source.files] == [
         "agents.yaml",
+        "anomaly.yaml",
         "approvals.yaml",
         "device_types.yaml",
+        "limits.yaml",
         "tenants.yaml",
         "tools.yaml",
     ]
