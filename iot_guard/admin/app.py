@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..approvals.lookup import approval_service_of
 from . import console
+from . import metrics as health
 from .approvals_api import Approvals, ApprovalsApi
 from .auth import Directory
 from .brakes_api import BrakesApi
@@ -79,6 +80,8 @@ class AdminApp:
             web.get("/api/whoami", self.whoami),
             web.get("/api/events", self.stream),
             *console.routes(),
+            # /metrics, /healthz, /readyz: no token (probes); the guard once started
+            *health.routes(self._metered_guard),
         ])
         self.approvals = ApprovalsApi(self.server, self.approvals_service, self.events)
         self._guard: Any = None
@@ -100,6 +103,17 @@ class AdminApp:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         who = self.server.principal(request)
         return await self.events.stream(request, until=who.expires_at)
+
+    def _metered_guard(self) -> Any:
+        guard = getattr(self, "_guard", None)
+        return guard if getattr(guard, "stats", None) is not None else None
+
+    def on_alert(self, alert: Any) -> None:
+        """A guard addon hook: alerts (limits, anomalies) reach the live event stream."""
+        self.events.publish("alert", {
+            "rule": alert.rule, "agent_id": alert.agent_id, "mode": alert.mode,
+            "reason": alert.reason, "subject": alert.subject, "at": alert.at,
+        })
 
     async def start(self, server: Any = None) -> None:
         """Start serving; ``server``: the GuardServer when run as its addon."""

@@ -296,6 +296,23 @@ class AuditLog:
             self._commit(state)
         return True
 
+    def health(self) -> str | None:
+        """None when records can be written, else why not (for ``/readyz``). Cheap: no
+        write; a full disk shows as no free blocks."""
+        if self._broken is not None:
+            return self._broken
+        if self.path is None:
+            return None  # stderr
+        fd = self._fd
+        if fd is None:
+            return f"audit log {self.path} is closed"
+        try:
+            if os.fstatvfs(fd).f_bavail == 0:
+                return f"audit log {self.path}: no space left on its file system"
+        except OSError as exc:
+            return f"audit log {self.path}: {exc}"
+        return None
+
     def _identity(self) -> tuple[int, int]:
         assert self._fd is not None
         st = os.fstat(self._fd)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditError
@@ -81,7 +82,10 @@ class Link:
 
     def feed(self, event: Event) -> None:
         """Hand the session one event and carry out what it asks."""
-        self.perform(self.session.handle(event, time.time()))
+        started = perf_counter()
+        commands = self.session.handle(event, time.time())
+        self.server.stats.decision_latency.observe(perf_counter() - started)
+        self.perform(commands)
 
     # ------------------------------------------------------------ carrying out commands
 
@@ -156,7 +160,15 @@ class Link:
     ) -> None:
         """Audit first (one write for the batch), then send; raises AuditError unsent."""
         if audits:
-            self.server.audit.write_many(audits)
+            stats = self.server.stats
+            started = perf_counter()
+            try:
+                self.server.audit.write_many(audits)
+            except AuditError:
+                stats.audit_failures += 1
+                raise
+            stats.audit_latency.observe(perf_counter() - started)
+            stats.count_records(audits)  # the metrics' decisions: what was audited
             audits.clear()
         if to_agent and self.agent is not None and not self.agent.is_closing():
             self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
@@ -273,6 +285,7 @@ class AgentProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         link = self.link
         assert link is not None
+        self._server.stats.bytes_from_agents += len(data)
         link.feed(AgentData(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -312,6 +325,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.link = link
 
     def data_received(self, data: bytes) -> None:
+        self.link.server.stats.bytes_from_broker += len(data)
         self.link.feed(BrokerData(data))
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -33,6 +33,7 @@ from .flag_watch import FlagWatch
 from .hooks import Hooks
 from .limits import raise_open_files_limit
 from .link import AgentProtocol, Link
+from .stats import GuardStats
 from .timers import TimerQueue
 
 log = logging.getLogger("iot_guard.proxy")
@@ -119,6 +120,7 @@ class GuardServer:
         self.state: Stores | None = None
         # Rate limits and anomaly detection: their checks are built at start, on the state.
         self.brakes = Brakes()
+        self.stats = GuardStats()  # plain counters for /metrics (admin/metrics.py)
         self.hooks = Hooks([self.brakes, *addons])
         self.control = ControlPlane(self)
         self.settings = SessionSettings(
@@ -173,6 +175,7 @@ class GuardServer:
                                new_hold_id=_approval_id)
         link = Link(session, self)
         self.links.add(link)
+        self.stats.sessions_opened += 1
         return link
 
     def link_closed(self, link: Link) -> None:

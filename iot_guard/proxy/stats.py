@@ -1,0 +1,71 @@
+"""What the guard counts for its metrics: plain ints on the packet path, read at scrape time.
+
+The per-packet path only adds to ints and dicts here (no locks, no label lookups, no
+prometheus-client objects): the guard runs on one event loop, and the Prometheus collector
+(``admin/metrics.py``) turns these into metric families when ``/metrics`` is scraped.
+Decisions are counted from the audit records the link already builds (one dict increment
+per record), so nothing decides twice and the counts match the audit log.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# Seconds. The session decides a read of bytes in microseconds; the audit write is one
+# os.write (tens of microseconds, more on a slow disk).
+DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1)
+AUDIT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1, 1.0)
+
+# (packet, decision, tool, reason_code, result_status) of an audit record
+RecordKey = tuple[Any, Any, Any, Any, Any]
+
+
+class Histogram:
+    """Fixed buckets as a list of ints; ``observe`` is a bisect and two adds."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (upper bound, observations <= it), +Inf last."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, n in zip((*(repr(b) for b in self.bounds), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class GuardStats:
+    __slots__ = ("records", "bytes_from_agents", "bytes_from_broker", "sessions_opened",
+                 "decision_latency", "audit_latency", "audit_failures")
+
+    def __init__(self) -> None:
+        self.records: dict[RecordKey, int] = {}
+        self.bytes_from_agents = 0
+        self.bytes_from_broker = 0
+        self.sessions_opened = 0
+        self.decision_latency = Histogram(DECISION_BUCKETS)
+        self.audit_latency = Histogram(AUDIT_BUCKETS)
+        self.audit_failures = 0
+
+    def count_records(self, records: Iterable[dict[str, Any]]) -> None:
+        counts = self.records
+        for r in records:
+            key = (r.get("packet"), r.get("decision"), r.get("tool_name"), r.get("reason_code"),
+                   r.get("result_status"))
+            counts[key] = counts.get(key, 0) + 1
