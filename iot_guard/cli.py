@@ -43,7 +43,7 @@ RUN_SETTINGS = (
     "policy", "listen", "upstream", "secret_file", "upstream_username",
     "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
     "upstream_ca", "max_packet_size", "audit_key", "audit_checkpoint_records",
-    "audit_checkpoint_seconds", "admin",
+    "audit_checkpoint_seconds", "admin", "metrics",
 )
 
 
@@ -117,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     admin_at = _host_port(str(s["admin"])) if s.get("admin") else None
+    metrics_at = _host_port(str(s["metrics"])) if s.get("metrics") else None
 
     async def serve() -> None:
         from .admin import AdminApp
@@ -128,6 +129,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         admin = AdminApp(admin_at[0], admin_at[1], secret) if admin_at else None
         if admin is not None:
             addons.append(admin)
+        if metrics_at is not None:
+            from .admin.metrics import MetricsServer
+
+            addons.append(MetricsServer(*metrics_at))
         server = GuardServer(config, addons=addons)
         try:
             await server.start()
@@ -281,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream-ca", help="CA bundle to verify the broker's certificate")
     run.add_argument("--max-packet-size", type=int, help="largest packet an agent may send")
     run.add_argument("--admin", metavar="HOST:PORT",
-                     help="serve the admin API and the approval console here")
+                     help="serve the admin API and the approval console here (with /metrics, "
+                     "/healthz, /readyz)")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve /metrics (Prometheus), /healthz and /readyz here")
     run.set_defaults(handler=cmd_run)
 
     token = commands.add_parser("token", help="agent tokens").add_subparsers(

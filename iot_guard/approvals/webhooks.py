@@ -108,9 +108,23 @@ def message_text(view: dict[str, Any]) -> str:
     return text
 
 
+def event_type(view: dict[str, Any]) -> str:
+    """``approval.<status>``, or ``alert.<rule>`` for a guard alert (``on_alert``)."""
+    if view.get("kind") == "alert":
+        return f"alert.{view.get('rule')}"
+    return f"approval.{view.get('status')}"
+
+
 def webhook_body(view: dict[str, Any], delivery: str, now: float) -> bytes:
     """The POSTed JSON: the transition, the request view without the raw payload (its
-    digest identifies it; the payload stays in the guard), and Slack's ``text``."""
+    digest identifies it; the payload stays in the guard), and Slack's ``text``. A guard
+    alert (a limit hit, an anomaly) is sent as ``{"type": "alert.<rule>", "alert": ...}``."""
+    if view.get("kind") == "alert":
+        return json.dumps({
+            "type": event_type(view), "delivery": delivery, "sent_at": utc_iso(now),
+            "text": f"[iot-guard] {view.get('mode')} {view.get('rule')}: {view.get('reason')}",
+            "alert": view,
+        }, separators=(",", ":"), sort_keys=True, default=str).encode()
     request = {k: v for k, v in view.items() if k not in ("payload", "payload_encoding")}
     body = {
         "type": f"approval.{view.get('status')}",
@@ -196,6 +210,17 @@ class WebhookNotifier:
                 self._record("webhook_dropped", target, view, note=(
                     f"queue full ({self.queue_size} undelivered): event dropped"
                 ))
+
+    def on_alert(self, alert: Any) -> None:
+        """A guard addon hook: alerts (``checks.alerts.Alert``) go to the same targets."""
+        if self.targets:
+            details = {k: v for k, v in alert.details.items() if k != "rule"}
+            self.notify({
+                **details, "kind": "alert", "rule": alert.rule, "mode": alert.mode,
+                "agent_id": alert.agent_id, "session_id": alert.session_id,
+                "reason": alert.reason, "subject": alert.subject, "at": utc_iso(alert.at),
+                "suppressed": alert.suppressed, "where": alert.details.get("rule"),
+            })
 
     async def start(self, server: Any = None) -> None:
         """Start the senders; as a guard addon (after the approvals addon) also take the
@@ -296,7 +321,7 @@ class WebhookNotifier:
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(target.secret, int(self.clock()), body),
                 DELIVERY_HEADER: delivery,
-                EVENT_HEADER: f"approval.{view.get('status')}",
+                EVENT_HEADER: event_type(view),
             }
             try:
                 async with self._http.post(

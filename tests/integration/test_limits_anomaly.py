@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -288,3 +290,38 @@ def test_readyz_fails_when_the_upstream_is_down(mosquitto: MosquittoBroker,
         assert _get(metrics.url + "/healthz")[0] == 200  # alive, not ready
     finally:
         guard.stop()
+
+
+def test_run_metrics_flag_serves_metrics_and_health(tmp_path: Path) -> None:
+    from simulator.broker import free_port
+
+    secret_file = tmp_path / "guard.secret"
+    secret_file.write_text("b" * 48)
+    secret_file.chmod(0o600)
+    listen, metrics_port = free_port(), free_port()
+    with MosquittoBroker(auth=False) as broker:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iot_guard", "run", "--policy", str(POLICY_DIR),
+             "--listen", f"127.0.0.1:{listen}", "--upstream", f"{broker.host}:{broker.port}",
+             "--secret-file", str(secret_file), "--audit-log", str(tmp_path / "audit.jsonl"),
+             "--metrics", f"127.0.0.1:{metrics_port}"],
+            stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{metrics_port}"
+
+            def up() -> bool:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    return _get(url + "/healthz")[0] == 200
+                except OSError:
+                    return False
+
+            wait_for("the metrics port", up, 20.0)
+            status, body = _get(url + "/readyz")
+            assert status == 200 and json.loads(body)["ready"] is True
+            status, text = _get(url + "/metrics")
+            assert status == 200 and "iot_guard_sessions_opened_total 0.0" in text
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
