@@ -43,7 +43,7 @@ RUN_SETTINGS = (
     "policy", "listen", "upstream", "secret_file", "upstream_username",
     "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
     "upstream_ca", "max_packet_size", "audit_key", "audit_checkpoint_records",
-    "audit_checkpoint_seconds", "admin", "metrics",
+    "audit_checkpoint_seconds", "admin", "metrics", "mode", "observe",
 )
 
 
@@ -75,6 +75,24 @@ def _reopen_audit(server: Any) -> None:
         server.control.reopen_audit()
     except AuditError as exc:  # the old file stays in use: nothing is lost
         logging.getLogger("iot_guard").error("audit log not reopened: %s", exc)
+
+
+OBSERVABLE_CHECKS = ("rate_limit", "anomaly")  # the kill switch always enforces
+
+
+def _mode(s: dict[str, Any]) -> str:
+    mode = str(s.get("mode", "enforce"))
+    if mode not in ("enforce", "dry-run"):
+        raise CliError(f"mode must be enforce or dry-run, not {mode!r}")
+    return mode
+
+
+def _observe(s: dict[str, Any]) -> frozenset[str]:
+    names = frozenset(_tool_list(str(s["observe"])) or ()) if s.get("observe") else frozenset()
+    unknown = sorted(names - set(OBSERVABLE_CHECKS))
+    if unknown:
+        raise CliError(f"--observe: unknown checks {unknown}; known: {list(OBSERVABLE_CHECKS)}")
+    return names
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -113,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tls_key=path("tls_key"),
         upstream_tls=bool(s.get("upstream_tls", False)),
         upstream_ca=path("upstream_ca"),
+        mode=_mode(s), observe=_observe(s),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -288,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin", metavar="HOST:PORT",
                      help="serve the admin API and the approval console here (with /metrics, "
                      "/healthz, /readyz)")
+    run.add_argument("--mode", choices=("enforce", "dry-run"),
+                     help="dry-run: decide everything, refuse nothing the policy or the "
+                     "checks would refuse (audited as would_deny / would_hold)")
+    run.add_argument("--observe", metavar="CHECKS",
+                     help="comma-separated checks run in observe mode while the rest enforce "
+                     "(rate_limit, anomaly)")
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="serve /metrics (Prometheus), /healthz and /readyz here")
     run.set_defaults(handler=cmd_run)

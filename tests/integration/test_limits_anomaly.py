@@ -325,3 +325,31 @@ def test_run_metrics_flag_serves_metrics_and_health(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
+
+
+def test_a_limit_in_observe_mode_refuses_nothing_and_audits_would_deny(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    guard = start(mosquitto, tmp_path, observe=frozenset({"rate_limit"}))
+    try:
+        agent = client(guard).connect()
+        assert all(agent.publish(IDENTIFY, {}).ok for _ in range(22))
+        agent.close()
+    finally:
+        guard.stop()
+    would = [r for r in records(tmp_path) if r.get("result_status") == "would_deny"]
+    assert len(would) == 2 and all(r["reason_code"] == 0x97 for r in would)
+    assert all("observe mode: check rate_limit" in r["note"] for r in would)
+
+
+def test_run_refuses_an_unknown_observed_check(tmp_path: Path) -> None:
+    secret_file = tmp_path / "guard.secret"
+    secret_file.write_text("c" * 48)
+    secret_file.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iot_guard", "run", "--policy", str(POLICY_DIR), "--upstream",
+         "127.0.0.1:1883", "--secret-file", str(secret_file), "--observe", "kill_switch"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "iot-guard: --observe: unknown checks ['kill_switch']; known: ['rate_limit', 'anomaly']"]
