@@ -19,7 +19,7 @@ def test_the_demo_runs_every_step_and_exits_zero(tmp_path: Path) -> None:
     assert demo.run(out, workdir=tmp_path) == 0, out.getvalue()
     text = out.getvalue()
     rows = re.findall(r"^\s+(\d+)\s{2}(.+?)\s{2,}(ok|FAIL)\s", text, flags=re.MULTILINE)
-    assert [(n, result) for n, _, result in rows] == [(str(i), "ok") for i in range(1, 11)]
+    assert [(n, result) for n, _, result in rows] == [(str(i), "ok") for i in range(1, 12)]
     # Reasons reach the agent: the tenant, the field and the approval threshold are named.
     assert "'globex' is not a tenant of agent ops-agent" in text
     assert "target_temp_c" in text and "0x99" in text
@@ -31,6 +31,9 @@ def test_the_demo_runs_every_step_and_exits_zero(tmp_path: Path) -> None:
     assert "devices report firmware_channel ['beta']" in text
     assert "denied by alice: not during business hours" in text
     assert "escalated through levels [1, 2, 3]; expired" in text
+    # The example policy's limit: 20 identify commands a minute, the 21st refused; alerts.
+    assert "20 of 20 identified; 21st PUBACK 0x97: rate limit: tool identify_device" in text
+    assert "ALERT rate_limit (alert) agent=ops-agent" in text
     # The guard recorded the refusals; the audit log outlives the demo.
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert any(r.get("result_status") == "denied" for r in records)
