@@ -438,9 +438,9 @@ class Rate(StrictModel):
     """A rate with a burst (GCRA): on average ``per_minute`` actions a minute, at most
     ``burst`` at once. ``{per_minute: 20, burst: 20}``: 20 in a row, then one every 3 s."""
 
-    per_minute: float = Field(gt=0, le=600_000, description="Actions per minute, on average.")
+    per_minute: float = Field(gt=0, le=1e9, description="Actions per minute, on average.")
     burst: int = Field(
-        default=1, ge=1, le=100_000,
+        default=1, ge=1, le=1_000_000_000,
         description="How many may come at once (the bucket's size; default 1: evenly spaced).",
     )
 
@@ -592,6 +592,11 @@ class Anomaly(StrictModel):
         default=60, ge=0, le=86_400,
         description="One alert per agent, rule and subject within this many seconds "
         "(more are counted, not sent).",
+    )
+    webhooks: bool = Field(
+        default=False,
+        description="Also POST alerts (anomalies and limits hit) to approvals.webhooks, "
+        "signed, as alert.<rule> events.",
     )
 
     @model_validator(mode="after")

@@ -196,6 +196,7 @@ class WebhookNotifier:
         self._unsubscribe: Callable[[], None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._from_policy = False
+        self._policy: Callable[[], Any] | None = None  # the guard's policy, as an addon
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -212,7 +213,11 @@ class WebhookNotifier:
                 ))
 
     def on_alert(self, alert: Any) -> None:
-        """A guard addon hook: alerts (``checks.alerts.Alert``) go to the same targets."""
+        """A guard addon hook: alerts (``checks.alerts.Alert``) go to the same targets when
+        the policy says so (``anomaly.webhooks: true``)."""
+        policy = self._policy() if self._policy is not None else None
+        if policy is not None and not policy.document.anomaly.webhooks:
+            return
         if self.targets:
             details = {k: v for k, v in alert.details.items() if k != "rule"}
             self.notify({
@@ -227,6 +232,8 @@ class WebhookNotifier:
         targets from the policy, audit to the guard's log and follow its approval service
         (a webhook secret missing from the environment stops the guard from starting)."""
         self._from_policy = self.targets is None
+        if server is not None:
+            self._policy = lambda: server.control.policy
         if self.targets is None:
             self.targets = self._policy_targets(server.control.policy)
         if self._audit is None:

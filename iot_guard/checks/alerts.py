@@ -54,6 +54,19 @@ class Alerts:
         self.suppressed = 0
         self.dropped = 0
 
+    def cooling(self, rule: str, agent: str, subject: str, now: float,
+                cooldown_s: float | None = None) -> bool:
+        """True (and counted as suppressed) if an alert of this key went out within the
+        cooldown: the caller then need not build the alert at all (a flood's fast path)."""
+        key = (rule, agent, subject)
+        last = self._last.get(key)
+        cooldown = self.cooldown_s if cooldown_s is None else cooldown_s
+        if last is not None and now - last < cooldown:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            self.suppressed += 1
+            return True
+        return False
+
     def raise_alert(self, alert: Alert, cooldown_s: float | None = None) -> bool:
         """Queue ``alert`` unless one of the same key went out within the cooldown;
         returns whether it was queued. Never blocks, never raises."""

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from ..mqtt import ReasonCode
@@ -77,6 +78,11 @@ class Hours:
         return at < self.end and (day - 1) % 7 in self.days
 
 
+def _outside_reason(request: Request, tenant: str) -> str:
+    return (f"agent {request.agent_id} tried {request.kind} on {request.topic!r} of tenant "
+            f"{tenant!r}, not one of its tenants")
+
+
 def _minutes(hhmm: str) -> int:
     hours, minutes = hhmm.split(":")
     return int(hours) * 60 + int(minutes)
@@ -89,20 +95,18 @@ class CompiledAnomaly:
     foreign: dict[str, frozenset[str]]  # agent -> registered tenants that are not its own
     counts_tools: bool  # first_use or rate_spike: count actions per agent+tool
     active: bool
-
-    def rule_of(self, policy: CompiledPolicy, name: str) -> str:
-        if policy.source is not None:
-            return policy.source.rule(("anomaly", name))
-        return f"anomaly.{name}"
+    where: dict[str, str]  # rule name -> "file:line (anomaly.<rule>)"
 
 
 def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
     doc = policy.document
     rules = doc.anomaly
     tenants = frozenset(doc.tenants)
-    on = {name: getattr(rules, name).mode != "off" for name in (
-        "repeated_denials", "outside_tenants", "repeated_action", "first_use", "off_hours",
-        "rate_spike")}
+    names = ("repeated_denials", "outside_tenants", "repeated_action", "first_use",
+             "off_hours", "rate_spike")
+    on = {name: getattr(rules, name).mode != "off" for name in names}
+    where = {name: policy.source.rule(("anomaly", name)) if policy.source is not None
+             else f"anomaly.{name}" for name in names}
     return CompiledAnomaly(
         rules,
         Hours(rules.working_hours) if rules.working_hours is not None and on["off_hours"]
@@ -110,6 +114,7 @@ def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
         {name: tenants - frozenset(agent.tenants) for name, agent in doc.agents.items()},
         on["first_use"] or on["rate_spike"],
         any(on.values()),
+        where,
     )
 
 
@@ -175,7 +180,8 @@ class AnomalyCheck:
             fired = self._repeat(cfg, request, decision, now) or fired
         if cfg.hours is not None and not cfg.hours.inside(now):
             fired = self._fire(cfg, "off_hours", rules.off_hours, request, decision, now,
-                               f"agent {agent} acts outside working hours", "") or fired
+                               lambda: f"agent {agent} acts outside working hours",
+                               "") or fired
         return fired
 
     def _denial(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
@@ -188,7 +194,7 @@ class AnomalyCheck:
         if len(times) == rule.count and now - times[0] <= rule.window_s:
             return self._fire(
                 cfg, "repeated_denials", rule, request, decision, now,
-                f"agent {request.agent_id} was refused {rule.count} times within "
+                lambda: f"agent {request.agent_id} was refused {rule.count} times within "
                 f"{rule.window_s:g} s (last: {decision.reason})", "")
         return None
 
@@ -201,8 +207,7 @@ class AnomalyCheck:
             if level in foreign:
                 return self._fire(
                     cfg, "outside_tenants", cfg.rules.outside_tenants, request, decision, now,
-                    f"agent {request.agent_id} tried {request.kind} on {request.topic!r} of "
-                    f"tenant {level!r}, not one of its tenants", level)
+                    partial(_outside_reason, request, level), level)
         return None
 
     def _repeat(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
@@ -215,8 +220,8 @@ class AnomalyCheck:
         if n >= rule.count:
             return self._fire(
                 cfg, "repeated_action", rule, request, decision, now,
-                f"agent {request.agent_id} sent the same {request.kind} on "
-                f"{request.topic!r} {n} times in a row", f"{request.kind} {request.topic}")
+                lambda: f"agent {request.agent_id} sent the same {request.kind} on "
+                f"{request.topic!r} {n} times in a row", request.topic)
         return None
 
     def _count(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
@@ -229,8 +234,8 @@ class AnomalyCheck:
             if cfg.rules.first_use.mode != "off":
                 fired = self._fire(
                     cfg, "first_use", cfg.rules.first_use, request, decision, now,
-                    f"agent {request.agent_id} used tool {decision.tool} for the first time",
-                    decision.tool)
+                    lambda: f"agent {request.agent_id} used tool {decision.tool} for the "
+                    "first time", decision.tool)
         spike = cfg.rules.rate_spike
         window = int(now // spike.window_s)
         pending = self._pending.get(key)
@@ -252,30 +257,38 @@ class AnomalyCheck:
             self._spiked[key] = window
             return self._fire(
                 cfg, "rate_spike", spike, request, decision, now,
-                f"agent {request.agent_id} used tool {decision.tool} {current:g} times this "
-                f"window ({spike.window_s:g} s); its baseline is {base.mean:.3g} +- "
-                f"{base.stddev:.3g} (k={spike.k:g})", decision.tool) or fired
+                lambda: f"agent {request.agent_id} used tool {decision.tool} {current:g} "
+                f"times this window ({spike.window_s:g} s); its baseline is {base.mean:.3g} "
+                f"+- {base.stddev:.3g} (k={spike.k:g})", decision.tool) or fired
         return fired
 
     def _fire(
         self, cfg: CompiledAnomaly, name: str, rule: AnomalyRule | object, request: Request,
-        decision: Decision, now: float, reason: str, subject: str,
+        decision: Decision, now: float, reason: Callable[[], str], subject: str,
     ) -> Decision | None:
+        """Raise the rule's alert (``reason`` is built only when the alert is sent: under a
+        flood most are swallowed by the cooldown) and, in block mode, refuse the action."""
         mode: str = getattr(rule, "mode", "alert")
         blocking = mode == "block"
-        alert_mode = "alert" if not blocking else ("block" if self.enforce else "would_block")
-        self._alerts.raise_alert(Alert(
-            name, request.agent_id, request.session_id, alert_mode, f"anomaly: {reason}", now,
-            subject=subject,
-            details={"rule": cfg.rule_of(self._for, name), "action": request.kind,
-                     "topic": request.topic, "tool": decision.tool},
-        ), cfg.rules.cooldown_s)
+        alerts = self._alerts
+        why = ""
+        if not alerts.cooling(name, request.agent_id, subject, now, cfg.rules.cooldown_s):
+            why = reason()
+            alert_mode = "alert" if not blocking else (
+                "block" if self.enforce else "would_block")
+            alerts.raise_alert(Alert(
+                name, request.agent_id, request.session_id, alert_mode, f"anomaly: {why}",
+                now, subject=subject,
+                details={"rule": cfg.where[name], "action": request.kind,
+                         "topic": request.topic, "tool": decision.tool},
+            ), cfg.rules.cooldown_s)
         if not blocking:
             return None
         # Blocked: this action is refused now; the kill switch stops the rest (addon).
-        return Decision(Verdict.DENY, f"anomaly ({name}): {reason}; the agent is stopped",
+        return Decision(Verdict.DENY, f"anomaly ({name}): {why or reason()}; the agent is "
+                        "stopped",
                         ReasonCode.NOT_AUTHORIZED, decision.action_type, decision.tool,
-                        f"guard: anomaly, {cfg.rule_of(self._for, name)}", decision.resource,
+                        f"guard: anomaly, {cfg.where[name]}", decision.resource,
                         decision.risk)
 
     # ------------------------------------------------------------------ off the path

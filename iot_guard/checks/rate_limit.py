@@ -211,12 +211,13 @@ class RateLimitCheck:
         self.hits[limit] = self.hits.get(limit, 0) + 1
         # Never silent: the session audits the refusal and tells the agent; the operator
         # gets an alert (one per agent and limit per cooldown, the rest counted).
-        self._alerts.raise_alert(Alert(
-            "rate_limit", request.agent_id, request.session_id,
-            "alert" if self.enforce else "would_block", reason, now, subject=limit,
-            details={"limit": limit, "rule": rule, "action": request.kind,
-                     "topic": request.topic},
-        ))
+        if not self._alerts.cooling("rate_limit", request.agent_id, limit, now):
+            self._alerts.raise_alert(Alert(
+                "rate_limit", request.agent_id, request.session_id,
+                "alert" if self.enforce else "would_block", reason, now, subject=limit,
+                details={"limit": limit, "rule": rule, "action": request.kind,
+                         "topic": request.topic},
+            ))
         action = "connect" if request.kind == "connect" else decision.action_type
         return Decision(Verdict.DENY, reason, int(code), action, decision.tool,
                         f"guard: rate limit, {rule}", decision.resource, decision.risk)
