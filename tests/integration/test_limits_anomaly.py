@@ -233,8 +233,11 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_metrics_and_health_scraped_over_http(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    from iot_guard.admin.app import AdminApp
+
     metrics = MetricsServer("127.0.0.1", 0)
-    guard = start(mosquitto, tmp_path, addons=(metrics,))
+    admin = AdminApp("127.0.0.1", 0, SECRET)
+    guard = start(mosquitto, tmp_path, addons=(metrics, admin))
     try:
         agent = client(guard).connect()
         for _ in range(21):
@@ -268,6 +271,11 @@ def test_metrics_and_health_scraped_over_http(mosquitto: MosquittoBroker, tmp_pa
         report = json.loads(body)
         assert status == 200 and report["ready"] is True
         assert set(report["checks"]) == {"policy", "state", "audit", "upstream"}
+        # The admin server serves the same three routes, without a token.
+        status, text = _get(admin.url + "/metrics")
+        assert status == 200 and "iot_guard_limits_hit_total" in text
+        assert _get(admin.url + "/readyz")[0] == 200
+        assert _get(admin.url + "/api/whoami")[0] == 401  # its API still wants a token
         agent.close()
     finally:
         guard.stop()
