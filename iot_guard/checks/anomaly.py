@@ -96,6 +96,7 @@ class CompiledAnomaly:
     counts_tools: bool  # first_use or rate_spike: count actions per agent+tool
     active: bool
     where: dict[str, str]  # rule name -> "file:line (anomaly.<rule>)"
+    on: frozenset[str]  # the rules not off (read per packet: no model attribute chains)
 
 
 def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
@@ -115,6 +116,7 @@ def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
         on["first_use"] or on["rate_spike"],
         any(on.values()),
         where,
+        frozenset(name for name, active in on.items() if active),
     )
 
 
@@ -166,20 +168,20 @@ class AnomalyCheck:
         cfg = self.config()
         if not cfg.active:
             return None
-        rules = cfg.rules
-        agent = request.agent_id
+        on = cfg.on
         fired: Decision | None = None
         if decision.verdict is Verdict.DENY:
-            if rules.repeated_denials.mode != "off":
+            if "repeated_denials" in on:
                 fired = self._denial(cfg, request, decision, now) or fired
-            if rules.outside_tenants.mode != "off":
+            if "outside_tenants" in on:
                 fired = self._outside(cfg, request, decision, now) or fired
         elif cfg.counts_tools and decision.tool is not None:
             fired = self._count(cfg, request, decision, now) or fired
-        if rules.repeated_action.mode != "off":
+        if "repeated_action" in on:
             fired = self._repeat(cfg, request, decision, now) or fired
         if cfg.hours is not None and not cfg.hours.inside(now):
-            fired = self._fire(cfg, "off_hours", rules.off_hours, request, decision, now,
+            agent = request.agent_id
+            fired = self._fire(cfg, "off_hours", cfg.rules.off_hours, request, decision, now,
                                lambda: f"agent {agent} acts outside working hours",
                                "") or fired
         return fired
@@ -217,7 +219,9 @@ class AnomalyCheck:
         last = self._streaks.get(request.session_id)
         n = last[1] + 1 if last is not None and last[0] == action else 1
         self._streaks[request.session_id] = (action, n)
-        if n >= rule.count:
+        # At the count, and at each further count in the same streak (a long loop is
+        # told again once the cooldown is over; block mode stops it at the first).
+        if n % rule.count == 0:
             return self._fire(
                 cfg, "repeated_action", rule, request, decision, now,
                 lambda: f"agent {request.agent_id} sent the same {request.kind} on "
