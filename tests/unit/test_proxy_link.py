@@ -14,6 +14,7 @@ from iot_guard.audit import AuditError
 from iot_guard.policy.decision import Decision, Verdict
 from iot_guard.proxy.hooks import Hooks
 from iot_guard.proxy.link import Link, UnknownCommand
+from iot_guard.proxy.stats import GuardStats
 from iot_guard.proxy.timers import TimerQueue
 from iot_guard.session import (
     CancelTimer,
@@ -85,6 +86,7 @@ class FakeServer:
     hooks: Hooks
     closed: list[Link]
     timers: TimerQueue = field(default_factory=TimerQueue)
+    stats: GuardStats = field(default_factory=GuardStats)
 
     def link_closed(self, link: Link) -> None:
         self.closed.append(link)
