@@ -15,10 +15,14 @@ timed on authorization alone while the compiled policy is timed from the raw top
 string (its trie walk included): the comparison leans in Cedar's favour. Cedar gets
 pre-parsed handles (``PolicySet.from_str``, ``Entities.from_json_str``) built once.
 
-The compiled policy is timed uncached (its per-topic cache emptied on every call, so
-each decision walks the trie) and cached (the steady state of a session that sees the
-same topics again). The speedup and the goal use the uncached figure. Both engines must
-agree on every request; a disagreement is reported and fails the row.
+The compiled policy is timed uncached (its per-topic cache emptied on every call: the
+first packet on a topic) and cached (the steady state of a session that sees the same
+topics again). Uncached, a topic the agent may use is answered from the map its
+policy precomputed when it was compiled for the agent (``for_agent``, at CONNECT: here
+when the handles are taken, before the clock starts, and counted in "compile"); a
+topic outside it is decided on demand (shape index, refusal wording). The speedup and
+the goal use the uncached figure. Both engines must agree on every request; a
+disagreement is reported and fails the row.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ from .trie import End, Node, match, miss
 CACHE_LIMIT = 10_000
 # Distinct (agent, token tool list) pairs kept compiled.
 AGENT_CACHE_LIMIT = 1_024
+# Topics per agent and direction decided in advance (see AgentPolicy._precompute).
+EXACT_LIMIT = 4_096
 
 _V = TypeVar("_V")
 # Enum members as module constants: a global read is cheaper than a class attribute.
@@ -149,7 +151,7 @@ class AgentPolicy:
     __slots__ = (
         "agent_id", "tools", "tenants", "_registry", "_validators", "_scope", "_unknown",
         "_publish", "_subscribe", "_pub_shapes", "_recv_shapes", "_sub_orders",
-        "_any_shared", "_pub_cache", "_sub_cache", "_recv_cache",
+        "_any_shared", "_pub_cache", "_sub_cache", "_recv_cache", "_pub_exact", "_recv_exact",
     )
 
     def __init__(
@@ -177,6 +179,39 @@ class AgentPolicy:
         self._pub_cache: dict[str, tuple[PubMatch, ...] | Decision] = {}
         self._sub_cache: dict[str, Decision] = {}
         self._recv_cache: dict[str, Decision] = {}
+        # Precomputed at CONNECT: the topics this agent may use, to their answers.
+        self._pub_exact: dict[str, tuple[PubMatch, ...]] = {}
+        self._recv_exact: dict[str, Decision] = {}
+        if unknown_reason is None:
+            self._precompute()
+
+    def _precompute(self) -> None:
+        """Decide every topic the agent may publish to or receive on, once, so the first
+        packet on a topic is one lookup (an agent reaching more than ``EXACT_LIMIT``
+        topics one way keeps the shape index for that way: bounded memory and CONNECT
+        time). A topic outside the map is decided on demand, as before."""
+        registry = self._registry
+        if self._pub_shapes is not None:
+            published = self._pub_shapes.enumerate(self._scope, EXACT_LIMIT)
+            if published is not None:
+                self._pub_exact = {
+                    topic: tuple(PubMatch(e, b, topic, registry) for e, b in found)
+                    for topic, found in published.items()
+                }
+        if self._recv_shapes is not None:
+            received = self._recv_shapes.enumerate(self._scope, EXACT_LIMIT)
+            if received is not None:
+                self._recv_exact = {
+                    topic: self._allow_receive(found[0][0], found[0][1])
+                    for topic, found in received.items()
+                }
+
+    @staticmethod
+    def _allow_receive(end: End, b: Bindings) -> Decision:
+        return decision(
+            _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule,
+            resource_of(b), end.risk, end.max_qos,
+        )
 
     def __repr__(self) -> str:
         return f"AgentPolicy({self.agent_id!r}, tools={list(self.tools)})"
@@ -200,7 +235,7 @@ class AgentPolicy:
         The first tool (agent order) whose checks all pass decides; else the most
         telling refusal (a payload problem over a QoS/retain one).
         """
-        matches = self._pub_cache.get(topic)
+        matches = self._pub_exact.get(topic) or self._pub_cache.get(topic)
         if matches is None:
             matches = _fill(self._pub_cache, topic, self._publish_matches)
         if isinstance(matches, Decision):
@@ -259,7 +294,7 @@ class AgentPolicy:
         device topic names, the members of a group topic's group (registry order); []
         when no publish tool of this agent matches the topic. A frozen list: approvals
         bind to it."""
-        matches = self._pub_cache.get(topic)
+        matches = self._pub_exact.get(topic) or self._pub_cache.get(topic)
         if matches is None:
             matches = self._publish_matches(topic)
         if isinstance(matches, Decision) or not matches:
@@ -324,7 +359,7 @@ class AgentPolicy:
 
     def decide_receive(self, topic: str) -> Decision:
         """May the agent be delivered a PUBLISH on this concrete topic?"""
-        decision = self._recv_cache.get(topic)
+        decision = self._recv_exact.get(topic) or self._recv_cache.get(topic)
         if decision is None:
             decision = _fill(self._recv_cache, topic, self._receive_decision)
         return decision
@@ -345,11 +380,7 @@ class AgentPolicy:
             found, refused = self._concrete(self._subscribe, None, levels, True)
         if not found:
             return self._no_tool("receive", topic, refused, READ)
-        end, b = found[0]
-        return decision(
-            _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule,
-            resource_of(b), end.risk, end.max_qos,
-        )
+        return self._allow_receive(*found[0])
 
 
 class CompiledPolicy:

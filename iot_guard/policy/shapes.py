@@ -14,9 +14,10 @@ The answers are the trie's (``trie.match``, which stays the engine for templates
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from operator import itemgetter
 
-from .registry import COMMAND, DEVICE, GROUP, NO_BINDINGS, TENANT, Bindings, Scope
+from .registry import COMMAND, DEVICE, GROUP, NO_BINDINGS, TENANT, Bindings, Registry, Scope
 from .trie import End, end_ok
 
 Miss = tuple[End, int, str, Bindings]
@@ -25,10 +26,13 @@ Miss = tuple[End, int, str, Bindings]
 class Shape:
     """One template: its literal levels to compare and its variables to look up."""
 
-    __slots__ = ("end", "literals", "variables", "check_end", "lit_get", "lit_want", "td")
+    __slots__ = (
+        "end", "levels", "literals", "variables", "check_end", "lit_get", "lit_want", "td"
+    )
 
     def __init__(self, end: End, levels: list[str], skip_last: bool):
         self.end = end
+        self.levels = levels
         # Only a tool with a command list has a condition beyond the variables.
         self.check_end = end.uses_command and end.commands is not None
         last = len(levels) - 1
@@ -56,17 +60,23 @@ class Shape:
 class ShapeIndex:
     """The wildcard-free templates of one agent's publish or subscribe tools."""
 
-    __slots__ = ("_by_last", "_by_count")
+    __slots__ = ("_by_last", "_by_count", "_all")
 
     def __init__(self, templates: list[tuple[list[str], End]]):
         by_last: dict[tuple[int, str], list[Shape]] = {}
         by_count: dict[int, list[Shape]] = {}  # templates ending in a variable
+        everything: list[Shape] = []
         for levels, end in templates:
             n, last = len(levels), levels[-1]
             if last.startswith("{"):
-                by_count.setdefault(n, []).append(Shape(end, levels, False))
+                shape = Shape(end, levels, False)
+                by_count.setdefault(n, []).append(shape)
             else:
-                by_last.setdefault((n, last), []).append(Shape(end, levels, True))
+                shape = Shape(end, levels, True)
+                by_last.setdefault((n, last), []).append(shape)
+            everything.append(shape)
+        everything.sort(key=lambda s: s.end.order)
+        self._all = tuple(everything)
         # A topic's candidates: its (count, last) templates and the count's variable-last
         # ones, merged once here in tool order (a stable sort keeps template order).
         for (n, _), shapes in by_last.items():
@@ -76,6 +86,35 @@ class ShapeIndex:
             shapes.sort(key=lambda s: s.end.order)
         self._by_last = {key: tuple(shapes) for key, shapes in by_last.items()}
         self._by_count = {key: tuple(shapes) for key, shapes in by_count.items()}
+
+    def enumerate(
+        self, scope: Scope, limit: int
+    ) -> dict[str, list[tuple[End, Bindings]]] | None:
+        """Every concrete topic these templates match for this scope, with its matches in
+        tool order (what ``match`` answers for it); None past ``limit`` topics."""
+        out: dict[str, list[tuple[End, Bindings]]] = {}
+        registry = scope.registry
+        for shape in self._all:
+            # Bindings level by level: a device or group ranges over its tenant's names,
+            # a command over its device type's.
+            partial: list[tuple[list[str], Bindings]] = [(list(shape.levels), NO_BINDINGS)]
+            for i, slot in shape.variables:
+                grown: list[tuple[list[str], Bindings]] = []
+                for levels, b in partial:
+                    for value in _domain(scope, registry, slot, b):
+                        named = levels.copy()
+                        named[i] = value
+                        grown.append((named, _with(b, slot, value)))
+                        if len(grown) > limit:
+                            return None
+                partial = grown
+            for levels, b in partial:
+                if shape.check_end and not end_ok(shape.end, b, scope):
+                    continue
+                out.setdefault("/".join(levels), []).append((shape.end, b))
+            if len(out) > limit:
+                return None
+        return out
 
     def match(
         self, levels: list[str], scope: Scope, first_only: bool = False
@@ -149,3 +188,23 @@ def _bind(shape: Shape, levels: list[str], scope: Scope) -> tuple[Bindings, int,
                 return (tenant, device, group, command), slot, value
             command = value
     return (tenant, device, group, command), -1, ""
+
+
+def _domain(scope: Scope, registry: Registry, slot: int, b: Bindings) -> Iterable[str]:
+    if slot == TENANT:
+        return scope.own
+    tenant = b[TENANT]
+    index = scope.own.get(tenant) if tenant is not None else None
+    if index is None:
+        return ()
+    if slot == DEVICE:
+        return index.devices
+    if slot == GROUP:
+        return index.groups
+    return registry.commands_under(b) if b[DEVICE] is not None else ()
+
+
+def _with(b: Bindings, slot: int, value: str) -> Bindings:
+    as_list = list(b)
+    as_list[slot] = value
+    return (as_list[0], as_list[1], as_list[2], as_list[3])

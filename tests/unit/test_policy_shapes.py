@@ -7,6 +7,8 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
+
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.trie import match
 
@@ -62,3 +64,37 @@ def test_a_wildcard_template_keeps_the_trie(tmp_path: Path) -> None:
     assert agent.decide_receive("x/a/d/v").tool == "one"
     assert agent.decide_receive("x/a/anything/else").tool == "all"
     assert not agent.decide_receive("x/b/d/v").allowed
+
+
+def test_precomputed_topics_are_what_the_trie_decides() -> None:
+    """Every topic decided in advance at CONNECT gets the answer an on-demand decision
+    gives (same verdict, tool, rule, resource, risk, QoS cap), for every agent."""
+    policy = CompiledPolicy.load(POLICY_DIR)
+    for agent_id in policy.document.agents:
+        agent = policy.for_agent(agent_id)
+        assert agent is not None and agent._recv_exact
+        for topic, decided in agent._recv_exact.items():
+            agent._recv_cache.clear()
+            assert agent._receive_decision(topic) == decided, topic
+        for topic, matches in agent._pub_exact.items():
+            again = agent._publish_matches(topic)
+            assert isinstance(again, tuple)
+            assert [(m.end.tool, m.bindings) for m in again] == [
+                (m.end.tool, m.bindings) for m in matches
+            ], topic
+    ops = policy.for_agent("ops-agent")
+    assert ops is not None
+    # 10 devices x (telemetry, status, 6 shadow/result topics) for acme's agent.
+    assert len(ops._recv_exact) == 80
+    assert "tenants/acme/groups/floor-1/config/push" in ops._pub_exact
+
+
+def test_an_agent_past_the_limit_decides_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iot_guard.policy import compiler
+
+    monkeypatch.setattr(compiler, "EXACT_LIMIT", 5)
+    policy = CompiledPolicy.load(POLICY_DIR)
+    ops = policy.for_agent("ops-agent")
+    assert ops is not None and not ops._recv_exact and not ops._pub_exact
+    assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
+    assert not ops.decide_receive("tenants/globex/devices/therm-101/telemetry").allowed
