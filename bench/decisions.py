@@ -141,6 +141,7 @@ def requests(n_tenants: int, count: int, seed: int = 7) -> list[Request]:
     rng = random.Random(seed)
     out: list[Request] = []
     last_topic: dict[tuple[int, str], str] = {}
+    last_denied: dict[tuple[int, str], str] = {}
     while len(out) < count:
         i = rng.randrange(n_tenants)
         tenant = tenant_name(i)
@@ -161,13 +162,20 @@ def requests(n_tenants: int, count: int, seed: int = 7) -> list[Request]:
             device = "d99"  # not in the registry
         verb = "publish" if tool == "shadow_get" else "receive"
         topic = f"tenants/{tenant}/devices/{device}/{TOPIC_OF_TOOL[tool]}"
-        if last_topic.get((i, verb)) == topic:
+        key = (i, verb)
+        if topic in (last_topic.get(key), last_denied.get(key)):
             # The uncached timing leaves one entry in each of an agent's caches (receive,
-            # publish): never ask an agent the topic its previous request of the same kind
-            # asked, so no uncached call is a cache hit.
+            # publish): the topic of its last request decided on demand. Allowed topics
+            # come from the agent's precomputed map and never enter that cache, so that
+            # is its last refused topic: never ask an agent that, or (as before) the
+            # topic its previous request of the same kind asked, so no uncached call is
+            # a cache hit.
             continue
-        last_topic[(i, verb)] = topic
-        out.append(Request(i, verb, topic, tool, tenant, device))
+        last_topic[key] = topic
+        r = Request(i, verb, topic, tool, tenant, device)
+        if not expected(r, n_tenants):
+            last_denied[key] = topic
+        out.append(r)
     return out
 
 
