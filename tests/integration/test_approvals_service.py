@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -103,7 +104,9 @@ async def harness(broker: MosquittoBroker, state_dir: Path, policy_dir: Path = P
     compiled = [policy or CompiledPolicy.load(policy_dir)]
     state = await open_state(state_dir)
     account = broker.guard_account
-    executor = ExecutorClient(broker.host, broker.port, "iotguard-exec:test",
+    # A client id of its own: two guards' executors with one id would take each other's
+    # session over on the broker [MQTT-3.1.4-3].
+    executor = ExecutorClient(broker.host, broker.port, f"iotguard-exec:{secrets.token_hex(4)}",
                               username=account.username, password=account.password)
     audit: list[dict[str, Any]] = []
     notices: list[tuple[str, str, dict[str, Any]]] = []
