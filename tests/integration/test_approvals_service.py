@@ -400,3 +400,23 @@ async def test_a_rollout_cut_by_a_restart_resumes_and_no_device_gets_it_twice(
         assert device.config["firmware_channel"] == "beta"
         applied = [e for e in device.events if e.name == "config_applied"]
         assert len(applied) == 1, (name, applied)  # at most once, even across the restart
+
+
+async def test_a_second_guard_on_the_same_store_leaves_a_claimed_rollout_alone(
+    mosquitto: MosquittoBroker, fleet: Fleet, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    async with harness(mosquitto, state_dir) as first:
+        policy = first.policy_box[0]  # type: ignore[attr-defined]
+        await first.service.hold(
+            held(policy, "apr-two", "tenants/acme/groups/floor-1/config/push"))
+        await first.service.approve("apr-two", "alice")
+        await first.wait_for("apr-two", "executing")
+        # Another guard starts on the same store while the first is carrying it out.
+        async with harness(mosquitto, state_dir) as second:
+            view = await first.wait_for("apr-two", "done", "failed", "aborted", timeout=30)
+            assert not [r for r in second.audit if r.get("event") == "approval_execute"]
+    assert view["status"] == "done", view["outcome"]
+    for name in FLOOR_1:
+        device = fleet.device("acme", name.split("/")[1])
+        assert len([e for e in device.events if e.name == "config_applied"]) == 1, name
