@@ -42,6 +42,8 @@ from ..state import Baseline
 from .alerts import Alert, Alerts
 from .base import Request
 
+_DENY = Verdict.DENY  # a module constant: an Enum class attribute costs a descriptor call
+
 
 def baseline_key(agent: str, tool: str) -> str:
     """The counter store key of an agent's baseline for one tool (names hold no ':')."""
@@ -170,7 +172,7 @@ class AnomalyCheck:
             return None
         on = cfg.on
         fired: Decision | None = None
-        if decision.verdict is Verdict.DENY:
+        if decision.verdict is _DENY:
             if "repeated_denials" in on:
                 fired = self._denial(cfg, request, decision, now) or fired
             if "outside_tenants" in on:

@@ -35,6 +35,8 @@ from ..state import RateLimit, RateLimiter
 from .alerts import Alert, Alerts
 from .base import Request
 
+_DENY = Verdict.DENY  # a module constant: an Enum class attribute costs a descriptor call
+
 
 def rate_limit(rate: Rate) -> RateLimit:
     return RateLimit(rate.per_minute, rate.burst)
@@ -65,10 +67,7 @@ class CompiledLimits:
     subscriptions_rule: str
     tools: dict[str, _Scope]
     risks: dict[str, _Scope]
-
-    @property
-    def empty(self) -> bool:
-        return not (self.connections or self.subscriptions or self.tools or self.risks)
+    empty: bool  # nothing limited: the check returns at once
 
 
 def compile_limits(policy: CompiledPolicy) -> CompiledLimits:
@@ -94,6 +93,7 @@ def compile_limits(policy: CompiledPolicy) -> CompiledLimits:
         {name: scope("tool", name, f"tool {name}", lim) for name, lim in limits.tools.items()},
         {risk: scope("risk", risk, f"{risk}-risk actions", lim)
          for risk, lim in limits.risks.items()},
+        not (limits.connections or limits.subscriptions or limits.tools or limits.risks),
     )
 
 
@@ -136,7 +136,7 @@ class RateLimitCheck:
 
     def check(self, request: Request, decision: Decision, now: float) -> Decision | None:
         limits = self.limits()
-        if limits.empty or decision.verdict is Verdict.DENY:
+        if limits.empty or decision.verdict is _DENY:
             return None
         kind = request.kind
         if kind == "connect":
