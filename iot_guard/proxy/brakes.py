@@ -118,7 +118,11 @@ class Brakes:
     async def _fold_forever(self) -> None:
         while True:
             await asyncio.sleep(self.fold_s)
-            await self.fold()
+            try:
+                await self.fold()
+            except Exception:  # a bug in one fold must not end the folding
+                self.fold_errors += 1
+                log.exception("baseline fold failed")
 
     async def fold(self) -> int:
         """Fold the counts taken since the last fold into the store; returns how many keys.
