@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..approvals.request import ApprovalError
+from ..state import StateError
 from ..tokens import ROLE_ADMIN, ROLE_APPROVER
 from .auth import AuthError, Directory, Principal, authenticate
 
@@ -116,6 +118,13 @@ class AdminServer:
                 exc.reason
             )
             return json_error(exc.status, detail or exc.reason)
+        except ApprovalError as err:  # e.g. 503: the shared state is unreachable
+            return json_error(err.status, err.message)
+        except StateError as err:
+            # Several guards on Redis and Redis down (issue 11): nothing was decided or changed.
+            log.error("admin API: %s %s: %s", request.method, request.path, err)
+            return json_error(503, f"the shared state is unreachable, nothing was changed: {err}",
+                              "state_unavailable")
         except Exception:
             log.exception("admin API: %s %s failed", request.method, request.path)
             return json_error(500, "internal error: see the guard's log", "internal")

@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from iot_guard.admin.client import AdminClient
+from iot_guard.admin import AdminApp
+from iot_guard.admin.client import AdminClient, Refused
 from iot_guard.approvals.addon import EXECUTOR_PREFIX, ApprovalsAddon
 from iot_guard.approvals.request import ApprovalError, ApprovalRequest
 from iot_guard.proxy.server import GuardThread
 from iot_guard.state import open_state
-from iot_guard.tokens import ROLE_APPROVER, issue_token
+from iot_guard.tokens import ROLE_ADMIN, ROLE_APPROVER, issue_token
 from simulator.agent import AgentClient
 from simulator.broker import MosquittoBroker
 from simulator.fleet import Fleet
@@ -45,12 +46,14 @@ class Guard:
     """One guard of the pair: the thread, its approvals addon, its audit log."""
 
     def __init__(self, mosquitto: MosquittoBroker, url: str, audit: Path, secret: bytes,
-                 policy: Path = POLICY) -> None:
+                 policy: Path = POLICY, *, admin: bool = False) -> None:
         self.audit = audit
         self.addon = ApprovalsAddon(lease_s=LEASE_S)
+        self.admin = AdminApp("127.0.0.1", 0, secret) if admin else None
         config = mosquitto.guard_config(policy, secret, audit)
         config.state = url
-        self.thread = GuardThread(config, addons=[self.addon]).start()
+        addons: list[object] = [self.addon, *([self.admin] if self.admin else [])]
+        self.thread = GuardThread(config, addons=addons).start()
 
     @property
     def service(self) -> Any:
@@ -297,7 +300,10 @@ def test_a_hold_while_redis_is_down_fails_closed_and_the_agent_is_told(
     mosquitto: MosquittoBroker, tmp_path: Path, secret: bytes, fleet: Fleet
 ) -> None:
     with RedisServer() as own:
-        a = Guard(mosquitto, own.url(prefix="down"), tmp_path / "a.jsonl", secret)
+        a = Guard(mosquitto, own.url(prefix="down"), tmp_path / "a.jsonl", secret, admin=True)
+        assert a.admin is not None
+        approver = AdminClient(a.admin.url, issue_token(secret, "alice", role=ROLE_APPROVER))
+        admin = AdminClient(a.admin.url, issue_token(secret, "secops", role=ROLE_ADMIN))
         try:
             with agent(a.thread.port, secret) as ops:
                 ops.subscribe("$guard/approvals/+")
@@ -314,10 +320,17 @@ def test_a_hold_while_redis_is_down_fails_closed_and_the_agent_is_told(
                                    where=lambda m: m.json().get("approval_id") == request_id
                                    and "failed" in m.json()["reason"]).json()
                 assert event["decision"] == "deny", event
-                # Nothing can be decided meanwhile: a clear 503.
+                # Nothing can be decided or changed meanwhile: a clear 503, JSON, one line.
                 with pytest.raises(ApprovalError) as down:
                     a.run(lambda: a.service.list(), timeout=10)
                 assert down.value.status == 503 and "unreachable" in down.value.message
+                for call in (approver.list, lambda: approver.decide(request_id, "approve", None),
+                             lambda: admin.call("POST", "/api/kill",
+                                                {"agent": "observer", "reason": "test"})):
+                    with pytest.raises(Refused) as refused:
+                        call()
+                    assert refused.value.status == 503, refused.value
+                    assert "unreachable" in refused.value.detail
                 own.start()
                 # Back: the same agent's next hold is parked again.
                 again = ops.publish(FLOOR_1, {"firmware_channel": "beta"})
