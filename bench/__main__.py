@@ -21,7 +21,8 @@ from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess, raise_fd_limit
 from .report import Row, table
 
-BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions", "audit")
+BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions", "audit",
+           "scale")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         from .approvals import run_approval_timing, run_relay_with_pending
         from .load import run_idle, run_load
         from .relay import Setup, run_latency, run_relay, run_shadow
+        from .scale import run_relay_redis
 
         with tempfile.TemporaryDirectory(prefix="iot-guard-bench-") as tmp:
             workdir = Path(tmp)
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                             setup, args.load_sessions, args.load_rate, args.load_s,
                             args.subscribers, args.telemetry_rate, log, args.repeat),
                         "idle": lambda: run_idle(setup, args.idle_sessions, log, args.repeat),
+                        "scale": lambda: run_relay_redis(
+                            broker, args.policy, workdir, args.relay_n, log, args.repeat),
                         # Last: it leaves 1,000 requests pending in the guard's state.
                         "approvals": lambda: [
                             *run_approval_timing(broker, args.policy, workdir, log),
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         "approvals": "7. approvals: approve call -> first device receives"
                                      " the change; rollout pacing against max_per_minute;"
                                      " the QoS 0 relay with 1,000 requests pending",
+                        "scale": "8. QoS 0 relay through a guard with its state on Redis vs"
+                                 " the embedded state (two guard processes, alternating runs)",
                         "idle": f"5. memory per session: {args.idle_sessions:,} idle agent"
                                 f" sessions held at once (RSS growth over a 200-session"
                                 f" baseline)",

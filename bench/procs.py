@@ -147,6 +147,7 @@ class GuardProcess:
         workdir: Path,
         profile: Path | None = None,
         host: str = "127.0.0.1",
+        state: str | None = None,
     ) -> None:
         from iot_guard.tokens import new_secret
 
@@ -176,6 +177,7 @@ class GuardProcess:
             "--secret-file", str(self.secret_file),
             "--audit-log", str(self.audit_path),
             "--audit-key", str(self.audit_key),
+            *(["--state", state] if state else []),  # e.g. redis:// (scale-out bench)
         ]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
