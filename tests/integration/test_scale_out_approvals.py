@@ -343,3 +343,45 @@ def test_a_hold_while_redis_is_down_fails_closed_and_the_agent_is_told(
     assert [r["action"] for r in failed] == ["failed"] and failed[0]["alert"] is True
     assert not [r for r in records if r.get("event") == "approval_execute"]
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
+
+
+def test_a_rollout_paused_by_redis_going_away_resumes_when_it_is_back(
+    mosquitto: MosquittoBroker, tmp_path: Path, secret: bytes, fleet: Fleet
+) -> None:
+    with RedisServer() as own:
+        a = Guard(mosquitto, own.url(prefix="pause"), tmp_path / "a.jsonl", secret)
+        try:
+            with agent(a.thread.port, secret) as ops:
+                request_id = held_id(
+                    ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+            eventually(lambda: status_of(a, request_id) == "pending", 5, "parked")
+            a.run(lambda: a.service.approve(request_id, "alice", "go"))
+            store = a.thread.server.state
+            assert store is not None
+
+            def rollout() -> dict[str, str]:
+                states = a.run(lambda: store.approvals.rollout(request_id)) or []
+                return {s.device.split("/")[1]: s.status for s in states}
+
+            eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
+                       and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+            own.stop()
+            # Nothing is sent while the state is unreachable: no device gets a patch the
+            # store does not know it was sent.
+            sent_before = {n: patches_received(fleet, n) for n in DEVICES}
+            time.sleep(LEASE_S * 2)  # an outage longer than the lease (not a synchronisation)
+            assert {n: patches_received(fleet, n) for n in DEVICES} == sent_before
+            own.start()  # appendonly: the rollout's stored states survived
+            eventually(lambda: status_of(a, request_id) in ("done", "failed", "aborted"),
+                       30, "the rollout finishes after Redis is back")
+            assert status_of(a, request_id) == "done", a.run(lambda: a.service.get(request_id))
+            final = rollout()
+        finally:
+            a.stop()
+    for name in DEVICES:
+        assert patches_received(fleet, name) <= 1, name
+        if sent_before[name] == 0 and final[name] == "succeeded":
+            assert patches_received(fleet, name) == 1
+    assert sum(patches_received(fleet, n) for n in DEVICES) >= 4  # the queued ones went
+    runs = [device for _, device in executions(tmp_path / "a.jsonl")]
+    assert len(runs) == len(set(runs)), runs
