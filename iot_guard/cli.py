@@ -1,193 +1,277 @@
-"""The ``iot-guard`` command: run the proxy, mint tokens, check and explain policies."""
+"""The ``iot-guard`` command: run the proxy, mint tokens, check and explain policies.
+
+Exit codes: 0 ok; 1 refused (a policy that does not load, a decision that denies);
+2 a usage or configuration error, always one line per problem and never a traceback.
+
+Subcommands of other parts register themselves: a module of this package listed in
+``COMMAND_MODULES``, or any installed distribution through the ``iot_guard.commands`` entry
+point group, exposes ``register(subparsers)``. The simulator's ``simulate`` comes in that
+way, so this module never imports the simulator (it is optional for the guard).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import yaml
-
+from . import __version__
 from .audit import AuditError
 from .policy.loader import PolicyError
+from .settings import RunSettings, SettingsError, flag_name, parse_host_port, unknown_env
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+ENTRY_POINT_GROUP = "iot_guard.commands"
+# Modules of this package that add subcommands (each has ``register(subparsers)``).
+COMMAND_MODULES: tuple[str, ...] = (".admin.cli", ".audit.cli", ".agent.cli")
 
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _tool_list(text: str | None) -> list[str] | None:
-    """``--tools a,b``: a narrower tool list, as a token carries it (None: no narrowing)."""
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+log = logging.getLogger("iot_guard.cli")
 
 
 class CliError(Exception):
     """A message for the operator; the command exits with EXIT_USAGE."""
 
 
+def _tool_list(text: str | None) -> list[str] | None:
+    """``--tools a,b``: a narrower tool list, as a token carries it (None: not given)."""
+    if text is None:
+        return None
+    tools = [t.strip() for t in text.split(",") if t.strip()]
+    if not tools:
+        # An empty list must never read as "no narrowing": that would widen the token.
+        raise CliError(
+            "--tools names no tool: give at least one (a,b) or leave --tools out to keep "
+            "all of the agent's tools"
+        )
+    return tools
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+# ----------------------------------------------------------------------------- secrets
+
+def read_secret(path: Path, *, for_run: bool) -> bytes:
+    """The signing secret from ``path``; for ``run``, refuse a file others may read."""
+    from .tokens import read_secret_file
+
+    try:
+        mode = path.stat().st_mode
+        secret = read_secret_file(path)
+    except OSError as exc:
+        raise CliError(
+            f"secret file {path}: {_reason(exc)} (make one with "
+            f"`iot-guard token secret --out {path}`)"
+        ) from None
+    except ValueError as exc:
+        raise CliError(f"secret file {path}: {exc}") from None
+    if for_run and mode & stat.S_IRWXO:
+        # Anyone who reads the secret can mint tokens for every agent. Group access is
+        # allowed (a service group, e.g. root:iot-guard 0640, is the usual deployment).
+        raise CliError(
+            f"secret file {path} is readable by others (mode {stat.S_IMODE(mode):04o}): "
+            f"run `chmod o-rwx {path}` (0600 or 0640)"
+        )
+    return secret
+
+
 # ----------------------------------------------------------------------------- run
 
-RUN_SETTINGS = (
-    "policy", "listen", "upstream", "secret_file", "upstream_username",
-    "upstream_password_file", "audit_log", "tls_cert", "tls_key", "upstream_tls",
-    "upstream_ca", "max_packet_size", "audit_key", "audit_checkpoint_records",
-    "audit_checkpoint_seconds", "admin", "metrics", "mode", "observe",
-)
+def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {name: getattr(args, name, None) for name in RunSettings.model_fields}
+    if not getattr(args, "upstream_tls", False):
+        flags["upstream_tls"] = None  # store_true's False means "not given"
+    return flags
 
 
-def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings from --config FILE, overridden by what the command line gives."""
-    settings: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
+def _upstream_password(settings: RunSettings) -> str | None:
+    if settings.upstream_password_file is not None:
+        path = settings.upstream_password_file
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise CliError(f"{path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise CliError(f"{path}:1: the config file must be a mapping of settings")
-        unknown = sorted(set(k.replace("-", "_") for k in loaded) - set(RUN_SETTINGS))
-        if unknown:
-            raise CliError(f"{path}: unknown settings {unknown}; known: {list(RUN_SETTINGS)}")
-        settings.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    for name in RUN_SETTINGS:
-        value = getattr(args, name, None)
-        if value is not None and value is not False:
-            settings[name] = value
-    return settings
+            password = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = _reason(exc) if isinstance(exc, OSError) else str(exc)
+            raise CliError(f"upstream password file {path}: {reason}") from None
+        if not password:
+            raise CliError(f"upstream password file {path} is empty")
+        return password
+    if settings.upstream_password is not None:
+        return settings.upstream_password.get_secret_value()
+    return None
 
 
-def _reopen_audit(server: Any) -> None:
-    """SIGHUP: continue the audit chain in a new file at the same path (after logrotate)."""
-    try:
-        server.control.reopen_audit()
-    except AuditError as exc:  # the old file stays in use: nothing is lost
-        logging.getLogger("iot_guard").error("audit log not reopened: %s", exc)
+def _check_readable(settings: RunSettings) -> None:
+    """Files the guard opens later: say now, in one line, which one is missing."""
+    for name in ("tls_cert", "tls_key", "upstream_ca", "audit_key"):
+        path = getattr(settings, name)
+        if path is not None and not os.access(path, os.R_OK):
+            why = "does not exist" if not path.exists() else "is not readable"
+            raise CliError(f"{flag_name(name)} {path} {why}")
 
 
-OBSERVABLE_CHECKS = ("rate_limit", "anomaly")  # the kill switch always enforces
+def load_run_policy(settings: RunSettings) -> Any:
+    """The compiled policy, refusing one with no agents (it would refuse everyone)."""
+    from .policy.compiler import CompiledPolicy
+
+    policy = CompiledPolicy.load(settings.policy)
+    if not policy.document.agents:
+        files = len(policy.source.files) if policy.source is not None else 0
+        raise PolicyError([
+            f"{settings.policy}: no agents in the policy ({files} policy file(s) read): "
+            "a guard without agents refuses every connection, so it does not start "
+            "(see `iot-guard policy check`)"
+        ])
+    return policy
 
 
-def _mode(s: dict[str, Any]) -> str:
-    mode = str(s.get("mode", "enforce"))
-    if mode not in ("enforce", "dry-run"):
-        raise CliError(f"mode must be enforce or dry-run, not {mode!r}")
-    return mode
+def build_config(args: argparse.Namespace) -> tuple[RunSettings, Any, Any]:
+    """Settings, GuardConfig and the compiled policy, every check before anything opens."""
+    from .proxy.server import GuardConfig
 
-
-def _observe(s: dict[str, Any]) -> frozenset[str]:
-    names = frozenset(_tool_list(str(s["observe"])) or ()) if s.get("observe") else frozenset()
-    unknown = sorted(names - set(OBSERVABLE_CHECKS))
-    if unknown:
-        raise CliError(f"--observe: unknown checks {unknown}; known: {list(OBSERVABLE_CHECKS)}")
-    return names
+    config_file = args.config
+    if isinstance(args.check_config, str):
+        if config_file is not None and config_file != args.check_config:
+            raise CliError("give the config file once: --config FILE or --check-config FILE")
+        config_file = args.check_config
+    settings = RunSettings.load(_run_flags(args), config_file)
+    secret = read_secret(settings.secret_file, for_run=True)
+    password = _upstream_password(settings)
+    _check_readable(settings)
+    policy = load_run_policy(settings)
+    listen, upstream = settings.listen_address, settings.upstream_address
+    config = GuardConfig(
+        policy_dir=settings.policy,
+        listen_host=listen.host, listen_port=listen.port,
+        upstream_host=upstream.host, upstream_port=upstream.port,
+        secret=secret,
+        upstream_username=settings.upstream_username, upstream_password=password,
+        audit_path=settings.audit_log,
+        audit_key=settings.audit_key,
+        audit_checkpoint_records=settings.audit_checkpoint_records,
+        audit_checkpoint_seconds=settings.audit_checkpoint_seconds,
+        max_packet_size=settings.max_packet_size,
+        connect_timeout=settings.connect_timeout,
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key,
+        upstream_tls=settings.upstream_tls, upstream_ca=settings.upstream_ca,
+    )
+    return settings, config, policy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .approvals.addon import ApprovalsAddon
-    from .proxy.server import GuardConfig, GuardServer, new_event_loop
-    from .tokens import read_secret_file
+    from .logs import configure_logging
+    from .proxy.server import new_event_loop
 
-    s = _run_settings(args)
-    for required in ("policy", "upstream", "secret_file"):
-        if required not in s:
-            raise CliError(f"--{required.replace('_', '-')} is required (or set it in --config)")
-    listen = _host_port(str(s.get("listen", "127.0.0.1:1884")))
-    upstream = _host_port(str(s["upstream"]))
-    try:
-        secret = read_secret_file(s["secret_file"])
-    except (OSError, ValueError) as exc:
-        raise CliError(f"secret file: {exc}") from exc
-    username = s.get("upstream_username") or os.environ.get("IOT_GUARD_UPSTREAM_USERNAME")
-    password = os.environ.get("IOT_GUARD_UPSTREAM_PASSWORD")
-    if s.get("upstream_password_file"):
-        password = Path(s["upstream_password_file"]).read_text().strip()
-    def path(name: str) -> Path | None:
-        return Path(s[name]) if s.get(name) else None
-
-    config = GuardConfig(
-        policy_dir=Path(s["policy"]),
-        listen_host=listen[0], listen_port=listen[1],
-        upstream_host=upstream[0], upstream_port=upstream[1],
-        secret=secret, upstream_username=username, upstream_password=password,
-        audit_path=path("audit_log"),
-        audit_key=path("audit_key"),
-        audit_checkpoint_records=int(s.get("audit_checkpoint_records", 1000)),
-        audit_checkpoint_seconds=float(s.get("audit_checkpoint_seconds", 10.0)),
-        max_packet_size=int(s.get("max_packet_size", 256 * 1024)),
-        tls_cert=path("tls_cert"),
-        tls_key=path("tls_key"),
-        upstream_tls=bool(s.get("upstream_tls", False)),
-        upstream_ca=path("upstream_ca"),
-        mode=_mode(s), observe=_observe(s),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    admin_at = _host_port(str(s["admin"])) if s.get("admin") else None
-    metrics_at = _host_port(str(s["metrics"])) if s.get("metrics") else None
-
-    async def serve() -> None:
-        from .admin import AdminApp
-        from .approvals.webhooks import WebhookNotifier
-
-        # Held actions become approval requests (in the guard's state store); the webhook
-        # sender and the admin API follow that service, so they come after it.
-        addons: list[object] = [ApprovalsAddon(), WebhookNotifier()]
-        admin = AdminApp(admin_at[0], admin_at[1], secret) if admin_at else None
-        if admin is not None:
-            addons.append(admin)
-        if metrics_at is not None:
-            from .admin.metrics import MetricsServer
-
-            addons.append(MetricsServer(*metrics_at))
-        server = GuardServer(config, addons=addons)
-        try:
-            await server.start()
-        except (OSError, ValueError) as exc:  # a busy admin port, a webhook secret missing
-            await server.stop()
-            raise CliError(f"cannot start: {exc}") from None
-        print(f"iot-guard listening on {config.listen_host}:{server.port}, upstream "
-              f"{config.upstream_host}:{config.upstream_port}", file=sys.stderr, flush=True)
-        if admin is not None:
-            print(f"iot-guard admin API and approval console on {admin.url}", file=sys.stderr,
-                  flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, _reopen_audit, server)  # logrotate's postrotate
-        await stop.wait()
-        await server.stop()
-
+    settings, config, policy = build_config(args)
+    configure_logging(settings.log_level, settings.log_format)
+    for name in unknown_env(os.environ):
+        log.warning("environment variable %s names no setting; it is ignored", name)
+    for path in policy.source.ignored if policy.source is not None else ():
+        log.warning("%s: not read (only the policy folder's top-level files are)", path)
+    if config.upstream_username is None:
+        log.warning(
+            "no upstream credentials: the guard logs in to the broker anonymously; set "
+            "upstream_username and upstream_password_file (or IOT_GUARD_UPSTREAM_PASSWORD)"
+        )
+    if args.check_config:
+        doc = policy.document
+        print(
+            f"config ok: listen {settings.listen}, upstream {settings.upstream}, policy "
+            f"{settings.policy} ({len(doc.agents)} agents, {len(doc.tools)} tools, "
+            f"{sum(len(t.devices) for t in doc.tenants.values())} devices)"
+        )
+        return EXIT_OK
     loop = new_event_loop()
     try:
-        loop.run_until_complete(serve())
+        return loop.run_until_complete(_serve(settings, config, policy))
     finally:
         loop.close()
+
+
+async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
+    from .admin import AdminApp
+    from .approvals.addon import ApprovalsAddon
+    from .approvals.webhooks import WebhookNotifier
+    from .proxy.server import GuardServer
+    from .proxy.upstream_check import UpstreamChecker
+
+    # The upstream check first: its verdict on the guard's broker login is the first line
+    # an operator needs. Held actions become approval requests (in the guard's state store);
+    # the webhook sender and the admin API follow that service, so they come after it.
+    addons: list[object] = [
+        UpstreamChecker(settings.upstream_check_interval), ApprovalsAddon(), WebhookNotifier(),
+    ]
+    admin_at = parse_host_port(settings.admin) if settings.admin else None
+    admin = AdminApp(admin_at.host, admin_at.port, config.secret) if admin_at else None
+    if admin is not None:
+        addons.append(admin)
+    server = GuardServer(config, policy, addons=addons)  # AuditError: one line (main)
+    try:
+        await server.start()
+    except OSError as exc:  # the listen (or admin) address is taken or not ours
+        await server.stop()
+        ports = "--listen or --admin" if admin is not None else "--listen"
+        raise CliError(
+            f"cannot start: {_reason(exc)} (is another guard or broker on that port? "
+            f"choose another {ports})"
+        ) from None
+    except ValueError as exc:  # e.g. a webhook secret missing from the environment
+        await server.stop()
+        raise CliError(f"cannot start: {exc}") from None
+    if admin is not None:
+        log.info("admin API and approval console on %s", admin.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: closing %d session(s)", len(server.links))
+        await server.stop()
     return EXIT_OK
+
+
+def _reload(server: Any) -> None:
+    """SIGHUP (``systemctl reload``, logrotate's postrotate): load the policy again (the old
+    one stays in force when the new one does not load; the control plane says why) and
+    reopen the audit log at its path."""
+    log.info("SIGHUP: reloading the policy and reopening the audit log")
+    server.control.reload_policy()
+    try:
+        server.control.reopen_audit()
+    except (AuditError, OSError) as exc:
+        # The old descriptor stays open (or the next write fails closed): say so loudly.
+        log.error("audit log not reopened: %s", exc)
 
 
 # ----------------------------------------------------------------------------- tokens
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
-    from .tokens import ROLE_ADMIN, ROLE_AGENT, ROLE_APPROVER, issue_token, read_secret_file
+    from .tokens import DEFAULT_MAX_TTL_S, ROLE_ADMIN, ROLE_AGENT, ROLE_APPROVER, issue_token
 
-    try:
-        secret = read_secret_file(args.secret_file)
-    except (OSError, ValueError) as exc:
-        raise CliError(f"secret file: {exc}") from exc
+    secret = read_secret(Path(args.secret_file), for_run=False)
     tools = _tool_list(args.tools)
     role, subject = (
         (ROLE_APPROVER, args.approver) if args.approver else
@@ -195,6 +279,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     )
     if tools is not None and role != ROLE_AGENT:
         raise CliError("--tools narrows an agent's token; approver and admin tokens have none")
+    max_ttl = float(DEFAULT_MAX_TTL_S)
     if args.policy:
         from .policy.loader import load_policy
 
@@ -208,10 +293,22 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         else:
             agent = document.agents.get(subject)
             if agent is None:
-                raise CliError(f"agent {subject!r} is not in the policy {args.policy}")
-            extra = sorted(set(tools or []) - set(agent.tools))
-            if extra:
-                raise CliError(f"agent {subject!r} has no tools {extra}")
+                known = ", ".join(sorted(document.agents)) or "none"
+                raise CliError(f"agent {subject!r} is not in the policy {args.policy} "
+                               f"(agents: {known})")
+            unknown = sorted(set(tools or []) - set(document.tools))
+            if unknown:
+                raise CliError(f"no tools {unknown} in the policy {args.policy}")
+            not_granted = sorted(set(tools or []) - set(agent.tools))
+            if not_granted:
+                raise CliError(f"agent {subject!r} has no tools {not_granted} "
+                               f"(its tools: {', '.join(agent.tools) or 'none'})")
+            max_ttl = float(agent.max_token_ttl_s)
+    if args.ttl > max_ttl:
+        where = (f"the agent's max_token_ttl_s in {args.policy}" if args.policy and
+                 role == ROLE_AGENT else
+                 "the default maximum; pass --policy to use the agent's max_token_ttl_s")
+        raise CliError(f"--ttl {args.ttl:g} is longer than {max_ttl:g} s ({where})")
     print(issue_token(secret, subject, ttl_s=args.ttl, tools=tools, role=role))
     return EXIT_OK
 
@@ -219,7 +316,22 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 def cmd_token_secret(args: argparse.Namespace) -> int:
     from .tokens import new_secret
 
-    print(new_secret())
+    secret = new_secret()
+    if args.out is None:
+        print(secret)
+        return EXIT_OK
+    path = Path(args.out)
+    try:
+        # O_EXCL: never overwrite a secret in use (every token signed with it would die);
+        # 0600 from the start, so the secret is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} exists; remove it first to replace the secret") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {_reason(exc)}") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    print(f"wrote a new token secret to {path} (mode 0600)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -234,9 +346,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     print(f"{args.directory}: ok: {len(doc.tenants)} tenants, {devices} devices, "
           f"{len(doc.device_types)} device types, {len(doc.tools)} tools, "
           f"{len(doc.agents)} agents")
-    if not doc.agents:
-        print(f"{args.directory}: warning: no agents, so every connection will be refused",
+    for path in policy.source.ignored if policy.source is not None else ():
+        print(f"{path}: warning: not read (only the policy folder's top-level files are)",
               file=sys.stderr)
+    if not doc.agents:
+        print(f"{args.directory}: warning: no agents, so every connection would be refused "
+              "(`iot-guard run` does not start with this policy)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -255,6 +370,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         payload = (args.payload or "").encode()
         decision = agent.decide_publish(args.publish, payload, args.qos, args.retain)
         what = f"publish {args.publish}"
+        if args.payload is None and decision.tool and not decision.allowed:
+            kind = policy.document.tools[decision.tool].payload
+            if kind != "none" and "payload" in decision.reason:
+                # Without --payload the publish is empty; say that, not what JSON thinks.
+                decision = _with_reason(
+                    decision, f"payload is missing: tool {decision.tool} needs a {kind} "
+                    "payload; give it with --payload '{...}'"
+                )
     elif args.subscribe is not None:
         decision = agent.decide_subscribe(args.subscribe, args.qos)
         what = f"subscribe {args.subscribe}"
@@ -267,6 +390,12 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if decision.verdict is Verdict.ALLOW else EXIT_DENIED
 
 
+def _with_reason(decision: Any, reason: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(decision, reason=reason)
+
+
 def cmd_policy_schema(args: argparse.Namespace) -> int:
     from .policy.schema import policy_json_schema
 
@@ -276,47 +405,80 @@ def cmd_policy_schema(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="iot-guard",
-        description="An MQTT guard between AI ops agents and a device fleet's broker.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to read more, exit 2."""
 
-    run = commands.add_parser("run", help="run the guard proxy")
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _host_port_arg(text: str) -> str:
+    """argparse type: the text, once it reads as HOST:PORT (settings parse it again)."""
+    _host_port(text)
+    return text
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """argparse type: ``HOST:PORT`` as (host, port) (also used by other commands' flags)."""
+    try:
+        return tuple(parse_host_port(text))  # type: ignore[return-value]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("iot-guard")
+    except metadata.PackageNotFoundError:  # a source checkout that was not installed
+        return __version__
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="run the guard proxy",
+        description="Run the guard. Every setting may also come from IOT_GUARD_<NAME> "
+        "(e.g. IOT_GUARD_UPSTREAM_USERNAME) or the --config YAML file (keys as below without "
+        "the dashes' prefix, e.g. `secret_file:`); flags win over the environment, the "
+        "environment over the file. SIGHUP reloads the policy and reopens the audit log.",
+    )
     run.add_argument("--config", help="YAML file with any of the settings below")
-    run.add_argument("--policy", help="policy directory (YAML files)")
-    run.add_argument("--listen", help="HOST:PORT agents connect to (default 127.0.0.1:1884)")
-    run.add_argument("--upstream", help="HOST:PORT of the broker")
-    run.add_argument("--secret-file", help="file holding the token signing secret")
-    run.add_argument("--upstream-username", help="broker account (or IOT_GUARD_UPSTREAM_USERNAME)")
+    run.add_argument("--check-config", nargs="?", const=True, metavar="FILE",
+                     help="check the settings, files and policy, then exit (0: ok); "
+                     "FILE, when given, is the --config file")
+    run.add_argument("--policy", help="policy directory (its top-level *.yaml files)")
+    run.add_argument("--listen", type=_host_port_arg,
+                     help="HOST:PORT agents connect to (default 127.0.0.1:1884)")
+    run.add_argument("--upstream", type=_host_port_arg,
+                     help="HOST:PORT of the broker (default 127.0.0.1:1883)")
+    run.add_argument("--secret-file", help="token signing secret (not readable by others)")
+    run.add_argument("--upstream-username", help="the guard's broker account")
     run.add_argument("--upstream-password-file",
                      help="file with the broker password (or IOT_GUARD_UPSTREAM_PASSWORD)")
     run.add_argument("--audit-log", help="append audit JSON lines here (default: stderr)")
     run.add_argument("--audit-key", help="sign audit checkpoints with this key "
                      "(iot-guard audit keygen); its name is the chain's origin")
-    run.add_argument("--audit-checkpoint-records", type=int,
+    run.add_argument("--audit-checkpoint-records",
                      help="sign a checkpoint every N records (default 1000)")
-    run.add_argument("--audit-checkpoint-seconds", type=float,
+    run.add_argument("--audit-checkpoint-seconds",
                      help="... and every T seconds when records are unsigned (default 10)")
     run.add_argument("--tls-cert", help="certificate (PEM) for TLS on the listener")
     run.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     run.add_argument("--upstream-tls", action="store_true", help="connect to the broker over TLS")
     run.add_argument("--upstream-ca", help="CA bundle to verify the broker's certificate")
-    run.add_argument("--max-packet-size", type=int, help="largest packet an agent may send")
-    run.add_argument("--admin", metavar="HOST:PORT",
-                     help="serve the admin API and the approval console here (with /metrics, "
-                     "/healthz, /readyz)")
-    run.add_argument("--mode", choices=("enforce", "dry-run"),
-                     help="dry-run: decide everything, refuse nothing the policy or the "
-                     "checks would refuse (audited as would_deny / would_hold)")
-    run.add_argument("--observe", metavar="CHECKS",
-                     help="comma-separated checks run in observe mode while the rest enforce "
-                     "(rate_limit, anomaly)")
-    run.add_argument("--metrics", metavar="HOST:PORT",
-                     help="serve /metrics (Prometheus), /healthz and /readyz here")
+    run.add_argument("--max-packet-size", help="largest packet an agent may send (bytes)")
+    run.add_argument("--connect-timeout", help="seconds for a CONNECT and for reaching the broker")
+    run.add_argument("--upstream-check-interval",
+                     help="seconds between checks of the guard's broker login (default 30)")
+    run.add_argument("--admin", metavar="HOST:PORT", type=_host_port_arg,
+                     help="serve the admin API and the approval console here")
+    run.add_argument("--log-level", help="debug | info (default) | warning | error")
+    run.add_argument("--log-format", help="text (default) | json")
     run.set_defaults(handler=cmd_run)
 
+
+def _add_token(commands: Any) -> Any:
+    """``token issue`` and ``token secret``; returns the ``token`` subcommands (others add
+    theirs: ``token revoke``)."""
     token = commands.add_parser("token", help="agent tokens").add_subparsers(
         dest="token_command", required=True
     )
@@ -328,13 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--approver", metavar="ID", help="an approver of the policy (admin API)")
     who.add_argument("--admin", metavar="ID", help="an admin of the policy (admin API)")
     issue.add_argument("--secret-file", required=True)
-    issue.add_argument("--ttl", type=float, default=900, help="seconds (default 900)")
-    issue.add_argument("--tools", help="comma-separated narrower tool list")
-    issue.add_argument("--policy", help="check the agent and tools against this policy")
+    issue.add_argument("--ttl", type=_positive_seconds, default=900.0,
+                       help="seconds (default 900; at most the agent's max_token_ttl_s, 24 h "
+                       "unless the policy says otherwise)")
+    issue.add_argument("--tools", help="comma-separated narrower tool list (not empty)")
+    issue.add_argument("--policy", help="check the agent, tools and TTL against this policy")
     issue.set_defaults(handler=cmd_token_issue)
-    secret = token.add_parser("secret", help="print a new random signing secret")
+    secret = token.add_parser("secret", help="make a new random signing secret")
+    secret.add_argument("--out", metavar="FILE",
+                        help="write it to FILE (created with mode 0600; never overwritten) "
+                        "instead of printing it")
     secret.set_defaults(handler=cmd_token_secret)
+    return token
 
+
+def _add_policy(commands: Any) -> None:
     policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(
         dest="policy_command", required=True
     )
@@ -357,24 +527,34 @@ def build_parser() -> argparse.ArgumentParser:
     schema = policy.add_parser("schema", help="print the policy format's JSON Schema")
     schema.set_defaults(handler=cmd_policy_schema)
 
-    from .admin.cli import register as register_approvals
-    from .audit.cli import register as register_audit
 
-    register_approvals(commands)
+def _add_plugins(commands: Any) -> None:
+    """Subcommands of this package's feature modules and of installed distributions."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(name, __package__).register(commands)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            register = entry.load()
+        except ImportError as exc:  # a broken plugin must not take the guard's CLI down
+            log.warning("iot-guard: command plugin %s not loaded: %s", entry.name, exc)
+            continue
+        register(commands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="iot-guard",
+        description="An MQTT guard between AI ops agents and a device fleet's broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"iot-guard {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(commands)
+    token = _add_token(commands)
+    _add_policy(commands)
     from .admin.brakes_cli import register as register_brakes  # kill, token revoke
 
     register_brakes(commands, token)
-    register_audit(commands)
-
-    from .agent.cli import register as register_agent_side  # tools export, mcp
-
-    register_agent_side(commands)
-    try:
-        from simulator.cli import register
-    except ImportError:  # the simulator ships in the same distribution; keep the CLI usable
-        pass
-    else:
-        register(commands)
+    _add_plugins(commands)
     return parser
 
 
@@ -388,6 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         print(f"policy refused: {len(err.problems)} problem(s)", file=sys.stderr)
         return EXIT_DENIED
+    except SettingsError as err:
+        for problem in err.problems:
+            print(f"iot-guard: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, AuditError) as err:
         print(f"iot-guard: {err}", file=sys.stderr)
         return EXIT_USAGE

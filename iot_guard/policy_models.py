@@ -353,6 +353,12 @@ class Agent(StrictModel):
         default_factory=list,
         description="Allowlisted tools, in order: when several match a topic, the first wins.",
     )
+    max_token_ttl_s: int = Field(
+        default=86400,
+        gt=0,
+        description="Longest token lifetime (seconds) the guard accepts for this agent, at "
+        "issue and at CONNECT (default 24 h).",
+    )
 
 
 APPROVAL_LEVELS = (1, 2, 3)

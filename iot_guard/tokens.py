@@ -24,12 +24,16 @@ from pathlib import Path
 PREFIX = "igt1"
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 4096
+# The longest lifetime a token may have when the policy says nothing else (24 h): a leaked
+# token must not stay useful for long. Agents set theirs with `max_token_ttl_s`.
+DEFAULT_MAX_TTL_S = 86400
 ROLE_AGENT, ROLE_APPROVER, ROLE_ADMIN = "agent", "approver", "admin"
 ROLES = frozenset({ROLE_AGENT, ROLE_APPROVER, ROLE_ADMIN})
 
 
 class TokenError(Exception):
-    """Why a token is refused; ``kind`` is one of malformed, bad_signature, expired, wrong_role."""
+    """Why a token is refused; ``kind`` is one of malformed, bad_signature, expired,
+    wrong_role, too_long_lived."""
 
     def __init__(self, kind: str, message: str):
         self.kind = kind
@@ -110,14 +114,31 @@ def issue_token(
     return f"{signed_part}.{_b64encode(_signature(secret, signed_part))}"
 
 
+def check_lifetime(claims: TokenClaims, max_ttl_s: float) -> TokenClaims:
+    """Refuse a token issued for longer than ``max_ttl_s`` (the agent's ``max_token_ttl_s``).
+
+    Checked at CONNECT as well as at issue: a token minted by other means (or before the
+    policy lowered the limit) gets no longer than the policy allows.
+    """
+    lifetime = claims.expires_at - claims.issued_at
+    if lifetime > max_ttl_s:
+        raise TokenError(
+            "too_long_lived",
+            f"token lifetime {int(lifetime)} s is above the agent's maximum {int(max_ttl_s)} s",
+        )
+    return claims
+
+
 def verify_token(
     secret: bytes,
     token: str | bytes,
     now: float,
     roles: frozenset[str] = frozenset({ROLE_AGENT}),
+    max_ttl_s: float | None = None,
 ) -> TokenClaims:
     """Check signature first, then shape, then expiry, then that the token's role is one of
-    ``roles`` (agent only by default: the MQTT door); raise TokenError if refused."""
+    ``roles`` (agent only by default: the MQTT door), then (when given) the lifetime against
+    ``max_ttl_s``; raise TokenError if refused."""
     if isinstance(token, bytes):
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("malformed", "token too long")
@@ -144,7 +165,7 @@ def verify_token(
             "wrong_role",
             f"this is an {claims.role} token; expected {' or '.join(sorted(roles))}",
         )
-    return claims
+    return claims if max_ttl_s is None else check_lifetime(claims, max_ttl_s)
 
 
 def _claims(body: str) -> TokenClaims:

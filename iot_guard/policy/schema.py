@@ -55,8 +55,8 @@ def policy_json_schema() -> dict[str, Any]:
     tool["else"] = {"not": {"required": ["schema_file"]}}
     schema["title"] = "iot-guard policy file"
     schema["description"] = (
-        "One file of an iot-guard policy directory. Every *.yaml file under the directory "
-        "is merged; each may hold any of the sections."
+        "One file of an iot-guard policy directory. Every *.yaml file at the directory's top "
+        "level is merged; each may hold any of the sections."
     )
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
 

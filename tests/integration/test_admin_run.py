@@ -57,6 +57,7 @@ def get(url: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
 def running(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     secret_file = tmp_path / "guard.secret"
     secret_file.write_text(SECRET)
+    secret_file.chmod(0o600)  # `run` refuses a secret others may read
     port, admin_port = free_port(), free_port()
     with MosquittoBroker(auth=False) as broker:
         proc = subprocess.Popen(
@@ -109,6 +110,7 @@ def test_a_missing_webhook_secret_stops_the_guard_from_starting(tmp_path: Path) 
         f.write("  webhooks:\n    - url: http://127.0.0.1:9/hook\n"
                 "      secret_env: IOT_GUARD_TEST_HOOK_SECRET\n")
     (tmp_path / "s").write_text(SECRET)
+    (tmp_path / "s").chmod(0o600)  # `run` refuses a secret others may read
     result = subprocess.run(
         [sys.executable, "-m", "iot_guard", "run", "--policy", str(policy), "--listen",
          f"127.0.0.1:{free_port()}", "--upstream", "127.0.0.1:1", "--secret-file",

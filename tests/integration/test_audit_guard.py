@@ -90,6 +90,7 @@ def test_cli_guard_restarts_on_its_log_and_the_chain_verifies(tmp_path: Path) ->
     keys = keygen(tmp_path, "guard-cli.test/audit")
     secret_file = tmp_path / "guard.secret"
     secret_file.write_text("c" * 48)
+    secret_file.chmod(0o600)  # `run` refuses a secret others may read
     log = tmp_path / "audit.jsonl"
     port = free_port()
     with MosquittoBroker(auth=False) as broker:

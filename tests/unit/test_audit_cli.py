@@ -102,6 +102,7 @@ def test_run_with_an_unusable_audit_key_is_a_one_line_error(
     (keys / "audit.key").chmod(0o640)
     secret = tmp_path / "secret"
     secret.write_text("s" * 48)
+    secret.chmod(0o600)  # `run` refuses a secret others may read
     code, _, err = run(capsys, "run", "--policy", str(Path(__file__).parents[2] /
                                                        "device_policies"),
                        "--upstream", "127.0.0.1:1", "--secret-file", str(secret),

@@ -1,0 +1,84 @@
+"""The console log of ``iot-guard run``: one handler, text or JSON lines, on stderr.
+
+The audit log is the record of decisions; this log is for the operator watching the
+guard: start, upstream health, each agent's connect and disconnect (with how many of its
+requests were refused), reloads. One handler on the ``iot_guard`` logger (never the root
+logger twice), so no line is printed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from .audit import utc_iso
+
+LOGGER = "iot_guard"
+_HANDLER_NAME = "iot-guard-console"
+sessions = logging.getLogger("iot_guard.sessions")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": utc_iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Send the ``iot_guard`` loggers to ``stream`` (stderr) at ``level`` in ``fmt``."""
+    logger = logging.getLogger(LOGGER)
+    for handler in list(logger.handlers):
+        if handler.get_name() == _HANDLER_NAME:
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    # The guard's lines are handled here; a root handler (basicConfig) would repeat them.
+    logger.propagate = False
+
+
+def log_session_records(records: list[dict[str, Any]], refused: int) -> int:
+    """Log a session's connect and disconnect from its audit records (already written);
+    ``refused`` counts its refused requests so far; the new count is returned."""
+    for record in records:
+        packet = record.get("packet")
+        if packet == "connect" or packet == "disconnect":
+            _log_session_event(record, refused)
+        elif record.get("result_status", "success") != "success":
+            refused += 1
+    return refused
+
+
+def _log_session_event(record: dict[str, Any], refused: int) -> None:
+    agent = record.get("agent_id") or "(unknown agent)"
+    where = f"session {record.get('session_id')} from {record.get('requested_scope')}"
+    reason = record.get("reason")
+    if record.get("packet") == "connect":
+        if record.get("result_status") == "success":
+            client_id = record.get("client_id")
+            sessions.info("agent %s connected: %s%s", agent, where,
+                          f", client id {client_id!r}" if client_id else "")
+        else:
+            sessions.info("refused CONNECT of %s: %s (0x%02X); %s", agent, reason,
+                          record.get("reason_code") or 0, where)
+    else:
+        sessions.info("agent %s disconnected: %s; %d request(s) refused in the session "
+                      "(the audit log has each); %s", agent, reason, refused, where)
