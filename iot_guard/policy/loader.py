@@ -1,10 +1,14 @@
 """Load a policy directory into a validated :class:`PolicyDocument`, with file:line errors.
 
-Every ``*.yaml`` / ``*.yml`` file under the directory (recursive, sorted) is one part
-of the policy. Each file is a mapping whose top-level keys are among the sections
-(``device_types``, ``tenants``, ``tools``, ``agents``, ``approvals``, ``limits``,
-``anomaly``); sections are merged across files, and one entry (say ``tenants.acme``)
-defined in two files is an error naming both places.
+Every ``*.yaml`` / ``*.yml`` file at the top level of the directory (sorted) is one part
+of the policy. Sub-folders are not read, so a policy kept in a folder inside another is
+never merged by surprise; ``PolicySource.ignored`` lists the YAML files skipped that way
+so ``policy check`` and ``run`` can warn.
+
+Each file is a mapping whose top-level keys are among the sections (``device_types``,
+``tenants``, ``tools``, ``agents``, ``approvals``, ``limits``, ``anomaly``); sections are
+merged across files, and one entry (say ``tenants.acme``) defined in two files is an error
+naming both places.
 
 Line numbers come from PyYAML's composed node tree (``SafeLoader`` compose), so every
 problem reads ``path/to/file.yaml:LINE: dotted.path: message`` (1-based lines).
@@ -14,16 +18,21 @@ nodes, so they cannot smuggle anything the models would not see. Duplicate keys 
 mapping are an error (PyYAML would silently keep the last one, hiding a typo).
 
 An empty directory loads as an empty policy; the compiled policy then denies
-everything (deny by default). A directory that does not exist is an error.
+everything (deny by default; ``iot-guard run`` refuses to start without agents). A
+directory that does not exist is an error.
+
+Every problem is reported in one pass: cross references (an agent naming an unknown
+tool) are checked even when some entries are invalid, over the entries that are valid.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..policy_models import PolicyDocument
 
@@ -45,9 +54,19 @@ class PolicyError(Exception):
         super().__init__("\n".join(problems))
 
 
+def _is_yaml(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") and path.is_file()
+
+
 def policy_files(directory: Path) -> list[Path]:
+    """The policy's files: the directory's top-level YAML files, sorted."""
+    return sorted(p for p in Path(directory).glob("*") if _is_yaml(p))
+
+
+def nested_yaml_files(directory: Path) -> list[Path]:
+    """YAML files in sub-folders: not part of the policy (only the top level is read)."""
     return sorted(
-        p for p in Path(directory).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+        p for p in Path(directory).glob("*/**/*") if _is_yaml(p) and not p.name.startswith(".")
     )
 
 
@@ -63,6 +82,8 @@ class PolicySource:
     document: PolicyDocument
     files: list[Path]
     directory: Path | None = None
+    # YAML files in sub-folders, which are not read: worth a warning, never merged.
+    ignored: list[Path] = field(default_factory=list)
     # path of a node -> "file:line" (mapping entries point at their key's line)
     _lines: dict[PathKey, str] = field(default_factory=dict, repr=False)
 
@@ -238,19 +259,89 @@ def load_policy_source(directory: Path | str) -> PolicySource:
         for key, where in file_lines.items():
             if len(key) >= 2 and (key[0], key[1]) in accepted:
                 lines.setdefault(key, where)
+    # YAML-level problems (syntax, duplicate keys, an entry defined twice) mean the merged
+    # data is not what the operator meant: cross references would only add noise.
+    structural = bool(problems)
     document: PolicyDocument | None = None
+    checked: PolicyDocument
+    invalid: list[PathKey] = []
     try:
-        document = PolicyDocument.model_validate(merged)
+        document = checked = PolicyDocument.model_validate(merged)
     except ValidationError as exc:
         problems.extend(_validation_problems(exc, merged, lines, bool_words))
-    if document is not None and not problems:
-        # Cross references only mean something once every file has loaded cleanly.
-        for path_key, message in document.reference_problems():
-            problems.append(f"{_locate(lines, path_key)}: {dotted(path_key)}: {message}")
+        invalid = [_clean_loc(e["loc"], merged)[0] for e in exc.errors(include_url=False)]
+        checked = _valid_part(merged)
+    # Cross references over what is valid, so one pass reports every problem.
+    for path_key, message in [] if structural else checked.reference_problems():
+        if any(
+            bad[: len(path_key) - 1] == path_key[:-1] or path_key[: len(bad)] == bad
+            for bad in invalid
+        ):
+            continue  # inside an entry whose own problem is reported: not a second one
+        problem = f"{_locate(lines, path_key)}: {dotted(path_key)}: {message}"
+        if problem not in problems:
+            problems.append(problem)
     if problems:
         raise PolicyError(problems)
     assert document is not None
-    return PolicySource(document=document, files=files, directory=root, _lines=lines)
+    return PolicySource(
+        document=document, files=files, directory=root, ignored=nested_yaml_files(root),
+        _lines=lines,
+    )
+
+
+def _valid_part(merged: dict[str, dict[object, object]]) -> PolicyDocument:
+    """The merged policy rebuilt from its valid parts, for the cross-reference checks.
+
+    An entry that does not validate keeps its valid fields (and, in a map of entries, its
+    valid entries), so it still answers for the names it defines; what is invalid in it has
+    been reported already and takes part in no reference check.
+    """
+    sections: dict[str, object] = {}
+    for section, entries in merged.items():
+        annotation = PolicyDocument.model_fields[section].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            # A section that is one model (approvals): its keys are the model's fields.
+            sections[section] = _partial(annotation, entries) or annotation.model_construct()
+        else:  # a map of named entries (device_types, tenants, tools, agents)
+            model: type[BaseModel] = get_args(annotation)[1]
+            sections[section] = {name: _partial(model, e) for name, e in entries.items()}
+    return PolicyDocument.model_construct(**sections)  # type: ignore[arg-type]
+
+
+def _partial(model: type[BaseModel], raw: object) -> BaseModel | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        pass
+    if not isinstance(raw, dict):
+        return None
+    values: dict[str, object] = {}
+    for name, info in model.model_fields.items():
+        if name not in raw:
+            continue
+        try:
+            # The FieldInfo carries the field's constraints (max_length, ge, ...).
+            field_type = Annotated[info.annotation, info]  # type: ignore[name-defined]
+            values[name] = TypeAdapter(field_type).validate_python(raw[name], strict=True)
+            continue
+        except ValidationError:
+            pass
+        args = get_args(info.annotation)
+        inner = args[1] if len(args) == 2 else None
+        if isinstance(raw[name], dict) and isinstance(inner, type) and issubclass(
+            inner, BaseModel
+        ):
+            # A map of entries (devices, commands): keep each valid one by name.
+            values[name] = {
+                k: _partial(inner, v) or inner.model_construct() for k, v in raw[name].items()
+            }
+    for name, info in model.model_fields.items():
+        if name not in values and info.is_required():
+            # Nothing valid to keep: an empty stand-in (its problem is reported already).
+            origin = get_origin(info.annotation)
+            values[name] = [] if origin is list else {} if origin is dict else None
+    return model.model_construct(**values)  # type: ignore[arg-type]
 
 
 def load_policy(directory: Path | str) -> PolicyDocument:
@@ -276,6 +367,11 @@ def _validation_problems(
             if first_branch.setdefault(prefix, tag[1]) != tag[1]:
                 continue
         message = error["msg"]
+        if error["type"] in ("value_error", "assertion_error") and "error" in error.get(
+            "ctx", {}
+        ):
+            # Our validators' own sentence, without pydantic's "Value error, " prefix.
+            message = str(error["ctx"]["error"])
         if error["type"] == "missing" or error["type"] == "extra_forbidden":
             message = {"missing": "required field is missing", "extra_forbidden": "unknown key"}[
                 error["type"]

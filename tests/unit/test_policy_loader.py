@@ -153,10 +153,43 @@ def test_unquoted_off_in_an_enum_says_to_quote_it(fleet: Path) -> None:
 
 
 def test_same_tenant_in_two_files_names_both_places(fleet: Path) -> None:
-    extra = write(fleet, "zz/tenants-2.yml", "# more\ntenants:\n  acme:\n    devices: {}\n")
+    extra = write(fleet, "zz-tenants-2.yml", "# more\ntenants:\n  acme:\n    devices: {}\n")
     problems = problems_of(fleet)
     first = f"{fleet / 'tenants.yaml'}:{line_of(fleet / 'tenants.yaml', '  acme:')}"
     assert problems == [f"{extra}:3: tenants.acme: defined twice (also at {first})"]
+
+
+def test_a_policy_in_a_sub_folder_is_not_merged_but_listed(fleet: Path) -> None:
+    """Only the top level is the policy: a folder inside it (an old copy, another
+    environment's policy) is never merged by surprise; the loader lists what it skipped."""
+    nested = write(fleet, "staging/agents.yaml", "agents:\n  intruder:\n    tenants: [acme]\n")
+    source = load_policy_source(fleet)
+    assert "intruder" not in source.document.agents
+    assert source.ignored == [nested]
+    assert nested not in source.files
+
+
+def test_every_problem_is_reported_in_one_pass(tmp_path: Path) -> None:
+    """An unknown tool is reported with, not after, an invalid entry elsewhere; and
+    pydantic's "Value error," prefix never reaches the operator."""
+    write(tmp_path, "tenants.yaml", "tenants:\n  acme: {}\n")
+    write(
+        tmp_path,
+        "tools.yaml",
+        "tools:\n  bad:\n    verb: publish\n    topic: a/#\n    payload: none\n"
+        "  good:\n    verb: publish\n    topic: a/b\n    payload: none\n",
+    )
+    agents = write(
+        tmp_path, "agents.yaml", "agents:\n  bot:\n    tenants: [acme, nowhere]\n"
+        "    tools: [good, bad, missing]\n"
+    )
+    problems = problems_of(tmp_path)
+    assert problems == [
+        f"{tmp_path / 'tools.yaml'}:2: tools.bad: topic template 'a/#': wildcard in topic "
+        "name 'a/#' [MQTT-3.3.2-2]; '+' and '#' are only allowed in subscribe templates",
+        f"{agents}:3: agents.bot.tenants.1: unknown tenant 'nowhere'",
+        f"{agents}:4: agents.bot.tools.2: unknown tool 'missing'",
+    ]
 
 
 def test_unknown_section_and_non_mapping_file(tmp_path: Path) -> None:
@@ -190,7 +223,7 @@ def test_template_problem_points_at_the_tool(tmp_path: Path) -> None:
     )
     problems = problems_of(tmp_path)
     assert len(problems) == 1
-    assert problems[0].startswith(f"{path}:2: tools.bad: Value error, topic template")
+    assert problems[0].startswith(f"{path}:2: tools.bad: topic template")
     # The MQTT rule is iot_guard.mqtt.topics' [MQTT-3.3.2-2]; the template grammar adds
     # which verb may use wildcards.
     assert "[MQTT-3.3.2-2]" in problems[0]
