@@ -4,6 +4,10 @@
         [--scale 1000] [--mode mux] [--fault offline@acme/therm-002] [--fault latency_s=0.5] \\
         [--username U --password-file F]
 
+Before starting, the simulator logs in once with the devices' credentials: a broker that
+refuses them (or nothing listening) ends the command at once with the broker's reason and
+exit status 1, and so does a fleet of which no device comes online within --start-timeout.
+
 A fault is ``NAME[=VALUE][@TARGET]``: NAME one of the device faults (offline, latency_s,
 drop_rate, reject_config, crash_on_apply, flapping_s, malformed_telemetry), VALUE defaulting
 to "on" for switches, TARGET ``*`` (default), ``TENANT/*`` or ``TENANT/DEVICE``.
@@ -14,6 +18,7 @@ device needs per-device accounts, which the pytest plugin and the demo set up).
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -22,8 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from .device import Faults
 
 
 class UsageError(ValueError):
@@ -38,6 +41,9 @@ class FaultSpec:
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
+        # Imported here: `iot-guard --help` registers this command without loading the fleet.
+        from .device import Faults
+
         body, _, target = text.partition("@")
         name, has_value, raw = body.partition("=")
         defaults = Faults.defaults()
@@ -67,6 +73,54 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def probe_broker(
+    host: str, port: int, credentials: tuple[str, str] | None, timeout: float = 5.0
+) -> str | None:
+    """Log in once as a device would: None when the broker accepts, else why not."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    answers: list[Any] = []
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"iot-guard-simulate-probe-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv5,
+    )
+    if credentials:
+        client.username_pw_set(*credentials)
+    client.on_connect = lambda _c, _u, _f, rc, _p: answers.append(rc)
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError as exc:
+        return f"cannot connect to the broker at {host}:{port}: {exc.strerror or exc}"
+    deadline = time.monotonic() + timeout
+    try:
+        while not answers and time.monotonic() < deadline:
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break  # the broker closed the connection without a CONNACK
+    finally:
+        if answers and not answers[0].is_failure:
+            client.disconnect()  # paho writes it now and closes the socket
+        else:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()  # refused or silent: nothing more to say to this peer
+    if not answers:
+        return (
+            f"{host}:{port} did not answer the MQTT CONNECT within {timeout:g} s "
+            "(is it an MQTT broker, and on this port?)"
+        )
+    reason = answers[0]
+    if reason.is_failure:
+        who = f"account {credentials[0]!r}" if credentials else "an anonymous client"
+        return (
+            f"the broker at {host}:{port} refused {who}: {reason} (reason code "
+            f"0x{reason.value:02X}); check --username / --password-file and the broker's "
+            "accounts"
+        )
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=Path, default=Path("device_policies"), metavar="DIR")
     parser.add_argument("--broker", required=True, metavar="HOST:PORT")
@@ -89,6 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary-every", type=float, default=1.0, metavar="S")
     parser.add_argument(
         "--duration", type=float, default=None, metavar="S", help="stop after S seconds"
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="fail when no device is online S seconds after the start (default 15)",
     )
 
 
@@ -118,6 +179,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (UsageError, OSError) as err:
         print(f"iot-guard simulate: {err}", file=sys.stderr)
         return 2
+    refused = probe_broker(host, port, credentials)
+    if refused is not None:
+        print(f"iot-guard simulate: {refused}", file=sys.stderr)
+        return 1
     fleet = Fleet(
         args.policy,
         host,
@@ -149,6 +214,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
         started = time.monotonic()
         last = (started, 0, 0)
+        failed = False
         while not stop.wait(args.summary_every):
             now = time.monotonic()
             stats = fleet.stats()
@@ -166,6 +232,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
             if args.duration is not None and now - started >= args.duration:
                 break
+            if stats.online == 0 and now - started >= args.start_timeout:
+                print(
+                    f"iot-guard simulate: no device came online within {args.start_timeout:g} s "
+                    f"on {host}:{port}; see the broker's log for why it refuses them",
+                    file=sys.stderr,
+                )
+                failed = True
+                break
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -177,7 +251,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         file=out,
         flush=True,
     )
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,12 +41,60 @@ def test_a_user_suite_gets_the_fixtures_from_the_entry_point(pytester: pytest.Py
 
 
 def test_the_policy_option_must_name_a_directory(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_user="def test_x(mosquitto):\n    pass\n")
+    """A wrong directory stops the run once, with one line: not an error per test."""
+    pytester.makepyfile(
+        test_user="def test_x(iot_guard_broker):\n    pass\n"
+        "def test_y(iot_guard_fleet):\n    pass\n"
+    )
     result = pytester.runpytest_subprocess(
         "--iot-guard-policy", "no-such-dir", "-p", "no:cacheprovider", timeout=60
     )
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*iot-guard policy directory*no-such-dir does not exist*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*iot-guard policy directory*no-such-dir does not exist*"])
+    assert "Traceback" not in str(result.stderr) + str(result.stdout)
+
+
+def test_a_suite_without_a_policy_gets_the_shipped_example(pytester: pytest.Pytester) -> None:
+    """A user's suite with no device_policies/ of its own runs on the example fleet that
+    ships inside the package (no traceback per test)."""
+    pytester.makepyfile(
+        test_user="""
+from pathlib import Path
+
+def test_example(iot_guard_policy_dir, iot_guard_fleet):
+    assert iot_guard_policy_dir.name == "example_policy"
+    assert iot_guard_policy_dir.parent == Path(__import__("simulator").__file__).parent
+    assert len(iot_guard_fleet.devices) == 13
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=90)
+    result.assert_outcomes(passed=1)
+
+
+def test_the_fixtures_do_not_clash_with_pytest_mqtt(pytester: pytest.Pytester) -> None:
+    """pytest-mqtt's plugin has a `mosquitto` fixture. With it installed, `mosquitto` is
+    its own and ours is `iot_guard_broker`: neither shadows the other. (A stand-in module
+    named pytest_mqtt, loaded as that plugin is, plays pytest-mqtt: the real one pulls in
+    Docker.)"""
+    pytester.mkpydir("pytest_mqtt")
+    (pytester.path / "pytest_mqtt" / "mosquitto.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\n"
+        "def mosquitto():\n    return ('localhost', 1883)  # pytest-mqtt's answer\n"
+    )
+    pytester.makepyfile(
+        test_user="""
+from simulator.broker import MosquittoBroker
+
+def test_both(mosquitto, iot_guard_broker):
+    assert mosquitto == ("localhost", 1883)
+    assert isinstance(iot_guard_broker, MosquittoBroker) and iot_guard_broker.running
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_mqtt.mosquitto", "--iot-guard-policy", str(POLICY), "-p",
+        "no:cacheprovider", "-q", timeout=90,
+    )
+    result.assert_outcomes(passed=1)
 
 
 def test_agent_reads_and_changes_a_shadow_through_the_guard(fleet, agent_client) -> None:

@@ -130,3 +130,41 @@ def test_fault_specs_parse(text: str, expected: FaultSpec) -> None:
 def test_bad_fault_specs_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         FaultSpec.parse(text)
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "simulate", "--policy",
+         str(ROOT / "device_policies"), "--summary-every", "0.2", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_simulate_where_nothing_listens_fails_at_once() -> None:
+    """Before: "online 0/13" forever and exit 0."""
+    from simulator.broker import free_port
+
+    result = simulate("--broker", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("Connection refused")
+    assert "online 0/13" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_simulate_against_a_broker_that_refuses_says_the_brokers_reason(
+    iot_guard_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("not-the-password\n")
+    result = simulate(
+        "--broker", f"{iot_guard_broker.host}:{iot_guard_broker.port}",
+        "--username", "iot-guard", "--password-file", str(password_file),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"iot-guard simulate: the broker at {iot_guard_broker.host}:{iot_guard_broker.port} "
+        "refused account 'iot-guard': Not authorized (reason code 0x87); check --username / "
+        "--password-file and the broker's accounts"
+    )
+    anonymous = simulate("--broker", f"{iot_guard_broker.host}:{iot_guard_broker.port}")
+    assert anonymous.returncode == 1 and "refused an anonymous client" in anonymous.stderr
+
