@@ -10,7 +10,9 @@ install:
 test: install
 	$(PYTHON) -m pytest -q
 
-demo: install
+# The demo needs the package only (no test or bench extras).
+demo:
+	bash .ci/install ""
 	$(PYTHON) -m simulator.demo
 
 bench: install

@@ -147,7 +147,15 @@ class AlertLog(logging.Handler):
 
 
 def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
-    """Run the demo; ``workdir`` (default: a new temp dir) keeps the audit log afterwards."""
+    """Run the demo in ``workdir``, which keeps the audit log and the broker's log
+    afterwards; without one, in a temp folder that is removed at the end."""
+    if workdir is not None:
+        return _run(out, workdir)
+    with tempfile.TemporaryDirectory(prefix="iot-guard-demo-") as temporary:
+        return _run(out, Path(temporary))
+
+
+def _run(out: TextIO, workdir: Path) -> int:
     from iot_guard.admin.app import AdminApp
     from iot_guard.admin.directory import PolicyDirectory
     from iot_guard.approvals.addon import ApprovalsAddon
@@ -157,7 +165,6 @@ def run(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
 
     demo = Demo(out)
     document = load_policy(POLICY)
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="iot-guard-demo-"))
     demo.say("iot-guard demo: an AI ops agent, a guard, and a fleet of 13 virtual thermostats")
     demo.say(f"policy: {POLICY}")
     try:
@@ -438,8 +445,19 @@ def _steps(demo: Demo, agent: AgentClient, fleet: Fleet, approver: ApproverCli) 
               rate_limit)
 
 
-def main() -> int:
-    return run(sys.stdout)
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m simulator.demo", description=__doc__)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="run in DIR and keep the audit log and broker log there (default: a temp "
+        "folder, removed at the end)",
+    )
+    args = parser.parse_args(argv)
+    return run(sys.stdout, args.keep)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -47,14 +48,18 @@ def test_the_demo_runs_every_step_and_exits_zero(tmp_path: Path) -> None:
     assert "terminating" in (tmp_path / "broker" / "mosquitto.log").read_text()
 
 
-def test_python_m_simulator_demo_is_what_make_demo_runs() -> None:
+def test_python_m_simulator_demo_is_what_make_demo_runs(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "simulator.demo"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=90,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every step behaved as expected" in proc.stdout
     assert not proc.stderr.strip(), proc.stderr
+    # Its temp folder (broker files, audit log) is gone: nothing left behind in /tmp.
+    assert "iot-guard-demo-" in proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -58,10 +58,10 @@ agents:
     tools: [telemetry, any_reply, logs, groups, identify_echo, public]
 """
 
-_extra_dir = Path(tempfile.mkdtemp(prefix="iot-guard-policy-"))
-(_extra_dir / "policy.yaml").write_text(EXTRA)
-
-POLICIES = [CompiledPolicy.load(POLICY_DIR), CompiledPolicy.load(_extra_dir)]
+# Compiled once at import; the folder is only needed while loading (no /tmp leftovers).
+with tempfile.TemporaryDirectory(prefix="iot-guard-policy-") as _extra_dir:
+    (Path(_extra_dir) / "policy.yaml").write_text(EXTRA)
+    POLICIES = [CompiledPolicy.load(POLICY_DIR), CompiledPolicy.load(_extra_dir)]
 AGENTS: list[AgentPolicy] = []
 DOCS: dict[int, PolicyDocument] = {}
 TEMPLATES: list[list[str]] = []
