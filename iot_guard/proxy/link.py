@@ -19,6 +19,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditError
+from ..logs import log_session_records
 from ..session import (
     AgentClosed,
     AgentData,
@@ -62,7 +63,7 @@ class Link:
 
     __slots__ = (
         "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
-        "_closed", "backpressured", "_agent_paused",
+        "_closed", "backpressured", "_agent_paused", "refused",
     )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
@@ -75,6 +76,7 @@ class Link:
         self._closed = False
         self.backpressured = False  # the agent reads slower than the broker sends
         self._agent_paused = 0  # PAUSED_* bits
+        self.refused = 0  # requests refused so far, for the console log's disconnect line
 
     @property
     def closed(self) -> bool:
@@ -169,6 +171,7 @@ class Link:
                 raise
             stats.audit_latency.observe(perf_counter() - started)
             stats.count_records(audits)  # the metrics' decisions: what was audited
+            self.refused = log_session_records(audits, self.refused)
             audits.clear()
         if to_agent and self.agent is not None and not self.agent.is_closing():
             self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
