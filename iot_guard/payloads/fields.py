@@ -115,7 +115,9 @@ class FieldSet:
     are refused by name instead of validated.
     """
 
-    __slots__ = ("owner", "what", "specs", "readonly", "required", "nullable", "_rank", "_adapter")
+    __slots__ = (
+        "owner", "what", "specs", "readonly", "required", "nullable", "rules", "_rank", "_adapter",
+    )
 
     def __init__(
         self,
@@ -126,8 +128,11 @@ class FieldSet:
         agent: bool,
         nullable: bool,
         honour_required: bool,
+        rules: Mapping[str, str] | None = None,
     ) -> None:
         self.owner = owner  # e.g. "device type thermostat", "command reboot"
+        # field name -> "file:line (device_types.T.config.F)": a refusal names the field's rule
+        self.rules: Mapping[str, str] = rules or {}
         self.what = what  # e.g. "config field", "payload field"
         self.specs: dict[str, FieldSpec] = {
             name: spec for name, spec in specs.items() if spec.agent_writable or not agent
@@ -152,8 +157,9 @@ class FieldSet:
         shape.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)
         self._adapter: TypeAdapter[Any] = TypeAdapter(shape)
 
-    def check(self, obj: dict[str, object], prefix: str) -> tuple[str, int]:
-        """(reason, highest risk rank of the keys): reason is "" when the object is valid.
+    def check(self, obj: dict[str, object], prefix: str) -> tuple[str, int, str | None]:
+        """(reason, highest risk rank of the keys, rule): reason is "" when the object is
+        valid; rule names the policy line of the field that refused it (None: no field's).
 
         ``prefix`` is the path of ``obj`` in the payload, e.g. "state.desired.".
         """
@@ -162,34 +168,38 @@ class FieldSet:
         for key in obj:
             key_rank = ranks.get(key)
             if key_rank is None:
-                return self._explain(obj, prefix, None), 0
+                return self._explain(obj, prefix, None)
             if key_rank > rank:
                 rank = key_rank
         try:
             # Values, and required fields (Required[...] in the shape).
             self._adapter.validate_python(obj)
         except ValidationError as exc:
-            return self._explain(obj, prefix, exc), 0
-        return "", rank
+            return self._explain(obj, prefix, exc)
+        return "", rank, None
 
-    def _explain(self, obj: dict[str, object], prefix: str, exc: ValidationError | None) -> str:
-        """The reason for a refusal (slow path): the first refused key in payload order."""
+    def _explain(
+        self, obj: dict[str, object], prefix: str, exc: ValidationError | None
+    ) -> tuple[str, int, str | None]:
+        """The reason for a refusal (slow path): the first refused key in payload order,
+        with the rule of that field."""
         errors = [] if exc is None else exc.errors(include_url=False)
+        rules = self.rules
         for key, value in obj.items():
             spec = self.specs.get(key)
             if spec is None:
                 if key in self.readonly:
-                    return f"{prefix}{key}: {key} is not writable by an agent"
-                return f"{prefix}{key_text(key)}: not a {self.what} of {self.owner}"
+                    return f"{prefix}{key}: {key} is not writable by an agent", 0, rules.get(key)
+                return f"{prefix}{key_text(key)}: not a {self.what} of {self.owner}", 0, None
             problem = field_problem(spec, value, nullable=self.nullable)
             if problem is None:
                 # field_problem mirrors value_type; should they ever differ, pydantic's
                 # verdict stands and its message is shown.
                 problem = next((e["msg"] for e in errors if e["loc"][:1] == (key,)), None)
             if problem:
-                return f"{prefix}{key}: {problem}"
+                return f"{prefix}{key}: {problem}", 0, rules.get(key)
         for name in self.required:
             if name not in obj:
-                return f"{prefix}{name}: required by {self.owner} but missing"
+                return f"{prefix}{name}: required by {self.owner} but missing", 0, rules.get(name)
         message = errors[0]["msg"] if errors else "refused"
-        return f"{prefix.rstrip('.') or 'payload'}: {message}"
+        return f"{prefix.rstrip('.') or 'payload'}: {message}", 0, None

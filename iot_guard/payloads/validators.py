@@ -37,13 +37,15 @@ class PayloadVerdict:
     fields: tuple[str, ...] = ()
     # The parsed JSON object when ok, so callers don't parse twice.
     document: object = None
+    # When a field refused the payload: its rule ("file:line (device_types.T.config.F)").
+    rule: str | None = None
 
 
 _EMPTY_OK = PayloadVerdict(ok=True, reason="")
 
 
-def _refused(reason: str) -> PayloadVerdict:
-    return PayloadVerdict(ok=False, reason=reason)
+def _refused(reason: str, rule: str | None = None) -> PayloadVerdict:
+    return PayloadVerdict(ok=False, reason=reason, rule=rule)
 
 
 def _client_token_problem(doc: dict[str, object]) -> str:
@@ -89,7 +91,19 @@ class PayloadValidators:
         self._types = types
 
     @classmethod
-    def build(cls, doc: PolicyDocument, *, agent: bool = True) -> PayloadValidators:
+    def build(
+        cls,
+        doc: PolicyDocument,
+        *,
+        agent: bool = True,
+        rule_of: Callable[[tuple[str, ...]], str] | None = None,
+    ) -> PayloadValidators:
+        """``rule_of`` (the loaded policy's ``PolicySource.rule``) names each field's line,
+        so a refusal points at the field that refused, not only at the tool."""
+
+        def rules(path: tuple[str, ...], names: Iterable[str]) -> dict[str, str]:
+            return {name: rule_of(path + (name,)) for name in names} if rule_of else {}
+
         types: dict[str, _DeviceTypeValidators] = {}
         for type_name, device_type in doc.device_types.items():
             if CLIENT_TOKEN in device_type.config:
@@ -105,6 +119,7 @@ class PayloadValidators:
                 agent=agent,
                 nullable=True,
                 honour_required=False,  # a patch or desired update names only what changes
+                rules=rules(("device_types", type_name, "config"), device_type.config),
             )
             commands = {
                 command_name: FieldSet(
@@ -114,6 +129,10 @@ class PayloadValidators:
                     agent=agent,
                     nullable=False,
                     honour_required=True,
+                    rules=rules(
+                        ("device_types", type_name, "commands", command_name, "payload"),
+                        command.payload,
+                    ),
                 )
                 for command_name, command in device_type.commands.items()
             }
@@ -184,9 +203,9 @@ class PayloadValidators:
             # spent on, or audit line written for, a change that is not one).
             if not values:
                 return _refused(f"state.{section}: changes nothing (empty object)")
-            problem, section_rank = validators.config.check(values, f"state.{section}.")
+            problem, section_rank, rule = validators.config.check(values, f"state.{section}.")
             if problem:
-                return _refused(problem)
+                return _refused(problem, rule)
             rank = max(rank, section_rank)
             touched.update(values)
         return PayloadVerdict(
@@ -214,9 +233,9 @@ class PayloadValidators:
             patch = {key: value for key, value in doc.items() if key != CLIENT_TOKEN}
         if not patch:
             return _refused("payload: changes nothing (empty merge patch)")
-        problem, rank = validators.config.check(patch, "")
+        problem, rank, rule = validators.config.check(patch, "")
         if problem:
-            return _refused(problem)
+            return _refused(problem, rule)
         return PayloadVerdict(
             ok=True, reason="", risk=RISKS[rank], fields=tuple(sorted(patch)), document=doc
         )
@@ -239,9 +258,9 @@ class PayloadValidators:
         else:
             # An empty payload is an empty object, so `identify` takes b"" as well as b"{}".
             doc = {}
-        problem, rank = fields.check(doc, f"{command}.")
+        problem, rank, rule = fields.check(doc, f"{command}.")
         if problem:
-            return _refused(problem)
+            return _refused(problem, rule)
         rank = max(rank, validators.command_risk[command])
         return PayloadVerdict(ok=True, reason="", risk=RISKS[rank], document=doc)
 

@@ -117,34 +117,37 @@ class PubMatch:
             ))
         return d
 
-    def payload_denied(self, problem: str) -> Decision:
+    def payload_denied(self, problem: str, field_rule: str | None = None) -> Decision:
+        """``field_rule``: the device type field that refused the payload, when one did
+        (its line says why); else the tool's rule."""
         end = self.end
         return deny(
             wording.payload_refused(end, problem), self.action_type,
-            ReasonCode.PAYLOAD_FORMAT_INVALID, end.tool, end.rule, self.resource,
+            ReasonCode.PAYLOAD_FORMAT_INVALID, end.tool, field_rule or end.rule, self.resource,
         )
 
 
 def check_payload(
     m: PubMatch, validators: PayloadValidators | None, payload: bytes
-) -> tuple[str, str | None]:
-    """(risk, None) if the payload is acceptable for the tool's payload kind on this topic
-    (for the typed kinds: for every device type the topic reaches)."""
+) -> tuple[str, str | None, str | None]:
+    """(risk, None, None) if the payload is acceptable for the tool's payload kind on this
+    topic (for the typed kinds: for every device type the topic reaches); else (risk,
+    problem, rule of the device type field that refused it, or None)."""
     end = m.end
     if end.free is not None:
         # any / json / json_schema: the tool's own limits, whatever the topic layout.
         problem = end.free.check(payload)
-        return "low", problem
+        return "low", problem, None
     if validators is None:
-        return "low", "the policy has no payload validators"
+        return "low", "the policy has no payload validators", None
     kind = end.payload
     if kind == "none":
         # A tool without a payload kind carries no data (e.g. shadow/get): anything
         # else would reach devices unvalidated (principle 2).
         v = validators.empty(payload)
-        return v.risk, (None if v.ok else v.reason)
+        return v.risk, (None if v.ok else v.reason), None
     if not m.device_types:
-        return "low", f"{m.resource} has no devices to validate the payload against"
+        return "low", f"{m.resource} has no devices to validate the payload against", None
     # Every device type the topic reaches must accept it; parsed once for all of them.
     v = validators.for_types(kind, m.device_types, payload, command=m.command)
-    return v.risk, (None if v.ok else v.reason)
+    return v.risk, (None if v.ok else v.reason), v.rule

@@ -254,10 +254,10 @@ class AgentPolicy:
                 continue
             risk = end.risk
             if end.payload != "none" or payload:
-                verdict_risk, problem = check_payload(m, self._validators, payload)
+                verdict_risk, problem, field_rule = check_payload(m, self._validators, payload)
                 if problem is not None:
                     if refusal_rank < 2:
-                        refusal, refusal_rank = m.payload_denied(problem), 2
+                        refusal, refusal_rank = m.payload_denied(problem, field_rule), 2
                     continue
                 risk = risk_max(risk, verdict_risk)
             raised_from: str | None = None
@@ -411,7 +411,8 @@ class CompiledPolicy:
         rule = self.source.rule if self.source else dotted
         self._shared = _Shared(
             self._registry,
-            PayloadValidators.build(self.document),
+            # Each field's rule, so a refusal names the field that refused, not only the tool.
+            PayloadValidators.build(self.document, rule_of=rule),
             {name: rule(("tools", name)) for name in self.document.tools},
             {
                 name: rule(("tools", name, "conditions", "approval_above_devices"))

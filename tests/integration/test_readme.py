@@ -42,7 +42,7 @@ def test_the_sample_event_is_what_the_guard_sends(
     iot_guard_agent: Any, iot_guard_policy_dir: Path
 ) -> None:
     """The README's sample $guard/events payload, field by field (the timestamp aside), and
-    its rule names the line that really holds the tool."""
+    its rule names the line that really holds the field that refused."""
     (sample_text,) = re.findall(r"```json\n(.*?)```", section("How a packet is judged"), re.S)
     sample = json.loads(sample_text)
     agent = iot_guard_agent("ops-agent")
@@ -54,8 +54,8 @@ def test_the_sample_event_is_what_the_guard_sends(
     assert sample.pop("rule") == real_rule
     event.pop("timestamp"), sample.pop("timestamp")
     assert event == sample
-    # The line the rule cites holds the tool's definition.
+    # The line the rule cites holds the field whose bounds refused the value.
     where = real_rule.split(" ")[0]
     file, line = where.rsplit(":", 1)
     root = iot_guard_policy_dir.parent
-    assert (root / file).read_text().splitlines()[int(line) - 1].strip() == "shadow_update:"
+    assert (root / file).read_text().splitlines()[int(line) - 1].strip() == "target_temp_c:"

@@ -507,3 +507,32 @@ def test_plus_over_two_kinds_of_variable_needs_each_to_cover(tmp_path: Path) -> 
     # a group name under '+' would reach .../g1/y, which no tool lets k read
     assert not k.decide_subscribe("m/a/+/y").allowed
     assert k.decide_subscribe("m/a/d1/y").allowed and not k.decide_subscribe("m/a/g1/y").allowed
+
+
+def _types_line(needle: str) -> int:
+    path = POLICY_DIR / "device_types.yaml"
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "needle"),
+    [
+        ({"target_temp_c": 45}, "target_temp_c", "      target_temp_c:"),
+        ({"mode": "warp"}, "mode", "      mode:"),
+        ({"admin_pin": "1234"}, "admin_pin", "      admin_pin:"),  # not agent-writable
+    ],
+)
+def test_a_field_refusal_names_the_fields_line_in_the_device_type(
+    ops: AgentPolicy, fields: dict[str, object], field: str, needle: str
+) -> None:
+    """The rule of a payload refusal is the field that refused it (its bounds, its enum, its
+    agent_writable) in the device type, not only the tool that carried it."""
+    d = ops.decide_publish(f"{DEV}/shadow/update", desired(**fields))
+    assert d.verdict is Verdict.DENY and d.reason_code == PAYLOAD_INVALID
+    types_yaml = POLICY_DIR / "device_types.yaml"
+    assert d.rule == (
+        f"{types_yaml}:{_types_line(needle)} (device_types.thermostat.config.{field})"
+    )
+    # A key no device type declares has no field rule: the tool's stands.
+    unknown = ops.decide_publish(f"{DEV}/shadow/update", desired(colour="red"))
+    assert unknown.rule == f"{TOOLS_YAML}:{tool_line('shadow_update')} (tools.shadow_update)"
