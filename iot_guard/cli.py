@@ -174,6 +174,7 @@ def build_config(args: argparse.Namespace) -> tuple[RunSettings, Any, Any]:
         connect_timeout=settings.connect_timeout,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         upstream_tls=settings.upstream_tls, upstream_ca=settings.upstream_ca,
+        state=settings.state, mode=settings.mode, observe=frozenset(settings.observe),
     )
     return settings, config, policy
 
@@ -469,6 +470,12 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--connect-timeout", help="seconds for a CONNECT and for reaching the broker")
     run.add_argument("--upstream-check-interval",
                      help="seconds between checks of the guard's broker login (default 30)")
+    run.add_argument("--state", metavar="DIR|URL",
+                     help="state store: a directory (SQLite) or redis://... (default: state/ "
+                     "beside the audit log)")
+    run.add_argument("--mode", help="enforce (default) | dry-run (refuse nothing, audit all)")
+    run.add_argument("--observe", metavar="CHECK,...",
+                     help="checks that only observe (audited as would_deny / would_hold)")
     run.add_argument("--admin", metavar="HOST:PORT", type=_host_port_arg,
                      help="serve the admin API and the approval console here")
     run.add_argument("--log-level", help="debug | info (default) | warning | error")

@@ -25,6 +25,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -65,6 +66,13 @@ def _check_host_port(value: object) -> str:
     text = str(value)  # `listen: 1884` in YAML is a number: still say what is missing
     parse_host_port(text)
     return text.strip()
+
+
+def _names(value: object) -> object:
+    """``a,b`` (a flag or an environment variable) or a YAML list: the names, no blanks."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 def _lower(value: object) -> object:
@@ -133,6 +141,16 @@ class RunSettings(BaseSettings):
     )
     upstream_check_interval: float = Field(
         30.0, gt=0, description="seconds between checks of the guard's own broker login"
+    )
+    state: str | None = Field(
+        None, description="state store: a directory (SQLite) or redis://...; default: state/ "
+        "beside the audit log",
+    )
+    mode: Literal["enforce", "dry-run"] = Field(
+        "enforce", description="dry-run: decide and audit everything, refuse nothing"
+    )
+    observe: Annotated[list[str], NoDecode, BeforeValidator(_names)] = Field(
+        default_factory=list, description="checks (by name) that only observe: a,b"
     )
     admin: HostPortText | None = Field(
         None, description="HOST:PORT of the admin API and approval console (off when unset)"

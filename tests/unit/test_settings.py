@@ -171,3 +171,14 @@ def test_host_port_refused(text: str) -> None:
 def test_unknown_environment_variables_are_found() -> None:
     environ = {"IOT_GUARD_UPSTREAM_PASWORD": "x", "IOT_GUARD_LISTEN": "h:1", "HOME": "/root"}
     assert unknown_env(environ) == ["IOT_GUARD_UPSTREAM_PASWORD"]
+
+
+def test_state_mode_and_observed_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOT_GUARD_OBSERVE", "rate_limit, anomaly")
+    settings = RunSettings.load({**BASE, "mode": "dry-run", "state": "redis://127.0.0.1/0"})
+    assert settings.mode == "dry-run" and settings.state == "redis://127.0.0.1/0"
+    assert settings.observe == ["rate_limit", "anomaly"]
+    monkeypatch.delenv("IOT_GUARD_OBSERVE")
+    assert RunSettings.load(BASE).observe == [] and RunSettings.load(BASE).mode == "enforce"
+    found = problems({**BASE, "mode": "relaxed"})
+    assert len(found) == 1 and found[0].startswith("--mode: Input should be 'enforce' or 'dry-run'")
