@@ -226,12 +226,17 @@ async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
     admin = AdminApp(admin_at.host, admin_at.port, config.secret) if admin_at else None
     if admin is not None:
         addons.append(admin)
+    if settings.metrics:
+        from .admin.metrics import MetricsServer
+
+        at = parse_host_port(settings.metrics)
+        addons.append(MetricsServer(at.host, at.port))
     server = GuardServer(config, policy, addons=addons)  # AuditError: one line (main)
     try:
         await server.start()
     except OSError as exc:  # the listen (or admin) address is taken or not ours
         await server.stop()
-        ports = "--listen or --admin" if admin is not None else "--listen"
+        ports = "--listen, --admin or --metrics" if admin or settings.metrics else "--listen"
         raise CliError(
             f"cannot start: {_reason(exc)} (is another guard or broker on that port? "
             f"choose another {ports})"
@@ -477,7 +482,10 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--observe", metavar="CHECK,...",
                      help="checks that only observe (audited as would_deny / would_hold)")
     run.add_argument("--admin", metavar="HOST:PORT", type=_host_port_arg,
-                     help="serve the admin API and the approval console here")
+                     help="serve the admin API and the approval console here (with /metrics, "
+                     "/healthz, /readyz)")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=_host_port_arg,
+                     help="serve /metrics (Prometheus), /healthz and /readyz here")
     run.add_argument("--log-level", help="debug | info (default) | warning | error")
     run.add_argument("--log-format", help="text (default) | json")
     run.set_defaults(handler=cmd_run)

@@ -31,6 +31,8 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "IOT_GUARD_"
+# Checks that may run in observe mode (--observe); the kill switch always enforces.
+OBSERVABLE_CHECKS = ("rate_limit", "anomaly")
 # The largest MQTT packet the Remaining Length can describe [MQTT-2.2.3].
 MQTT_MAX_PACKET = 268_435_455
 
@@ -150,7 +152,11 @@ class RunSettings(BaseSettings):
         "enforce", description="dry-run: decide and audit everything, refuse nothing"
     )
     observe: Annotated[list[str], NoDecode, BeforeValidator(_names)] = Field(
-        default_factory=list, description="checks (by name) that only observe: a,b"
+        default_factory=list,
+        description=f"checks (by name) that only observe: {', '.join(OBSERVABLE_CHECKS)}",
+    )
+    metrics: HostPortText | None = Field(
+        None, description="HOST:PORT of /metrics (Prometheus), /healthz and /readyz"
     )
     admin: HostPortText | None = Field(
         None, description="HOST:PORT of the admin API and approval console (off when unset)"
@@ -179,6 +185,11 @@ class RunSettings(BaseSettings):
         if has_password and self.upstream_username is None:
             # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22].
             raise ValueError("an upstream password needs upstream_username")
+        unknown = sorted(set(self.observe) - set(OBSERVABLE_CHECKS))
+        if unknown:
+            raise ValueError(
+                f"observe: unknown checks {unknown}; known: {', '.join(OBSERVABLE_CHECKS)}"
+            )
         if self.upstream_ca is not None and not self.upstream_tls:
             raise ValueError("upstream_ca is set but upstream_tls is false: set upstream_tls")
         return self
