@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -175,6 +182,14 @@ class RunSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ConfigFileSource(settings_cls))
 
+    @field_validator("observe")
+    @classmethod
+    def _observable(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(OBSERVABLE_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown checks {unknown}; known: {list(OBSERVABLE_CHECKS)}")
+        return names
+
     @model_validator(mode="after")
     def _consistent(self) -> RunSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -185,11 +200,6 @@ class RunSettings(BaseSettings):
         if has_password and self.upstream_username is None:
             # MQTT 3.1.1 forbids a password without a user name [MQTT-3.1.2-22].
             raise ValueError("an upstream password needs upstream_username")
-        unknown = sorted(set(self.observe) - set(OBSERVABLE_CHECKS))
-        if unknown:
-            raise ValueError(
-                f"observe: unknown checks {unknown}; known: {', '.join(OBSERVABLE_CHECKS)}"
-            )
         if self.upstream_ca is not None and not self.upstream_tls:
             raise ValueError("upstream_ca is set but upstream_tls is false: set upstream_tls")
         return self
