@@ -222,9 +222,10 @@ def time_compiled(
     def run() -> float:
         if not cached:
             for h in agents:
-                # With CACHE_LIMIT 0 each agent cache holds one topic: replace it with one
-                # no request uses, or an agent's first request of this pass could hit what
-                # its last request of the previous pass left there.
+                # With CACHE_LIMIT 0 each agent cache holds its precomputed topics and one
+                # decided on demand: replace that one with one no request uses, or an
+                # agent's first request of this pass could hit what its last request of
+                # the previous pass left there.
                 h.decide_receive("bench/reset")
                 h.decide_publish("bench/reset", b"", 0, False)
         start = _clock()

@@ -14,7 +14,7 @@ Deny by default: a topic no tool matches is denied, and every decision says why.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,14 +53,20 @@ _V = TypeVar("_V")
 _ALLOW, _SUCCESS = Verdict.ALLOW, ReasonCode.SUCCESS
 
 
-def _fill(cache: dict[str, _V], topic: str, build: Callable[[str], _V]) -> _V:
-    """A per-topic cache miss: build the result and keep it, clearing a full cache first.
+def _fill(
+    cache: dict[str, _V], topic: str, build: Callable[[str], _V], base: Mapping[str, _V] | None
+) -> _V:
+    """A per-topic cache miss: build the result and keep it, resetting a full cache first.
 
-    Callers do the ``cache.get`` themselves, so a hit costs one lookup and no bound
-    method; the cache holds no reference back to its owner (no reference cycle).
+    ``base`` holds the answers decided in advance (they live in the same dict, so any
+    hit is one lookup); a full cache goes back to them, so the bound is on what was
+    decided on demand. Callers do the ``cache.get`` themselves, so a hit costs one
+    lookup and no bound method; the cache holds no reference back to its owner.
     """
-    if len(cache) >= CACHE_LIMIT:
+    if len(cache) - (len(base) if base else 0) >= CACHE_LIMIT:
         cache.clear()
+        if base:
+            cache.update(base)
     value = cache[topic] = build(topic)
     return value
 
@@ -198,6 +204,7 @@ class AgentPolicy:
                     topic: tuple(PubMatch(e, b, topic, registry) for e, b in found)
                     for topic, found in published.items()
                 }
+                self._pub_cache.update(self._pub_exact)
         if self._recv_shapes is not None:
             received = self._recv_shapes.enumerate(self._scope, EXACT_LIMIT)
             if received is not None:
@@ -205,6 +212,7 @@ class AgentPolicy:
                     topic: self._allow_receive(found[0][0], found[0][1])
                     for topic, found in received.items()
                 }
+                self._recv_cache.update(self._recv_exact)
 
     @staticmethod
     def _allow_receive(end: End, b: Bindings) -> Decision:
@@ -235,9 +243,9 @@ class AgentPolicy:
         The first tool (agent order) whose checks all pass decides; else the most
         telling refusal (a payload problem over a QoS/retain one).
         """
-        matches = self._pub_exact.get(topic) or self._pub_cache.get(topic)
+        matches = self._pub_cache.get(topic)
         if matches is None:
-            matches = _fill(self._pub_cache, topic, self._publish_matches)
+            matches = _fill(self._pub_cache, topic, self._publish_matches, self._pub_exact)
         if isinstance(matches, Decision):
             return matches
         refusal: Decision | None = None
@@ -294,7 +302,7 @@ class AgentPolicy:
         device topic names, the members of a group topic's group (registry order); []
         when no publish tool of this agent matches the topic. A frozen list: approvals
         bind to it."""
-        matches = self._pub_exact.get(topic) or self._pub_cache.get(topic)
+        matches = self._pub_cache.get(topic)
         if matches is None:
             matches = self._publish_matches(topic)
         if isinstance(matches, Decision) or not matches:
@@ -307,7 +315,7 @@ class AgentPolicy:
         """May this agent subscribe to ``topic_filter``? ``max_qos`` caps the granted QoS."""
         decision = self._sub_cache.get(topic_filter)
         if decision is None:
-            decision = _fill(self._sub_cache, topic_filter, self._subscribe_decision)
+            decision = _fill(self._sub_cache, topic_filter, self._subscribe_decision, None)
         return decision
 
     def _subscribe_decision(self, topic_filter: str) -> Decision:
@@ -359,9 +367,9 @@ class AgentPolicy:
 
     def decide_receive(self, topic: str) -> Decision:
         """May the agent be delivered a PUBLISH on this concrete topic?"""
-        decision = self._recv_exact.get(topic) or self._recv_cache.get(topic)
+        decision = self._recv_cache.get(topic)
         if decision is None:
-            decision = _fill(self._recv_cache, topic, self._receive_decision)
+            decision = _fill(self._recv_cache, topic, self._receive_decision, self._recv_exact)
         return decision
 
     def _receive_decision(self, topic: str) -> Decision:
