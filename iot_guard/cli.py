@@ -547,7 +547,11 @@ def _add_plugins(commands: Any) -> None:
     """Subcommands of this package's feature modules and of installed distributions."""
     for name in COMMAND_MODULES:
         importlib.import_module(name, __package__).register(commands)
+    seen: set[str] = set()
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in seen or entry.name in commands.choices:
+            continue  # the same distribution found twice on sys.path (e.g. mid-reinstall)
+        seen.add(entry.name)
         try:
             register = entry.load()
         except ImportError as exc:  # a broken plugin must not take the guard's CLI down

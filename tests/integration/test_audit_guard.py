@@ -123,6 +123,7 @@ def test_sighup_continues_the_chain_in_a_new_file_as_logrotate_expects(tmp_path:
     keys = keygen(tmp_path, "guard-hup.test/audit")
     secret_file = tmp_path / "guard.secret"
     secret_file.write_text("h" * 48)
+    secret_file.chmod(0o600)  # `run` refuses a secret others may read
     log, rotated = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
     port = free_port()
     with MosquittoBroker(auth=False) as broker:
