@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..checks import Pipeline, Request
 from ..checks.pipeline import Judgement
@@ -42,6 +42,7 @@ from ..mqtt import (
     Unsubscribe,
     encode,
 )
+from ..mqtt.reason_codes import CONNACK_CODES
 from ..mqtt.topics import topic_matches, validate_topic_filter
 from ..policy.compiler import AgentPolicy, CompiledPolicy
 from ..policy.decision import Decision, Verdict
@@ -447,9 +448,12 @@ class GuardSession:
             self._audit(actions, now, decision, "publish", will.topic, payload=will.payload,
                         qos=will.qos, retain=will.retain, note="will message")
             if decision.verdict is not Verdict.ALLOW:
+                # The policy's own code where a CONNACK may carry it (0x99 payload format
+                # invalid, 0x90 topic name invalid, 0x9A/0x9B), else not authorized.
+                code = (decision.reason_code if decision.reason_code in CONNACK_CODES
+                        else ReasonCode.NOT_AUTHORIZED)
                 self._refuse_connect(
-                    actions, now, ReasonCode.NOT_AUTHORIZED,
-                    f"will message refused: {decision.reason}", audit=False,
+                    actions, now, code, f"will message refused: {decision.reason}", audit=False,
                 )
                 return
         upstream = Connect(
@@ -585,6 +589,9 @@ class GuardSession:
         assert self.agent_id is not None
         hold_id = self._new_hold_id()
         self._holds.add(hold_id)
+        # The record carries the code the agent gets: 0x83, held (the policy's hold carries
+        # 0x87 for a guard that cannot park it).
+        decision = replace(decision, reason_code=ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
         self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain, note=f"approval request {hold_id}")
         actions.append(StartHold(HeldAction(

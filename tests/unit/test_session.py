@@ -231,6 +231,14 @@ def test_will_is_authorized_like_a_publish() -> None:
     assert not any(isinstance(c, OpenUpstream) for c in commands)
 
 
+def test_a_will_with_an_invalid_payload_gets_the_payload_code() -> None:
+    session = fresh()
+    will = Will(topic=SHADOW_UPDATE, payload=b'{"state":{"desired":{"target_temp_c":45}}}')
+    (connack,) = sent_to_agent(session.handle(AgentData(connect_bytes(will=will)), NOW))
+    assert connack.reason_code == 0x99  # payload format invalid, as a PUBACK would say
+    assert "target_temp_c" in connack.properties[PropertyId.REASON_STRING]
+
+
 def test_garbage_before_connect_closes_without_forwarding() -> None:
     session = fresh()
     assert (
@@ -642,7 +650,8 @@ def test_held_publish_is_parked_answered_0x83_and_its_outcome_reported() -> None
     session.handle(AgentData(encode(Subscribe(1, [Subscription("$guard/events")]), 5)), NOW)
     raw = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
     commands = session.handle(AgentData(raw), NOW)
-    assert commands[0] == audit(decision="hold", note="approval request s-1.1")
+    # Audited with the code the agent gets.
+    assert commands[0] == audit(decision="hold", note="approval request s-1.1", reason_code=0x83)
     (hold,) = [c for c in commands if isinstance(c, StartHold)]
     held = hold.held
     assert (held.hold_id, held.agent_id, held.topic, held.qos, held.payload) == (
