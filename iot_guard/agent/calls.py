@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from iot_guard.policy_models import NAME_PATTERN
+from iot_guard.policy_models import FREE_PAYLOADS, NAME_PATTERN
 
 from .tools import ToolSpec
 
@@ -138,6 +138,11 @@ def to_message(
     elif spec.payload == "command":
         arguments = {k: v for k, v in _object_arg(args, "arguments").items() if v is not None}
         payload = _dumps(arguments) if arguments else b""
+    elif spec.payload in FREE_PAYLOADS:
+        body = args.get("payload")
+        if not isinstance(body, str):
+            raise CallError("payload must be the message body as text")
+        payload = body.encode()  # sent as written: the guard judges kind, size and schema
     else:
         payload = b""
     return Message(topic, payload, token, replies)

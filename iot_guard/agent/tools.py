@@ -36,8 +36,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from iot_guard.payloads.freeform import DEFAULT_ANY_MAX_BYTES, DEFAULT_JSON_MAX_BYTES
 from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
-from iot_guard.policy_models import NAME_PATTERN, RISK_ORDER, FieldSpec, PolicyDocument, Tool
+from iot_guard.policy_models import (
+    FREE_PAYLOADS,
+    NAME_PATTERN,
+    RISK_ORDER,
+    FieldSpec,
+    PolicyDocument,
+    Tool,
+)
 
 FALLBACK = "x-fallback-pattern"
 NULL: dict[str, Any] = {"type": "null"}
@@ -62,7 +70,7 @@ class ToolSpec:
     tool: str  # the policy tool
     verb: str  # publish | subscribe
     topic: str  # topic template ({tenant}, {device}, {group} filled from the arguments)
-    payload: str  # payload kind: shadow_update | config_patch | command | none
+    payload: str  # payload kind: shadow_update | config_patch | command | none | any | json...
     command: str | None  # the command a command tool sends (bound per definition)
     risk: str  # the tool's own risk class
     may_hold: bool  # can a call be held for human approval?
@@ -466,6 +474,22 @@ def _specs_for_template(
                 f"A JSON merge patch (RFC 7396) of {target}'s config: set values in config "
                 "(null leaves a field unchanged); list fields to reset in reset."
             )
+    elif tool.payload in FREE_PAYLOADS:
+        limit = tool.max_bytes or (
+            DEFAULT_ANY_MAX_BYTES if tool.payload == "any" else DEFAULT_JSON_MAX_BYTES
+        )
+        what = {
+            "any": "The message body, as text",
+            "json": "One JSON object, written as JSON text",
+            "json_schema": f"One JSON object valid against the policy's schema "
+                           f"{tool.schema_file}, written as JSON text",
+        }[tool.payload]
+        # Text, not an object: strict modes (OpenAI) cannot express an open object, and the
+        # guard validates the body exactly anyway (kind, size, depth, schema).
+        params["payload"] = {"type": "string", "maxLength": limit,
+                             "description": f"{what} (at most {limit} bytes)."}
+        required.append("payload")
+        shape = f"{what}; the guard checks it before anything is sent."
     else:
         shape = "Sends an empty message."
     effective = max([tool.risk, *risky.values()], key=RISK_ORDER.__getitem__)
