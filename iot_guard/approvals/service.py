@@ -45,7 +45,15 @@ from iot_guard.audit import AuditError, utc_iso
 from iot_guard.mqtt import topic_matches
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Verdict
-from iot_guard.state import AlreadyExists, ApprovalStore, DeviceState, FlagView, Record, StateError
+from iot_guard.state import (
+    AlreadyExists,
+    ApprovalStore,
+    DeviceState,
+    FlagView,
+    Record,
+    StateError,
+    rollout_counts,
+)
 
 from . import facts
 from .chains import approver_levels, chain_for
@@ -126,6 +134,7 @@ class ApprovalService:
         self._ours: set[str] = set()  # requests this guard is carrying out (claimed)
         self._seen: dict[str, int] = {}  # history entries already announced, per request
         self._unwatch: Callable[[], None] | None = None
+        self._reading_progress: set[str] = set()
         self._store = store
         self._policy_of = policy
         self.executor = executor
@@ -222,12 +231,54 @@ class ApprovalService:
             raise ApprovalError(400, f"unknown status {status!r}")
         with unavailable_is_503():
             records = await self.store.list([status] if status else None)
-        return [self._view(r) for r in records]
+            return [await self._full_view(r) for r in records]
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         with unavailable_is_503():
             record = await self.store.get(request_id)
-        return self._view(record) if record is not None else None
+            return await self._full_view(record) if record is not None else None
+
+    async def _full_view(self, record: Record) -> dict[str, Any]:
+        """The view, with the live progress of a rollout another guard is carrying out
+        (its runner is there; here the store's per-device states are)."""
+        if record.status != Status.EXECUTING.value or record.id in self._live:
+            return self._view(record)
+        request = ApprovalRequest.from_record(record.body)
+        await self._stored_progress(request)
+        return request.view()
+
+    async def _stored_progress(self, request: ApprovalRequest) -> None:
+        devices = await self.store.rollout(request.id)
+        if devices is None:
+            return
+        tool = self._policy().document.tools.get(request.binding.tool)
+        spec = RolloutSpec.from_model(tool.rollout) if tool and tool.rollout else None
+        request.rollout = {
+            "status": "running", "reason": None, "counts": rollout_counts(devices),
+            "devices": [{"device": d.device, "status": d.status, "at": d.at,
+                         "detail": d.detail} for d in devices],
+            "settings": spec.to_record() if spec else None,
+        }
+
+    async def _show_remote_progress(self, request_id: str) -> None:
+        """A device of a rollout run by another guard moved: show it here too (console,
+        events, the agent's sessions on this guard). One read at a time per request."""
+        if request_id in self._reading_progress:
+            return
+        self._reading_progress.add(request_id)
+        try:
+            record = await self.store.get(request_id)
+            if record is None or record.status != Status.EXECUTING.value \
+                    or request_id in self._live:
+                return
+            request = ApprovalRequest.from_record(record.body)
+            await self._stored_progress(request)
+            if request.rollout is not None:
+                self._publish_view(request)
+        except StateError as exc:
+            log.debug("approval %s: progress not read: %s", request_id, exc)
+        finally:
+            self._reading_progress.discard(request_id)
 
     async def rollout(self, request_id: str) -> dict[str, Any] | None:
         view = await self.get(request_id)
@@ -549,6 +600,8 @@ class ApprovalService:
             # A transition made by another guard: show it, tell the agent's sessions here,
             # follow its deadlines; its maker wrote the audit record.
             self._announce(request, seen, audit=False)
+        elif record.status == Status.EXECUTING.value and record.id not in self._live:
+            self._spawn(self._show_remote_progress(record.id))
         self._take_over(record)
 
     def _take_over(self, record: Record) -> None:

@@ -193,7 +193,16 @@ def test_held_on_a_approved_through_b_is_carried_out_once_and_a_tells_its_agent(
         with pytest.raises(ApprovalError) as again:  # A knows: the second approval is refused
             a.run(lambda: a.service.approve(request_id, "alice"))
         assert again.value.status == 409
-        # The agent is on A; B decided and carried it out: A tells it every step.
+        # The agent is on A; B decided and carries it out: A shows the progress B stores
+        # (its API, console and the agent's notices) and tells the agent every step.
+        progress = ops.expect(f"$guard/approvals/{request_id}", timeout=20,
+                              where=lambda m: m.json()["status"] == "executing"
+                              and (m.json()["rollout"] or {}).get("counts", {})
+                              .get("succeeded", 0) >= 1).json()
+        assert progress["rollout"]["counts"]["succeeded"] < len(DEVICES)  # seen mid-way
+        on_a = eventually(lambda: (r := a.run(lambda: a.service.rollout(request_id)))
+                          and r["counts"]["succeeded"] >= 1 and r, 10, "A shows the progress")
+        assert [d["device"] for d in on_a["devices"]] == [f"acme/{d}" for d in DEVICES]
         done = ops.expect(f"$guard/approvals/{request_id}", timeout=20,
                           where=lambda m: m.json()["status"] in ("done", "failed", "aborted"))
         assert done.json()["status"] == "done", done.json()
