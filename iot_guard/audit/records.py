@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -31,14 +32,55 @@ FORMAT = 1  # in the open record: the line format version a verifier must unders
 
 
 
-def utc_iso(timestamp: float) -> str:
+def _utc_iso_slow(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds").replace(
         "+00:00", "Z"
     )
 
 
+# Every record is stamped, and a busy guard stamps thousands a second: the date and time
+# up to the second are formatted once per second, the microseconds appended.
+_second: list[Any] = [None, ""]
+
+
+def utc_iso(timestamp: float) -> str:
+    """``2026-11-30T23:50:44.123456Z``: exactly what datetime gives (same rounding)."""
+    frac, whole = math.modf(timestamp)
+    # datetime.fromtimestamp rounds the fraction half-even to microseconds, carrying a
+    # full second into the seconds (CPython _PyTime_ObjectToTimeval, ROUND_HALF_EVEN).
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1.0
+    if whole != _second[0]:
+        if not -62135596800.0 <= whole < 253402300799.0:  # outside years 1..9999
+            return _utc_iso_slow(timestamp)
+        _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = whole
+    return f"{_second[1]}.{micros:06d}Z"
+
+
+# Built once: json.dumps with options makes a new encoder per call, and a line is
+# encoded per record. The C encoder when there is one (CPython), else the same options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_encode: Any = (
+    _c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                    False, False, True)
+    if _c_make_encoder is not None else None
+)
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    if _encode is None:
+        return _ENCODER.encode(value).encode()
+    try:
+        return "".join(_encode(value, 0)).encode()
+    except RecursionError as exc:  # no circular-reference markers on this encoder
+        raise ValueError("circular reference in an audit record") from exc
 
 
 def record_line(seq: int, prev: bytes, record: dict[str, Any]) -> bytes:

@@ -42,6 +42,7 @@ class PayloadVerdict:
 
 
 _EMPTY_OK = PayloadVerdict(ok=True, reason="")
+_NO_TYPE = PayloadVerdict(ok=False, reason="no device type to validate the payload against")
 
 
 def _refused(reason: str, rule: str | None = None) -> PayloadVerdict:
@@ -298,19 +299,35 @@ class PayloadValidators:
                 return _refused("payload kind 'command' needs a command name")
             # A command topic names one device (compile_problems), so this parses once.
             verdicts = (self.command(t, command, payload) for t in device_types)
-        elif kind == "shadow_update":
-            verdicts = self._check_each(self._shadow_update, device_types, payload)
-        elif kind == "config_patch":
-            verdicts = self._check_each(self._config_patch, device_types, payload)
+        elif kind == "shadow_update" or kind == "config_patch":
+            check = self._shadow_update if kind == "shadow_update" else self._config_patch
+            if len(device_types) == 1:
+                # One device (the usual topic): its verdict is the answer.
+                return self._check_one(check, device_types[0], payload)
+            verdicts = self._check_each(check, device_types, payload)
         else:
             return _refused(f"unknown payload kind {show(kind)}")
-        best = _refused("no device type to validate the payload against")
+        best = _NO_TYPE
         for verdict in verdicts:
             if not verdict.ok:
                 return verdict
             if not best.ok or RISK_ORDER[verdict.risk] > RISK_ORDER[best.risk]:
                 best = verdict
         return best
+
+    def _check_one(
+        self,
+        check: Callable[[_DeviceTypeValidators, dict[str, object]], PayloadVerdict],
+        device_type: str,
+        payload: bytes,
+    ) -> PayloadVerdict:
+        validators = self._types.get(device_type)
+        if validators is None:
+            return _refused(f"unknown device type {show(device_type)}")
+        doc, problem = parse_object(payload)
+        if doc is None:
+            return _refused(problem)
+        return check(validators, doc)
 
     def _check_each(
         self,

@@ -51,6 +51,25 @@ def decision_view(decision: Decision) -> dict[str, Any]:
 # The audit log's established names (README "Audit log") for two of the view's fields.
 _AUDIT_NAMES = {"tool": "tool_name", "resource": "resource_id"}
 
+# The view under its audit names, per Decision object: a record is built per packet,
+# and a session's packets share a few Decision objects (the policy keeps the ones it
+# makes per topic). Keyed by identity; each entry holds its decision, so that id is not
+# reused while the entry lives. Decisions are frozen: a view never goes stale.
+_audit_views: dict[int, tuple[Decision, dict[str, Any]]] = {}
+_AUDIT_VIEWS_MAX = 4096
+
+
+def audit_view(decision: Decision) -> dict[str, Any]:
+    """``decision_view`` with the audit log's names, shared: copy it, never change it."""
+    entry = _audit_views.get(id(decision))
+    if entry is not None:
+        return entry[1]
+    view = {_AUDIT_NAMES.get(key, key): value for key, value in decision_view(decision).items()}
+    if len(_audit_views) >= _AUDIT_VIEWS_MAX:
+        _audit_views.clear()  # one-off refusals must not pile up
+    _audit_views[id(decision)] = (decision, view)
+    return view
+
 
 def explain_text(decision: Decision, agent_id: str, request: str) -> str:
     """``policy explain``'s human output: a verdict line, then the view's fields."""
@@ -108,8 +127,7 @@ def audit_record(
         "granted_scope": scope if allowed else None,
         "result_status": status or _STATUS[decision.verdict],
     }
-    for key, value in decision_view(decision).items():
-        record[_AUDIT_NAMES.get(key, key)] = value
+    record.update(audit_view(decision))
     if qos is not None:
         record["qos"] = qos
     if retain is not None:

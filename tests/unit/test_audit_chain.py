@@ -394,3 +394,34 @@ def test_the_state_store_catches_a_cut_the_file_alone_cannot_show(
     with pytest.raises(AuditError, match=r"the state store says the chain of guard-a.test/audit "
                                          r"reached record \d+ .* records were removed"):
         asyncio.run(run_guard(1))
+
+
+@pytest.mark.parametrize("timestamp", [
+    0.0, 1e-7, 0.9999994, 0.9999995, 0.9999996,  # half-even rounding, and a carry
+    1700000000.0000005, 1700000000.0000015, 1700000059.9999997,  # carry into a new minute
+    1799999999.9999999, 1767225599.9999996,  # carry into a new year (2026 -> 2027)
+    1764546644.123456, 4102444800.5,
+])
+def test_utc_iso_matches_datetime_to_the_microsecond(timestamp: float) -> None:
+    from datetime import UTC, datetime
+
+    from iot_guard.audit.records import utc_iso
+
+    expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+    assert utc_iso(timestamp) == expected.replace("+00:00", "Z")
+    # Again after another second was formatted: the cached second must not leak.
+    utc_iso(timestamp + 3601.0)
+    assert utc_iso(timestamp) == expected.replace("+00:00", "Z")
+
+
+def test_lines_encode_as_compact_utf8_json() -> None:
+    from iot_guard.audit.records import dumps
+
+    value = {"reason": "é \u2028 \"quoted\"", "n": [1, 2.5, None, True], "nested": {"x": 1e300}}
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError):
+        dumps(loop)
+    with pytest.raises(TypeError):
+        dumps({"not json": object()})

@@ -12,6 +12,7 @@ from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Decision
 from iot_guard.session.feedback import (
     audit_record,
+    audit_view,
     decision_view,
     event_payload,
     explain_json,
@@ -60,3 +61,16 @@ def test_every_output_shows_the_same_view(decision: Decision) -> None:
     for key in ("reason", "tool", "rule", "risk", "resource"):
         if view[key] is not None:
             assert f"{view[key]}" in text
+
+
+def test_audit_view_is_built_once_per_decision_and_records_do_not_share_it() -> None:
+    first, refused = decisions()[:2]
+    view = audit_view(first)
+    assert audit_view(first) is view  # the per-packet path reuses it
+    assert view == {{"tool": "tool_name", "resource": "resource_id"}.get(k, k): v
+                    for k, v in decision_view(first).items()}
+    assert audit_view(refused)["decision"] == "deny"  # another decision, its own view
+    record = audit_record(now=0.0, agent_id="a", session_id="s", client_id="c", token_id=None,
+                          decision=first, packet="publish", scope="t")
+    record["reason"] = "changed by a caller"
+    assert audit_view(first)["reason"] == first.reason
