@@ -62,6 +62,9 @@ def _float_hook(text: str) -> float:
 _DECODER = json.JSONDecoder(
     object_pairs_hook=_pairs_hook, parse_constant=_constant_hook, parse_float=_float_hook
 )
+# Its scanner, called directly for a payload that is one value and nothing else (the
+# usual case); anything else goes through ``decode`` for its whitespace rules and errors.
+_SCAN = _DECODER.scan_once
 
 
 def show(value: object, limit: int = 40) -> str:
@@ -129,7 +132,12 @@ def parse_json(
     except UnicodeDecodeError as exc:
         return None, f"payload is not valid UTF-8 (byte {exc.start})"
     try:
-        value = _DECODER.decode(text)
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1  # no value at 0 (whitespace first, or not JSON): decode says which
+        if end != len(text):
+            value = _DECODER.decode(text)
     except JsonRefused as exc:
         return None, f"payload is not valid JSON: {exc}"
     except RecursionError:

@@ -192,9 +192,9 @@ class PayloadValidators:
         rank = 0
         touched: set[str] = set()
         for section in sections:
-            if section not in state:
+            values = state.get(section)
+            if values is None and section not in state:
                 continue
-            values = state[section]
             # AWS reads "desired": null as "delete all desired state"; an agent wiping
             # every desired key at once is refused: it should name the keys it removes.
             if type(values) is not dict:
@@ -207,7 +207,8 @@ class PayloadValidators:
             problem, section_rank, rule = validators.config.check(values, f"state.{section}.")
             if problem:
                 return _refused(problem, rule)
-            rank = max(rank, section_rank)
+            if section_rank > rank:
+                rank = section_rank
             touched.update(values)
         return PayloadVerdict(
             ok=True,

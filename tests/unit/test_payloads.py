@@ -587,3 +587,21 @@ def test_device_type_without_config_refuses_every_field() -> None:
     assert refused(validators.config_patch("lamp", b'{"mode": "on"}')) == (
         "mode: not a config field of device type lamp"
     )
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"a":1}', b' {"a":1}\n', b'{"a":1} x', b"", b"  ", b"nul", b'{"a":1,"a":2}', b"[1e400]",
+    b"NaN", b"1 2", b'"x"', b'{"a":', b'{"a":[1,]}', b"\t[]\t",
+])
+def test_parse_answers_as_the_full_decoder_does(payload: bytes) -> None:
+    # parse_json scans a bare value directly; whitespace around it or anything after it
+    # takes json's own path, so the value or the reason is the same either way.
+    from iot_guard.payloads.jsondoc import _DECODER, JsonRefused, parse_json
+
+    try:
+        expected: tuple[object, str] = (_DECODER.decode(payload.decode()), "")
+    except JsonRefused as exc:
+        expected = (None, f"payload is not valid JSON: {exc}")
+    except ValueError as exc:
+        expected = (None, f"payload is not valid JSON: {str(exc)[:80]}")
+    assert parse_json(payload) == expected
