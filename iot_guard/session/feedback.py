@@ -56,7 +56,7 @@ _AUDIT_NAMES = {"tool": "tool_name", "resource": "resource_id"}
 # makes per topic). Keyed by identity; each entry holds its decision, so that id is not
 # reused while the entry lives. Decisions are frozen: a view never goes stale.
 _audit_views: dict[int, tuple[Decision, dict[str, Any]]] = {}
-_AUDIT_VIEWS_MAX = 4096
+_AUDIT_VIEWS_MAX = 1024  # ~1 MB at most
 
 
 def audit_view(decision: Decision) -> dict[str, Any]:
