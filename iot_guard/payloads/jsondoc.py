@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 # AWS IoT caps a shadow document at 8 KB; we use the same bound for every JSON payload.
 MAX_DOCUMENT_BYTES = 8192
@@ -64,7 +65,7 @@ _DECODER = json.JSONDecoder(
 )
 # Its scanner, called directly for a payload that is one value and nothing else (the
 # usual case); anything else goes through ``decode`` for its whitespace rules and errors.
-_SCAN = _DECODER.scan_once
+_SCAN: Callable[[str, int], tuple[object, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def show(value: object, limit: int = 40) -> str:
