@@ -434,3 +434,31 @@ def test_a_rollout_paused_by_redis_going_away_resumes_when_it_is_back(
     assert sum(patches_received(fleet, n) for n in DEVICES) >= 4  # the queued ones went
     runs = [device for _, device in executions(tmp_path / "a.jsonl")]
     assert len(runs) == len(set(runs)), runs
+
+
+def test_a_kill_on_one_guard_aborts_the_rollout_the_other_is_running(
+    two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes
+) -> None:
+    a, b = two_guards
+    with agent(a.thread.port, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    b.run(lambda: b.service.approve(request_id, "alice", "go"))  # B claims and runs it
+    state = a.thread.server.state
+    assert state is not None
+
+    def rollout() -> dict[str, str]:
+        states = a.run(lambda: state.approvals.rollout(request_id)) or []
+        return {s.device.split("/")[1]: s.status for s in states}
+
+    eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
+               and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+    a.run(lambda: state.flags.kill("ops-agent", "runaway", "secops"))  # pulled on A
+    view = eventually(lambda: (v := a.run(lambda: a.service.get(request_id)))
+                      and v["status"] in ("aborted", "done", "failed") and v, 10,
+                      "the rollout on B stops")
+    assert view["status"] == "aborted" and "kill switch" in view["outcome"], view
+    final = rollout()
+    assert "queued" not in final.values() and "cancelled" in final.values(), final
+    for name, status in final.items():
+        assert patches_received(fleet, name) == (0 if status == "cancelled" else 1), name
