@@ -46,7 +46,7 @@ from ..mqtt.reason_codes import CONNACK_CODES
 from ..mqtt.topics import topic_matches, validate_topic_filter
 from ..policy.compiler import AgentPolicy, CompiledPolicy
 from ..policy.decision import Decision, Verdict
-from ..tokens import TokenError, verify_token
+from ..tokens import TokenError, check_lifetime, verify_token
 from .commands import (
     CancelTimer,
     Close,
@@ -403,6 +403,15 @@ class GuardSession:
             self._refuse_connect(
                 actions, now, ReasonCode.NOT_AUTHORIZED,
                 f"agent {claims.agent_id!r} is not in the policy",
+            )
+            return
+        try:
+            # A token minted for longer than the policy allows the agent is refused here
+            # too, not only at issue (the limit may have been lowered since).
+            check_lifetime(claims, self.policy.document.agents[claims.agent_id].max_token_ttl_s)
+        except TokenError as err:
+            self._refuse_connect(
+                actions, now, ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {err}",
             )
             return
         self._agent = agent

@@ -212,6 +212,19 @@ def test_expired_and_foreign_tokens_are_refused() -> None:
         assert "token" in connack.properties[PropertyId.REASON_STRING]
 
 
+def test_a_token_minted_for_longer_than_the_agents_maximum_is_refused_at_connect() -> None:
+    limit = POLICY.document.agents["ops-agent"].max_token_ttl_s
+    session = fresh()
+    long_lived = token(ttl_s=limit + 60)
+    (connack,) = sent_to_agent(session.handle(AgentData(connect_bytes(password=long_lived)),
+                                              NOW))
+    assert connack.reason_code == 0x86
+    assert "maximum" in connack.properties[PropertyId.REASON_STRING]
+    ok = fresh()
+    assert any(isinstance(c, OpenUpstream) for c in ok.handle(
+        AgentData(connect_bytes(password=token(ttl_s=limit))), NOW))
+
+
 @pytest.mark.parametrize(("level", "code"), [(5, 0x87), (4, 0x05)])
 def test_unknown_agent_with_a_valid_token_is_not_authorized(level: int, code: int) -> None:
     session = fresh()
