@@ -750,8 +750,8 @@ class ApprovalService:
         if record is None or record.status != Status.EXECUTING.value:
             return
         request = ApprovalRequest.from_record(record.body)
-        log.warning("approval %s: resuming the rollout %s left (this guard: %s)", request_id,
-                    "a stopped guard" if record.owner != self.instance else "it", self.instance)
+        log.warning("approval %s: this guard (%s) resumes the rollout from the stored device "
+                    "states", request_id, self.instance)
         policy = self._policy()
         now = self._clock()
         tool = policy.document.tools.get(request.binding.tool)

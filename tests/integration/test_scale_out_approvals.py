@@ -462,3 +462,36 @@ def test_a_kill_on_one_guard_aborts_the_rollout_the_other_is_running(
     assert "queued" not in final.values() and "cancelled" in final.values(), final
     for name, status in final.items():
         assert patches_received(fleet, name) == (0 if status == "cancelled" else 1), name
+
+
+def test_a_guard_stopped_for_an_upgrade_hands_its_rollout_over_at_once(
+    two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes
+) -> None:
+    a, b = two_guards
+    with agent(a.thread.port, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    b.run(lambda: b.service.approve(request_id, "alice", "go"))
+    state = a.thread.server.state
+    assert state is not None
+
+    def rollout() -> dict[str, str]:
+        states = a.run(lambda: state.approvals.rollout(request_id)) or []
+        return {s.device.split("/")[1]: s.status for s in states}
+
+    eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
+               and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+    b.stop()  # a clean stop (rolling upgrade): B releases its claim instead of aborting
+    record = a.run(lambda: state.approvals.get(request_id))
+    assert record.status == "executing"  # not aborted by the stop
+    assert record.owner in (None, a.service.instance)  # released (A may have it already)
+    # A takes it over within its scan interval, not after a lease.
+    eventually(lambda: (r := a.run(lambda: state.approvals.get(request_id)))
+               and r.owner == a.service.instance, LEASE_S, "A claims it")
+    eventually(lambda: status_of(a, request_id) in ("done", "failed", "aborted"), 20,
+               "A finishes the rollout")
+    assert status_of(a, request_id) == "done"
+    for name in DEVICES:
+        assert patches_received(fleet, name) <= 1, name
+    runs = [device for _, device in executions(a.audit, b.audit)]
+    assert len(runs) == len(set(runs)), runs
