@@ -425,3 +425,20 @@ def test_lines_encode_as_compact_utf8_json() -> None:
         dumps(loop)
     with pytest.raises(TypeError):
         dumps({"not json": object()})
+
+
+def test_record_body_is_the_same_json_and_refuses_nothing_dumps_accepts() -> None:
+    from iot_guard.audit.records import dumps, record_body
+
+    typical = {"timestamp": "2026-01-01T00:00:00.000001Z", "agent_id": "ops-agent",
+               "reason": "é \u2028 \x7f \x1f \"q\"", "reason_code": 0x97, "retain": False,
+               "granted_scope": None, "tags": ["a", "b"], "nested": {"n": 1}}
+    assert record_body(typical) == dumps(typical)  # strings, ints, booleans, null: same bytes
+    floats = {"rate": 1e16, "z": 0.1, "tiny": 1e-7}
+    assert json.loads(record_body(floats)) == floats  # shortest form, the same numbers
+    assert json.loads(record_body({"score": float("nan")})) == {"score": None}
+    # Beyond orjson (an integer past 64 bits, a non-string key): json's encoder writes it.
+    odd: dict[Any, Any] = {"big": 2**70, 3: "int key"}
+    assert record_body(odd) == dumps(odd)
+    with pytest.raises(TypeError):
+        record_body({"not json": object()})
