@@ -40,7 +40,7 @@ from ..policy.decision import Decision, Verdict
 from ..policy_models import WEEKDAYS, Anomaly, AnomalyRule, WorkingHours
 from ..state import Baseline
 from .alerts import Alert, Alerts
-from .base import Request
+from .base import PerPolicy, Request
 
 _DENY = Verdict.DENY  # a module constant: an Enum class attribute costs a descriptor call
 
@@ -133,10 +133,8 @@ class AnomalyCheck:
         alerts: Alerts,
         baselines: Mapping[str, Baseline] | None = None,
     ) -> None:
-        self._policy = policy
         self._alerts = alerts
-        self._for: CompiledPolicy = policy()
-        self._cfg = compile_anomaly(self._for)
+        self._cfg = PerPolicy(policy, compile_anomaly)
         self._denials: dict[str, deque[float]] = {}
         self._streaks: dict[str, tuple[tuple[str, str, bytes | None], int]] = {}
         # Baselines as last merged from the store, and counts not folded into it yet:
@@ -150,11 +148,7 @@ class AnomalyCheck:
     # ------------------------------------------------------------------ configuration
 
     def config(self) -> CompiledAnomaly:
-        policy = self._policy()
-        if policy is not self._for:
-            self._cfg = compile_anomaly(policy)
-            self._for = policy
-        return self._cfg
+        return self._cfg.get()
 
     @property
     def window_s(self) -> float:

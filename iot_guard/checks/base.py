@@ -9,10 +9,16 @@ wait on a store, a network call or a human (DESIGN: the per-packet path never wa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from ..policy.decision import Decision
+
+if TYPE_CHECKING:
+    from ..policy.compiler import CompiledPolicy
+
+T = TypeVar("T")
 
 # The actions a check can ask to see (``Check.kinds``).
 KINDS = frozenset({"connect", "publish", "subscribe", "receive"})
@@ -47,3 +53,23 @@ class Check(Protocol):
         is the verdict so far (the policy's, then earlier checks'); a check sees denied
         requests too (an anomaly rule counts them) but cannot turn a deny into an allow."""
         ...
+
+
+class PerPolicy(Generic[T]):
+    """What a check derives from the policy in force, recompiled once after a policy swap
+    (compiled policies are immutable: the same object means the same policy)."""
+
+    def __init__(
+        self, policy: Callable[[], CompiledPolicy], compile: Callable[[CompiledPolicy], T]
+    ) -> None:
+        self._policy = policy
+        self._compile = compile
+        self._for = policy()
+        self._value = compile(self._for)
+
+    def get(self) -> T:
+        policy = self._policy()
+        if policy is not self._for:
+            self._value = self._compile(policy)
+            self._for = policy
+        return self._value

@@ -33,7 +33,7 @@ from ..policy.decision import Decision, Verdict
 from ..policy_models import ActionLimit, Limits, Rate
 from ..state import RateLimit, RateLimiter
 from .alerts import Alert, Alerts
-from .base import Request
+from .base import PerPolicy, Request
 
 _DENY = Verdict.DENY  # a module constant: an Enum class attribute costs a descriptor call
 
@@ -112,11 +112,8 @@ class RateLimitCheck:
         self, limiter: RateLimiter, policy: Callable[[], CompiledPolicy], alerts: Alerts
     ) -> None:
         self._limiter = limiter
-        self._policy = policy
         self._alerts = alerts
-        self._compiled_for: CompiledPolicy | None = None
-        self._limits = compile_limits(policy())
-        self._compiled_for = policy()
+        self._limits = PerPolicy(policy, compile_limits)
         # Per-session quotas: (session, scope) -> actions that passed. Forgotten when the
         # session ends (``forget_session``), so memory follows live sessions.
         self._used: dict[str, dict[str, int]] = {}
@@ -125,11 +122,7 @@ class RateLimitCheck:
 
     def limits(self) -> CompiledLimits:
         """The limits of the policy in force (recompiled once after a policy swap)."""
-        policy = self._policy()
-        if policy is not self._compiled_for:
-            self._limits = compile_limits(policy)
-            self._compiled_for = policy
-        return self._limits
+        return self._limits.get()
 
     def forget_session(self, session_id: str) -> None:
         self._used.pop(session_id, None)
