@@ -189,8 +189,7 @@ class ApprovalRequest:
                 Status.DENIED, now, GUARD, "denied", "the policy names no approver for it"
             )
             return request
-        request.level_deadline = min(binding.created_at + chain.levels[0].timeout_s,
-                                     binding.expires_at)
+        request._enter_level(0, binding.created_at)
         return request
 
     # -- reading ------------------------------------------------------------------------
@@ -234,6 +233,14 @@ class ApprovalRequest:
             self.outcome = why
         self.history.append(_entry(now, who, action, why, **extra))
 
+    def _enter_level(self, stage: int, start: float) -> Level:
+        """Make ``stage`` the current level; its deadline is its timeout after ``start``,
+        never past the binding's expiry."""
+        self.stage = stage
+        level = self.current
+        self.level_deadline = min(start + level.timeout_s, self.binding.expires_at)
+        return level
+
     def _decider(self, approver: str, action: str) -> None:
         """Raise unless ``approver`` may decide at the current level now."""
         if self.status not in OPEN:
@@ -264,9 +271,7 @@ class ApprovalRequest:
         self.approvals.append((level.number, approver))
         last = self.stage == len(self.chain.levels) - 1
         if self.chain.every_level and not last:
-            self.stage += 1
-            nxt = self.current
-            self.level_deadline = min(now + nxt.timeout_s, self.binding.expires_at)
+            nxt = self._enter_level(self.stage + 1, now)
             self._move(
                 Status.PENDING,
                 now,
@@ -310,9 +315,7 @@ class ApprovalRequest:
                 self.binding.expires_at
             ):
                 at = self.level_deadline
-                self.stage += 1
-                nxt = self.current
-                self.level_deadline = min(at + nxt.timeout_s, self.binding.expires_at)
+                nxt = self._enter_level(self.stage + 1, at)
                 self._move(
                     Status.ESCALATED,
                     now,
