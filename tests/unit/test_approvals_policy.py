@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from iot_guard.policy.loader import PolicyError, load_policy_source
+from iot_guard.policy.loader import load_policy_source
+
+from .policy_files import line_of, problems_of
 
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 
@@ -17,19 +19,6 @@ def fleet(tmp_path: Path) -> Path:
     target = tmp_path / "policy"
     shutil.copytree(POLICY_DIR, target)
     return target
-
-
-def problems_of(directory: Path) -> list[str]:
-    with pytest.raises(PolicyError) as info:
-        load_policy_source(directory)
-    return info.value.problems
-
-
-def line_of(path: Path, needle: str) -> int:
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def edit(path: Path, old: str, new: str) -> None:

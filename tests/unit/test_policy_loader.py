@@ -10,6 +10,8 @@ import pytest
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.loader import PolicyError, load_policy, load_policy_source
 
+from .policy_files import line_of, problems_of
+
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 
 
@@ -18,20 +20,6 @@ def write(directory: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-def problems_of(directory: Path) -> list[str]:
-    with pytest.raises(PolicyError) as info:
-        load_policy_source(directory)
-    return info.value.problems
-
-
-def line_of(path: Path, needle: str) -> int:
-    """1-based line of the first line containing needle (the tests' expected lines)."""
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 @pytest.fixture
