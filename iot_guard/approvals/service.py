@@ -135,6 +135,7 @@ class ApprovalService:
         self._seen: dict[str, int] = {}  # history entries already announced, per request
         self._unwatch: Callable[[], None] | None = None
         self._reading_progress: set[str] = set()
+        self._candidates: set[str] = set()  # approved/executing requests (see _follow)
         self._store = store
         self._policy_of = policy
         self.executor = executor
@@ -198,6 +199,7 @@ class ApprovalService:
         for record in reversed(records):  # oldest first
             request = ApprovalRequest.from_record(record.body)
             self._seen[request.id] = len(request.history)
+            self._follow(record)
             if request.status in OPEN:
                 await self._persist_if_moved(request, lambda r: r.tick(now, note=RESTART_NOTE))
             else:
@@ -595,6 +597,7 @@ class ApprovalService:
         except (KeyError, TypeError, ValueError):
             log.error("approval %s: stored body unreadable; ignored", record.id)
             return
+        self._follow(record)
         seen = self._seen.get(record.id, 0)
         if len(request.history) > seen and record.id not in self._live:
             # A transition made by another guard: show it, tell the agent's sessions here,
@@ -619,17 +622,30 @@ class ApprovalService:
         else:
             self._spawn(self._resume(ApprovalRequest.from_record(record.body)))
 
+    def _follow(self, record: Record) -> None:
+        """Keep the ids of approved and executing requests (from the start's list and the
+        store's watch, which misses no change): what the scan has to look at."""
+        if record.status in (Status.APPROVED.value, Status.EXECUTING.value):
+            self._candidates.add(record.id)
+        else:
+            self._candidates.discard(record.id)
+
     async def _scan_forever(self) -> None:
-        """A lease that runs out changes nothing in the store (no doorbell): look for
-        executing and approved requests without a live claim every half lease."""
+        """A lease that runs out changes nothing in the store (no doorbell): every half
+        lease, re-read the approved and executing requests and take over those without a
+        live claim. Only those are read, never the whole history of requests."""
         while not self._stopping:
             await asyncio.sleep(self.lease_s / 2)
-            try:
-                records = await self.store.list([Status.APPROVED.value, Status.EXECUTING.value])
-            except StateError as exc:
-                log.debug("approvals scan: %s", exc)
-                continue
-            for record in records:
+            for request_id in list(self._candidates):
+                try:
+                    record = await self.store.get(request_id)
+                except StateError as exc:
+                    log.debug("approvals scan: %s", exc)
+                    break
+                if record is None:
+                    self._candidates.discard(request_id)
+                    continue
+                self._follow(record)
                 self._take_over(record)
 
     def _spawn(self, coro: Any) -> None:
