@@ -2,7 +2,7 @@
 
 Callers depend on the protocols (``ApprovalStore``, ``CounterStore``, ``FlagStore``,
 ``ChainHeadStore``, together a ``Stores``) and get a backend from ``open_state``: the embedded
-one (``--state-dir DIR``: SQLite + memory) today, Redis (``redis://``) for several guards.
+one (``run --state DIR``: SQLite + memory) for one guard, Redis (``redis://``) for several.
 What the per-packet path reads is synchronous and local: ``state.flags.view``
 (``FlagView``) and ``state.counters.limiter`` (``RateLimiter``); the stores keep it current.
 """

@@ -1,4 +1,4 @@
-"""Open the state a guard was told to use: ``--state-dir DIR`` or a URL (``redis://``, later)."""
+"""Open the state a guard was told to use (``run --state``): a directory or a ``redis://`` URL."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def default_state_dir(audit_path: Path | str | None) -> Path:
-    """Where the state lives when ``--state-dir`` is not given: ``state/`` beside the audit
+    """Where the state lives when ``--state`` is not given: ``state/`` beside the audit
     log (the operator already chose that place to keep the guard's records). With the audit
     log on stderr there is no such place: ``$XDG_STATE_HOME/iot-guard`` (default
     ``~/.local/state/iot-guard``), the XDG Base Directory spec's home for state that should
@@ -38,7 +38,7 @@ async def open_state(
     """Open (creating if needed) the state at ``spec``: a directory, or a URL.
 
     A directory holds ``state.sqlite3`` (created with mode 0700: it holds who approved what).
-    ``redis://`` / ``rediss://`` / ``unix://`` URLs are the scale-out backend, not built yet.
+    ``redis://`` / ``rediss://`` / ``unix://`` URLs are the scale-out backend (``redis.py``).
     Errors are ``StateError`` with a one-line message naming the place. The flags' view is
     loaded before this returns, so the first packet already sees every kill switch.
     """
