@@ -53,6 +53,28 @@ def held_id(reason: str | None) -> str:
     return match.group(1)
 
 
+def hold_firmware_push(
+    guard: GuardThread, addon: ApprovalsAddon, secret: bytes
+) -> tuple[str, list[dict[str, Any]]]:
+    """A firmware channel push to floor-1, held: its request id and the pending requests."""
+    with agent(guard, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    views = guard.run(lambda: addon.service.list("pending"))
+    assert [v["id"] for v in views] == [request_id]
+    return request_id, views
+
+
+def wait_for_status(
+    guard: GuardThread, addon: ApprovalsAddon, request_id: str, status: str
+) -> dict[str, Any]:
+    """The request's view once it has ``status`` (10 s, else fail with the status it has)."""
+    deadline = time.monotonic() + 10
+    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != status:
+        assert time.monotonic() < deadline, view["status"]
+        time.sleep(0.02)  # polling the guard's store from the test thread
+    return view
+
+
 def test_held_group_push_is_parked_approved_and_rolled_out_by_the_guard(
     approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
 ) -> None:
@@ -117,17 +139,11 @@ def test_a_killed_agents_request_is_cancelled_and_can_no_longer_be_approved(
     approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
 ) -> None:
     guard, addon, secret = approvals_guard
-    with agent(guard, secret) as ops:
-        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-    views = guard.run(lambda: addon.service.list("pending"))
-    assert [v["id"] for v in views] == [request_id]
+    request_id, _ = hold_firmware_push(guard, addon, secret)
     state = guard.server.state
     assert state is not None
     guard.run(lambda: state.flags.kill("ops-agent", "runaway agent", "secops"))
-    deadline = time.monotonic() + 10
-    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "cancelled":
-        assert time.monotonic() < deadline, view["status"]
-        time.sleep(0.02)  # polling the guard's store from the test thread
+    view = wait_for_status(guard, addon, request_id, "cancelled")
     assert "kill switch: runaway agent" in json.dumps(view["history"])
     with pytest.raises(ApprovalError) as refused:
         guard.run(lambda: addon.service.approve(request_id, "alice"))
@@ -139,20 +155,14 @@ def test_an_approval_whose_token_was_revoked_is_void_and_nothing_is_sent(
     approvals_guard: tuple[GuardThread, ApprovalsAddon, bytes], fleet: Fleet
 ) -> None:
     guard, addon, secret = approvals_guard
-    with agent(guard, secret) as ops:
-        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-    views = guard.run(lambda: addon.service.list("pending"))
-    assert [v["id"] for v in views] == [request_id]
+    request_id, views = hold_firmware_push(guard, addon, secret)
     token_id = views[0]["token_id"]
     state = guard.server.state
     assert state is not None and token_id
     guard.run(lambda: state.flags.revoke(token_id, expires_at=time.time() + 600,
                                          reason="leaked in a log", agent="ops-agent"))
     guard.run(lambda: addon.service.approve(request_id, "alice"))
-    deadline = time.monotonic() + 10
-    while (view := guard.run(lambda: addon.service.get(request_id)))["status"] != "void":
-        assert time.monotonic() < deadline, view["status"]
-        time.sleep(0.02)  # polling the guard's store from the test thread
+    view = wait_for_status(guard, addon, request_id, "void")
     assert view["outcome"].startswith(f"the token that asked for it is void (token {token_id} "
                                       "revoked: leaked in a log)")
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
