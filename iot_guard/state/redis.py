@@ -4,11 +4,14 @@ Choices:
 
 - redis-py's asyncio client, ``redis>=5.0,<6``: the 5.x line is the one whose support
   table covers Redis 7.0, the server Debian ships here (6.x supports 7.2 and later only).
-- Read-modify-write steps (approve, claim, a device's rollout state, a kill, a baseline
-  fold, a chain head) are optimistic transactions: WATCH the keys, compute in Python with
-  the same functions the embedded backend uses (one copy of each rule: ``baseline.fold``,
-  ``flags``), MULTI/EXEC; a concurrent writer makes EXEC fail and the step runs again. Of
-  two guards approving one request at once, exactly one EXEC succeeds.
+- Approval records (create, approve/deny/any status change, claim, release) are written by
+  one Lua script that applies only if the record is still at the revision the caller read
+  (compare-and-set on ``rev``): of two guards approving or claiming one request at once,
+  exactly one script succeeds; the other reads again and finds the new status.
+- Other read-modify-write steps (a device's rollout state, a kill, a baseline fold, a chain
+  head) are optimistic transactions: WATCH the keys, compute in Python with the same
+  functions the embedded backend uses (one copy of each rule: ``baseline.fold``, ``flags``),
+  MULTI/EXEC; a concurrent writer makes EXEC fail and the step runs again.
 - Rate-limit buckets are GCRA in a Lua script on Redis time (``TIME``), so guards with
   skewed clocks agree; the tests inject a clock, which is then passed in instead.
 - Changes ring a pub/sub doorbell; pub/sub loses messages across reconnects, so each guard
@@ -111,6 +114,25 @@ return {granted, string.format('%.17g', retry), string.format('%.17g', new_tat o
 
 
 
+# Writing an approval record is one Lua script (atomic on the server): it applies only if
+# the record is still at the revision the caller read (KEYS[1] the record, KEYS[2] the
+# revs index, KEYS[3] the creation index; ARGV[1] the expected rev, '' = must not exist;
+# ARGV[2] the new rev, ARGV[3] created_at, then field/value pairs). Of two guards
+# approving, or claiming, one request at once exactly one script succeeds.
+_WRITE_RECORD = """
+local current = redis.call('HGET', KEYS[1], 'rev')
+if ARGV[1] == '' then
+  if current then return 0 end
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+elseif current ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs and errors."""
     parts = urlsplit(url)
@@ -202,16 +224,20 @@ class RedisApprovalStore:
         self._x = redis
         self._clock = clock
         self._watchers: builtins.list[Callable[[Record], None]] = []
+        self._write_script: Any = redis.r.register_script(_WRITE_RECORD)
         self._seen: dict[str, int] = {}  # the last rev announced per record
         self.last_rev = 0
 
     def _key(self, record_id: str) -> str:
         return self._x.key("rec", record_id)
 
-    async def _write(self, pipe: Any, rec: Record) -> None:
-        pipe.multi()
-        pipe.hset(self._key(rec.id), mapping=_fields(rec))
-        pipe.zadd(self._x.key("revs"), {rec.id: rec.rev})
+    async def _write(self, rec: Record, expect_rev: int | None) -> bool:
+        """Store ``rec`` if the stored record is still at ``expect_rev`` (None: absent)."""
+        fields = [item for pair in _fields(rec).items() for item in pair]
+        args = ["" if expect_rev is None else str(expect_rev), str(rec.rev),
+                repr(rec.created_at), rec.id, *fields]
+        keys = [self._key(rec.id), self._x.key("revs"), self._x.key("recs")]
+        return bool(await self._x.call(lambda: self._write_script(keys=keys, args=args)))
 
     async def _rev(self) -> int:
         return int(await self._x.call(lambda: self._x.r.incr(self._x.key("rev"))))
@@ -221,17 +247,10 @@ class RedisApprovalStore:
         now = self._clock()
         rev = await self._rev()
         rec = Record(record_id, status, json.loads(text), now, now, rev)
-
-        async def step(pipe: Any) -> Record:
-            if await pipe.exists(self._key(record_id)):
-                raise AlreadyExists(f"record {record_id} already exists")
-            await self._write(pipe, rec)
-            pipe.zadd(self._x.key("recs"), {record_id: now})
-            return rec
-
-        created = await self._x.transact([self._key(record_id)], step)
-        self._announce(created)
-        return created
+        if not await self._write(rec, None):
+            raise AlreadyExists(f"record {record_id} already exists")
+        self._announce(rec)
+        return rec
 
     async def get(self, record_id: str) -> Record | None:
         h = await self._x.call(lambda: self._x.r.hgetall(self._key(record_id)))
@@ -261,16 +280,17 @@ class RedisApprovalStore:
     async def _change(
         self, record_id: str, make: Callable[[Record, int], Record | None]
     ) -> Record | None:
-        rev = await self._rev()
-
-        async def step(pipe: Any) -> Record | None:
-            h = await pipe.hgetall(self._key(record_id))
-            new = make(_record(h), rev) if h else None
-            if new is not None:
-                await self._write(pipe, new)
-            return new
-
-        return self._announce(await self._x.transact([self._key(record_id)], step))
+        while True:
+            h = await self._x.call(lambda: self._x.r.hgetall(self._key(record_id)))
+            if not h:
+                return None
+            current = _record(h)
+            new = make(current, await self._rev())
+            if new is None:  # the condition failed on the record as it was read
+                return None
+            if await self._write(new, current.rev):
+                return self._announce(new)
+            # Another guard wrote in between: read again and decide again.
 
     async def update(
         self,
