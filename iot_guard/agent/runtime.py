@@ -368,8 +368,9 @@ def answer_of(base: dict[str, Any], ack: Ack) -> Outcome:
         return Outcome({
             **base, "status": "held", "approval_id": None, "reason": reason,
             "guard_code": code,
-            "next": "this guard does not queue held actions yet: nothing was carried "
-                    "out; ask a human operator, or change the call so it is not held",
+            "next": "this guard runs no approvals service, so it refused what it would "
+                    "hold: nothing was carried out; ask a human operator, or change the "
+                    "call so it is not held",
         }, is_error=True)
     return Outcome({
         **base, "status": "refused", "guard_code": code,
