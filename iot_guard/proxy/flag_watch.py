@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..approvals.lookup import approval_service_of
 from ..audit import AuditError, utc_iso
+from ..checks.alerts import Alert
 from ..mqtt import ReasonCode
 from ..state import ALL_AGENTS, FlagEvent
 
@@ -42,6 +43,7 @@ class FlagWatch:
             )
             log.warning("kill switch for %s by %s (%s): %d session(s) ended", who, event.by,
                         event.reason, ended)
+            self._alert(event, f"kill switch for {who} by {event.by}: {event.reason}")
             self._stop_approvals(agent, event.by or "kill switch", event.reason)
         elif event.kind == "revoke" and event.jti is not None:
             control.disconnect_where(
@@ -56,6 +58,15 @@ class FlagWatch:
                 ReasonCode.NOT_AUTHORIZED,
                 f"tokens issued before {event.at:.0f} are void: {event.reason}",
             )
+
+    def _alert(self, event: FlagEvent, reason: str) -> None:
+        """A kill is an alert too: the console, the webhooks and anything on ``on_alert``."""
+        hooks = getattr(self._server, "hooks", None)
+        if hooks is not None:
+            hooks.call("on_alert", Alert(
+                rule="kill_switch", agent_id=event.agent or ALL_AGENTS, session_id=None,
+                mode="block", reason=reason, at=event.at, subject=event.by or "",
+            ))
 
     def _record(self, event: FlagEvent) -> None:
         """Every flag change this guard enforces is on its audit record (and in its log)."""

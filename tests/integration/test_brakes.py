@@ -23,12 +23,13 @@ SECRET = b"brakes-test-secret-brakes-test-secret-0"
 DEVICE = "tenants/acme/devices/therm-001"
 
 
-def start(mosquitto: MosquittoBroker, tmp_path: Path, **config: object) -> GuardThread:
+def start(mosquitto: MosquittoBroker, tmp_path: Path, addons: tuple[object, ...] = (),
+          **config: object) -> GuardThread:
     cfg = mosquitto.guard_config(POLICY_DIR, SECRET, tmp_path / "audit.jsonl")
     cfg.state = tmp_path / "state"
     for key, value in config.items():
         setattr(cfg, key, value)
-    return GuardThread(cfg).start()
+    return GuardThread(cfg, addons=addons).start()
 
 
 @pytest.fixture
@@ -127,5 +128,25 @@ def test_dry_run_forwards_what_enforce_refuses_and_says_so(mosquitto, tmp_path) 
         assert all(r["mode"] == "dry-run" for r in records)
         spy.close()
         agent.close()
+    finally:
+        guard.stop()
+
+
+def test_a_kill_is_an_alert_for_the_addons(mosquitto, tmp_path) -> None:
+    seen: list[object] = []
+    arrived = threading.Event()
+
+    class Console:
+        def on_alert(self, alert: object) -> None:
+            seen.append(alert)
+            arrived.set()
+
+    guard = start(mosquitto, tmp_path, addons=(Console(),))
+    try:
+        guard.run(lambda: guard.server.state.flags.kill("ops-agent", "runaway", "secops"))
+        assert arrived.wait(5)
+        alert = seen[0]
+        assert (alert.rule, alert.agent_id, alert.mode) == ("kill_switch", "ops-agent", "block")
+        assert "runaway" in alert.reason and "secops" in alert.reason
     finally:
         guard.stop()
