@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+import yaml
 
 from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess, raise_fd_limit
@@ -99,6 +102,22 @@ def machine() -> str:
     )
 
 
+def policy_for_crowds(source: Path, workdir: Path, sessions: int) -> Path:
+    """A copy of the policy whose per-agent connection limit lets ``sessions`` CONNECTs of
+    one agent through at once (every other rule as it is)."""
+    target = workdir / "policy"
+    shutil.copytree(source, target)
+    for path in target.glob("*.yaml"):
+        document = yaml.safe_load(path.read_text()) or {}
+        connections = (document.get("limits") or {}).get("connections")
+        if connections:
+            connections["burst"] = max(int(connections.get("burst", 1)), sessions + 200)
+            connections["per_minute"] = max(float(connections.get("per_minute", 1)),
+                                            60.0 * (sessions + 200))
+            path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return target
+
+
 def log(text: str) -> None:
     print(text, flush=True)
 
@@ -122,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="iot-guard-bench-") as tmp:
             workdir = Path(tmp)
             log(f"logs and audit log in {workdir} (removed at exit)")
+            # Hundreds (load) to thousands (idle) of one agent's sessions connect at once:
+            # the example policy's reconnect-storm limit would refuse them (0x9F).
+            policy = policy_for_crowds(args.policy, workdir,
+                                       max(args.load_sessions, args.idle_sessions))
             with bench_broker(workdir) as broker:
-                guard = GuardProcess(args.policy, broker.port, workdir, args.profile_guard)
+                guard = GuardProcess(policy, broker.port, workdir, args.profile_guard)
                 try:
                     setup = Setup(broker, guard, workdir, guard.token("ops-agent"))
                     steps = {

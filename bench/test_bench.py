@@ -7,6 +7,7 @@ Cedar policy that is not equivalent would make every figure meaningless.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -281,3 +282,15 @@ def test_approvals_bench_policy_loads_with_a_ten_device_group_and_the_pace(
     assert rollout is not None
     assert (rollout.max_per_minute, rollout.canary, rollout.bake_s) == (600.0, 0, 0)
     assert {lv.timeout_s for c in doc.approvals.chains.values() for lv in c.levels} == {3600}
+
+
+def test_the_crowd_benches_get_a_policy_that_admits_their_sessions(tmp_path: Path) -> None:
+    from bench.__main__ import policy_for_crowds
+    from iot_guard.policy.loader import load_policy
+
+    source = Path(__file__).parents[1] / "device_policies"
+    copy = policy_for_crowds(source, tmp_path, 5000)
+    limits = load_policy(copy).limits
+    assert limits.connections is not None and limits.connections.burst >= 5000
+    # Everything else is the example policy as it is.
+    assert load_policy(copy).tools.keys() == load_policy(source).tools.keys()
