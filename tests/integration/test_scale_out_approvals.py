@@ -193,8 +193,9 @@ def test_held_on_a_approved_through_b_is_carried_out_once_and_a_tells_its_agent(
         with pytest.raises(ApprovalError) as again:  # A knows: the second approval is refused
             a.run(lambda: a.service.approve(request_id, "alice"))
         assert again.value.status == 409
-        # The agent is on A; B decided and carries it out: A shows the progress B stores
-        # (its API, console and the agent's notices) and tells the agent every step.
+        # The agent is on A; B decided it. Whichever guard wins the claim carries it out
+        # (every guard that sees an approval tries); both show the stored progress and A
+        # tells its agent every step.
         progress = ops.expect(f"$guard/approvals/{request_id}", timeout=20,
                               where=lambda m: m.json()["status"] == "executing"
                               and (m.json()["rollout"] or {}).get("counts", {})
@@ -208,7 +209,9 @@ def test_held_on_a_approved_through_b_is_carried_out_once_and_a_tells_its_agent(
         assert done.json()["status"] == "done", done.json()
     runs = executions(a.audit, b.audit)
     assert sorted(device for _, device in runs) == [f"acme/{d}" for d in DEVICES]
-    assert {who for who, _ in runs} == {b.addon.executor.client_id}
+    executors = {who for who, _ in runs}
+    assert len(executors) == 1  # one guard carried it out
+    assert executors <= {a.addon.executor.client_id, b.addon.executor.client_id}
     for name in DEVICES:
         assert patches_received(fleet, name) == 1, name
         assert fleet.device("acme", name).state.reported["firmware_channel"] == "beta"
