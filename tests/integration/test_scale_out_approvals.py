@@ -294,15 +294,20 @@ def test_a_rollout_survives_the_death_of_the_guard_running_it(
 ) -> None:
     url = redis_server.fresh_url()
     victim = GuardProcess(mosquitto, secret, url, tmp_path / "victim")
-    survivor = Guard(mosquitto, url, tmp_path / "survivor.jsonl", secret)
+    survivor: Guard | None = None
     try:
         with agent(victim.port, secret) as ops:
             request_id = held_id(
                 ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-        eventually(lambda: status_of(survivor, request_id) == "pending", 3, "seen by both")
         # Approved through the victim's admin API: it claims the request and rolls it out.
         approver = issue_token(secret, "alice", ttl_s=300, role=ROLE_APPROVER)
-        AdminClient(victim.admin_url, approver).decide(request_id, "approve", "go")
+        client = AdminClient(victim.admin_url, approver)
+        client.decide(request_id, "approve", "go")
+        # The survivor joins once the victim runs it: every guard that sees an approval
+        # tries to claim it, so a survivor running already could win the claim itself.
+        eventually(lambda: client.show(request_id)["status"] == "executing", 15,
+                   "the victim carries it out")
+        survivor = Guard(mosquitto, url, tmp_path / "survivor.jsonl", secret)
         store = survivor.thread.server.state
         assert store is not None
 
@@ -329,7 +334,8 @@ def test_a_rollout_survives_the_death_of_the_guard_running_it(
         assert record.owner is None  # released at the end
     finally:
         victim.kill()
-        survivor.stop()
+        if survivor is not None:
+            survivor.stop()
     # Never twice: each device got its patch at most once, and every device still queued
     # when the victim died got it exactly once, from the survivor.
     for name in DEVICES:
