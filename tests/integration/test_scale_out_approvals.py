@@ -302,6 +302,14 @@ def test_a_rollout_survives_the_death_of_the_guard_running_it(
         # Approved through the victim's admin API: it claims the request and rolls it out.
         approver = issue_token(secret, "alice", ttl_s=300, role=ROLE_APPROVER)
         client = AdminClient(victim.admin_url, approver)
+
+        def parked() -> bool:  # the hold is stored just after the agent's answer
+            try:
+                return client.show(request_id)["status"] == "pending"
+            except Refused:
+                return False
+
+        eventually(parked, 5, "the victim parked the request")
         client.decide(request_id, "approve", "go")
         # The survivor joins once the victim runs it: every guard that sees an approval
         # tries to claim it, so a survivor running already could win the claim itself.
