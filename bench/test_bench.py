@@ -23,6 +23,7 @@ from bench.decisions import (
     requests,
     time_compiled,
 )
+from bench.procs import REPO
 from bench.report import Row, table
 from bench.workers import shadow_update_payload, telemetry_payload
 from iot_guard.mqtt import Connect, Publish, StreamParser, Subscribe
@@ -294,3 +295,21 @@ def test_the_crowd_benches_get_a_policy_that_admits_their_sessions(tmp_path: Pat
     assert limits.connections is not None and limits.connections.burst >= 5000
     # Everything else is the example policy as it is.
     assert load_policy(copy).tools.keys() == load_policy(source).tools.keys()
+
+
+def test_in_process_harness_forwards_and_audits_every_update() -> None:
+    """bench.inproc's figure is only worth something if the guard did the whole job:
+    every update forwarded byte for byte (measure raises otherwise) and audited."""
+    import asyncio
+
+    from bench.inproc import measure
+    from iot_guard.proxy.server import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        r = loop.run_until_complete(measure(REPO / "device_policies", 300, 30, None))
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    assert r["publish_us"] > 0 and r["puback_us"] > 0
+    assert r["records"] == 300
