@@ -433,6 +433,13 @@ class StreamParser:
             # PUBREL's fixed header flags are 0010 [MQTT-3.6.1-1], the others 0000.
             raise malformed(f"reserved flags of {PacketType(ptype).name} must be {expected:04b}")
         end = len(packet)
+        if end == 4:
+            # The common form, the packet id alone (v5: reason code 0x00 and no properties,
+            # both omitted [MQTT-3.4.2.1]): one ack per QoS 1/2 message, so no helpers.
+            packet_id = (packet[2] << 8) | packet[3]
+            if not packet_id:
+                raise protocol_error("packet identifier 0 [MQTT-2.2.1-3]")
+            return _ACK_CLASSES[ptype](packet_id, 0, {}, packet)
         packet_id, i = _packet_id(packet, i, end)
         code = 0
         props: dict[int, object] = {}

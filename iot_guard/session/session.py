@@ -27,6 +27,7 @@ from ..mqtt import (
     Connect,
     Disconnect,
     Packet,
+    PingResp,
     PropertyId,
     ProtocolError,
     PubAck,
@@ -94,6 +95,8 @@ STRIPPED_CONNECT_PROPERTIES = (
 # the state of the agent's approval requests.
 GUARD_PREFIX = "$guard/"
 APPROVALS_PREFIX = "$guard/approvals/"
+
+_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS  # an enum member: looked up once, not per publish
 
 # Timer keys (``SetTimer`` / ``TimerFired``).
 CONNECT_TIMER = "connect"
@@ -248,24 +251,36 @@ class GuardSession:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              f"malformed packet ({err.message})")
             return actions
+        relayed: list[bytes] = []  # acks passed on as they came, sent as one, in order
         for packet in packets:
-            if isinstance(packet, Publish):
+            if type(packet) in _RELAYED and not (
+                isinstance(packet, PubRel) and packet.packet_id in self._dropped_broker_qos2
+            ):
+                relayed.append(packet.raw)
+                continue
+            if relayed:
+                actions.append(SendToAgent(b"".join(relayed)))
+                relayed = []
+            if type(packet) is Publish:
                 self._delivery(packet, now, actions)
-            elif isinstance(packet, Connack):
+            elif type(packet) is Connack:
                 self._connack(packet, now, actions)
-            elif isinstance(packet, SubAck):
+            elif type(packet) is SubAck:
                 self._filter_ack(packet, self._pending_subscribes, actions)
-            elif isinstance(packet, UnsubAck):
+            elif type(packet) is UnsubAck:
                 self._filter_ack(packet, self._pending_unsubscribes, actions)
-            elif isinstance(packet, PubRel) and packet.packet_id in self._dropped_broker_qos2:
+            elif isinstance(packet, PubRel):
+                # The release of a delivery the agent was not allowed to see: ours to complete.
                 self._dropped_broker_qos2.discard(packet.packet_id)
                 actions.append(SendToBroker(encode(PubComp(packet.packet_id), self.protocol_level)))
-            elif isinstance(packet, Disconnect):
+            elif type(packet) is Disconnect:
                 actions.append(SendToAgent(packet.raw))
                 self._to(Trigger.CLOSE)
                 actions.append(Close("broker sent DISCONNECT"))
             else:
                 actions.append(SendToAgent(packet.raw))
+        if relayed:
+            actions.append(SendToAgent(b"".join(relayed) if len(relayed) > 1 else relayed[0]))
         return actions
 
     def _on_broker_unreachable(self, event: BrokerUnreachable, now: float) -> list[Command]:
@@ -557,23 +572,29 @@ class GuardSession:
     def _agent_publish(self, publish: Publish, now: float, actions: list[Command]) -> None:
         agent = self._agent
         assert agent is not None
-        if PropertyId.TOPIC_ALIAS in publish.properties:
-            # The guard advertised no Topic Alias Maximum, so any alias is a protocol
-            # error [MQTT-3.3.2-9]; this also keeps every decision on a real topic.
-            self._audit(actions, now, guard_refusal("topic aliases are not accepted by the guard",
-                        ReasonCode.TOPIC_ALIAS_INVALID), "publish", publish.topic)
-            self._disconnect(actions, ReasonCode.TOPIC_ALIAS_INVALID,
-                             "topic aliases are not accepted: the guard advertised none")
-            return
-        decision = self._check_response_topic(publish.properties) or agent.decide_publish(
-            publish.topic, publish.payload, publish.qos, publish.retain
-        )
+        properties = publish.properties
+        decision = None
+        if properties:  # most publishes carry none (and 3.1.1 ones cannot)
+            if _TOPIC_ALIAS in properties:
+                # The guard advertised no Topic Alias Maximum, so any alias is a protocol
+                # error [MQTT-3.3.2-9]; this also keeps every decision on a real topic.
+                self._audit(actions, now, guard_refusal(
+                    "topic aliases are not accepted by the guard", ReasonCode.TOPIC_ALIAS_INVALID,
+                ), "publish", publish.topic)
+                self._disconnect(actions, ReasonCode.TOPIC_ALIAS_INVALID,
+                                 "topic aliases are not accepted: the guard advertised none")
+                return
+            decision = self._check_response_topic(properties)
+        if decision is None:
+            decision = agent.decide_publish(publish.topic, publish.payload, publish.qos,
+                                            publish.retain)
         if self._dry_run and decision.verdict is not Verdict.ALLOW:
             decision = self._observe_policy(actions, now, decision, "publish", publish.topic)
         if self._wants_publish:
             judged = self.pipeline.run(self._request("publish", publish), decision, now)
             decision = judged.decision
-            self._audit_observed(actions, now, judged, "publish", publish.topic)
+            if judged.observed:
+                self._audit_observed(actions, now, judged, "publish", publish.topic)
         verdict = decision.verdict
         if verdict is Verdict.ALLOW:
             self._audit(actions, now, decision, "publish", publish.topic,
@@ -661,7 +682,8 @@ class GuardSession:
         if self._wants_receive:
             judged = self.pipeline.run(self._request("receive", publish), decision, now)
             decision = judged.decision
-            self._audit_observed(actions, now, judged, "receive", publish.topic)
+            if judged.observed:
+                self._audit_observed(actions, now, judged, "receive", publish.topic)
         if decision.verdict is Verdict.ALLOW:
             actions.append(SendToAgent(publish.raw))
             return
@@ -919,6 +941,10 @@ _HANDLERS: dict[type, Callable[[GuardSession, object, float], list[Command]]] = 
     Kick: GuardSession._on_kick,  # type: ignore[dict-item]
     PolicySwapped: GuardSession._on_policy_swapped,  # type: ignore[dict-item]
 }
+
+# Acknowledgements and PINGRESP: passed on unchanged (the packet ids are the peers' own,
+# the guard does not renumber), so a run of them is one write.
+_RELAYED = frozenset({PubAck, PubRec, PubRel, PubComp, PingResp})
 
 # What a connect is judged from before the checks run: the token and the policy said yes.
 _CONNECT_ALLOWED = Decision(Verdict.ALLOW, "token accepted", 0, "connect")
