@@ -7,7 +7,8 @@ itself, measured in this process's CPU time, so the figure holds on a busy machi
     python -m bench.inproc [--n N] [--batch B] [--policy DIR] [--profile FILE]
 
 Reports microseconds of CPU per shadow update (QoS 1, agent -> broker, validated and
-audited) and per PUBACK relayed back, with B packets per read (what one socket read
+audited), per PUBACK relayed back, and per QoS 0 telemetry delivery (broker -> agent, the
+relay bench's traffic), with B packets per read (what one socket read
 carries when the agent keeps a window in flight).
 """
 
@@ -24,14 +25,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iot_guard.mqtt import Connack, Connect, PubAck, Publish, encode
+from iot_guard.mqtt import (
+    Connack,
+    Connect,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    Subscription,
+    encode,
+)
 from iot_guard.session import AgentData, AgentOpened, BrokerData
 
 from .procs import REPO
-from .workers import shadow_update_payload
+from .workers import shadow_update_payload, telemetry_payload
 
 AGENT = "ops-agent"
 TOPIC = "tenants/acme/devices/therm-001/shadow/update"
+TELEMETRY = "tenants/acme/devices/+/telemetry"
+DEVICES = [f"therm-{i:03d}" for i in range(1, 11)]
 
 
 class Collector:
@@ -98,7 +110,16 @@ async def measure(policy_dir: Path, n: int, batch: int, profile: Path | None) ->
                     encode(Publish(TOPIC, shadow_update_payload(first + k), 1, packet_id=pid), 5)
                     for k, pid in enumerate(ids))))
                 acks.append(BrokerData(b"".join(encode(PubAck(pid), 5) for pid in ids)))
+            # Telemetry to the agent (the relay bench's traffic): subscribed, then QoS 0
+            # deliveries from the broker, ``batch`` per read.
+            link.feed(AgentData(encode(Subscribe(1, [Subscription(TELEMETRY)]), 5)))
+            link.feed(BrokerData(encode(SubAck(1, [0]), 5)))
+            deliveries = [BrokerData(b"".join(
+                encode(Publish(f"tenants/acme/devices/{DEVICES[k % 10]}/telemetry",
+                               telemetry_payload(k)), 5)
+                for k in range(first, min(first + batch, n)))) for first in range(0, n, batch)]
             before = len(upstream.chunks)
+            before_agent = len(agent.chunks)
             gc.collect()
             profiler = cProfile.Profile() if profile is not None else None
             publish_s = ack_s = 0.0
@@ -114,21 +135,27 @@ async def measure(policy_dir: Path, n: int, batch: int, profile: Path | None) ->
                 publish_s += t1 - t0
                 ack_s += t2 - t1
                 await asyncio.sleep(0)  # let the loop sign checkpoints as it would
+            t0 = clock()
+            for delivery in deliveries:
+                link.feed(delivery)
+            relay_s = clock() - t0
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(str(profile))
             forwarded = sum(len(c) for c in upstream.chunks[before:])
             expected = sum(len(r.data) for r in reads)
-            if forwarded != expected or link.closed:
-                raise RuntimeError(f"the guard forwarded {forwarded} of {expected} bytes"
-                                   f" (closed: {link.closed})")
+            delivered = sum(len(c) for c in agent.chunks[before_agent:])
+            relayed = sum(len(r.data) for r in (*acks, *deliveries))
+            if forwarded != expected or delivered != relayed or link.closed:
+                raise RuntimeError(f"the guard forwarded {forwarded} of {expected} bytes and "
+                                   f"delivered {delivered} of {relayed} (closed: {link.closed})")
         finally:
             await server.stop()
         audited = len(re.findall(
             rb'"packet":"publish","requested_scope":"%s",[^\n]*"result_status":"success"'
             % TOPIC.encode(), (work / "audit.jsonl").read_bytes()))
     return {"publish_us": publish_s / n * 1e6, "puback_us": ack_s / n * 1e6,
-            "records": audited}
+            "relay_us": relay_s / n * 1e6, "records": audited}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"guard CPU in process, best of {args.repeat}, {args.n:,} shadow updates, "
           f"{args.batch} per read: {best['publish_us']:.2f} us per update, "
           f"{best['puback_us']:.2f} us per PUBACK relayed, "
-          f"{best['publish_us'] + best['puback_us']:.2f} us in all")
+          f"{best['publish_us'] + best['puback_us']:.2f} us in all; "
+          f"{best['relay_us']:.2f} us per QoS 0 telemetry delivery to the agent")
     return 0
 
 

@@ -181,6 +181,7 @@ class StreamParser:
                 if not buf[0] >> 4:
                     raise malformed("reserved packet type 0")
                 self._check_first(buf[0] >> 4)
+            ready = self._ready
             while size - pos >= 2:
                 byte = buf[pos + 1]
                 if byte < 0x80:
@@ -216,7 +217,12 @@ class StreamParser:
                     break
                 end = pos + total
                 packet = bytes(buf[pos:end]) if buf is self._buf else buf[pos:end]
-                out.append(self._parse(packet, header))  # type: ignore[arg-type]
+                first = packet[0]
+                if first >> 4 == 3 and ready:  # PUBLISH, most of the traffic: no dispatch
+                    out.append(self._publish(packet, header, first & 0x0F))  # type: ignore[arg-type]
+                else:
+                    out.append(self._parse(packet, header))  # type: ignore[arg-type]
+                    ready = self._ready
                 pos = end
         except ProtocolError as exc:
             self._die(exc)

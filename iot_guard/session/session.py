@@ -251,8 +251,15 @@ class GuardSession:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              f"malformed packet ({err.message})")
             return actions
-        relayed: list[bytes] = []  # acks passed on as they came, sent as one, in order
+        # Deliveries and acks passed on as they came: sent as one write, in order.
+        relayed: list[bytes] = []
         for packet in packets:
+            if type(packet) is Publish:
+                # A refused delivery sends nothing to the agent (its actions are an audit
+                # record and the broker's ack), so the run of relayed bytes goes on.
+                if self._delivery(packet, now, actions):
+                    relayed.append(packet.raw)
+                continue
             if type(packet) in _RELAYED and not (
                 isinstance(packet, PubRel) and packet.packet_id in self._dropped_broker_qos2
             ):
@@ -261,9 +268,7 @@ class GuardSession:
             if relayed:
                 actions.append(SendToAgent(b"".join(relayed)))
                 relayed = []
-            if type(packet) is Publish:
-                self._delivery(packet, now, actions)
-            elif type(packet) is Connack:
+            if type(packet) is Connack:
                 self._connack(packet, now, actions)
             elif type(packet) is SubAck:
                 self._filter_ack(packet, self._pending_subscribes, actions)
@@ -673,7 +678,8 @@ class GuardSession:
             ReasonCode.NOT_AUTHORIZED,
         )
 
-    def _delivery(self, publish: Publish, now: float, actions: list[Command]) -> None:
+    def _delivery(self, publish: Publish, now: float, actions: list[Command]) -> bool:
+        """True when the agent may have the message as it came (the caller sends it)."""
         agent = self._agent
         assert agent is not None
         decision = agent.decide_receive(publish.topic)
@@ -685,8 +691,7 @@ class GuardSession:
             if judged.observed:
                 self._audit_observed(actions, now, judged, "receive", publish.topic)
         if decision.verdict is Verdict.ALLOW:
-            actions.append(SendToAgent(publish.raw))
-            return
+            return True
         # The agent may not see this message: acknowledge it to the broker ourselves.
         self._audit(actions, now, decision, "receive", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain)
@@ -695,6 +700,7 @@ class GuardSession:
         elif publish.qos == 2 and publish.packet_id is not None:
             self._dropped_broker_qos2.add(publish.packet_id)
             actions.append(SendToBroker(encode(PubRec(publish.packet_id), self.protocol_level)))
+        return False
 
     def _request(self, kind: str, publish: Publish) -> Request:
         assert self.agent_id is not None
