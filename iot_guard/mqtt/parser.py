@@ -187,6 +187,10 @@ class StreamParser:
                 if byte < 0x80:
                     remaining = byte
                     header = 2
+                elif size - pos > 2 and 0 < buf[pos + 2] < 0x80:
+                    # Two bytes: 128 B to 16 KB, the size of most messages.
+                    remaining = (byte & 0x7F) | (buf[pos + 2] << 7)
+                    header = 3
                 else:
                     # Remaining Length: a Variable Byte Integer of at most 4 bytes, shortest
                     # form [MQTT-1.5.5-1]; may be split across feeds.
