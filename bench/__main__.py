@@ -25,7 +25,7 @@ from .procs import REPO, GuardProcess, raise_fd_limit
 from .report import Row, table
 
 BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions", "audit",
-           "scale")
+           "scale", "inproc")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"open files limit (soft): {raise_fd_limit():,}")
     rows: list[Row] = []
     errors: list[str] = []
-    network = [b for b in args.only if b not in ("decisions", "audit")]
+    network = [b for b in args.only if b not in ("decisions", "audit", "inproc")]
     if network:
         from .approvals import run_approval_timing, run_relay_with_pending
         from .load import run_idle, run_load
@@ -216,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         log("7. audit chain: writing chained records (vs plain JSON lines) and verifying them")
         with tempfile.TemporaryDirectory(prefix="iot-guard-bench-audit-") as tmp:
             rows += run_audit(Path(tmp), 20_000 if args.quick else 200_000, 3, log)
+    if "inproc" in args.only:
+        from .inproc import run_inproc
+
+        log("9. the guard's own CPU per packet, in process (real server, checks, signed chain,"
+            " state store; no sockets): what the network figures above cost it")
+        rows += run_inproc(args.policy, 10_000 if args.quick else 30_000, log)
     errors += [f"{r.name}: lost messages or wrong answers" for r in rows
                if "[LOSS]" in r.name or "[WRONG]" in r.name]
     log("")
