@@ -7,6 +7,11 @@ to a pydantic ``TypeAdapter`` built once per field set. Pydantic runs in strict 
 "21" for a number, no ``true`` for a number, no 4.5 for an integer. Pydantic's own
 messages are not shown: on a refusal ``field_problem`` re-derives the reason from the
 spec, so every reason has the same shape ("<path>: <value> <rule>").
+
+Per packet, pydantic is asked only when in doubt: each field also has a plain predicate
+(``sure_value``) that is true only for values pydantic surely accepts (the usual case: a
+number within its bounds, a word of its enum). False means "ask pydantic", never
+"refused", so the answer is pydantic's whatever the predicate says.
 """
 
 from __future__ import annotations
@@ -71,6 +76,80 @@ def field_problem(spec: FieldSpec, value: object, *, nullable: bool) -> str | No
     return None
 
 
+# Integers a double holds exactly: pydantic compares a number field's value as a double,
+# Python compares it exactly; within this range the two agree.
+_EXACT_INT = 2**53
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _valid_unicode(text: str) -> bool:
+    # pydantic refuses a str with a lone surrogate (the parsers never make one).
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def sure_value(spec: FieldSpec, nullable: bool) -> Callable[[object], bool]:
+    """A predicate true only for values that ``value_type(spec)`` (or None when
+    ``nullable``) surely accepts; false for every refused value and for edge cases
+    (numbers beyond 2**53, integers beyond 64 bits) left to pydantic.
+
+    Sound because each bound is compared exactly on a value that is itself exact (a
+    double, or an integer a double holds): rounding the bound to a double, as pydantic
+    does, keeps the comparison's outcome (rounding is monotonic)."""
+    allowed = None if spec.enum is None else frozenset(spec.enum)
+    if spec.type == "number":
+        low = max(spec.minimum, -_EXACT_INT) if spec.minimum is not None else -_EXACT_INT
+        high = min(spec.maximum, _EXACT_INT) if spec.maximum is not None else _EXACT_INT
+
+        def sure(v: Any) -> bool:
+            if v is None:
+                return nullable
+            kind = type(v)
+            # NaN fails both comparisons; so does inf, past the bounds.
+            return (
+                (kind is float or kind is int)
+                and low <= v <= high
+                and (allowed is None or v in allowed)
+            )
+
+    elif spec.type == "integer":
+        low_int = _INT64[0] if spec.minimum is None else max(math.ceil(spec.minimum), _INT64[0])
+        high_int = _INT64[1] if spec.maximum is None else min(math.floor(spec.maximum), _INT64[1])
+
+        def sure(v: Any) -> bool:
+            if v is None:
+                return nullable
+            return (
+                type(v) is int and low_int <= v <= high_int and (allowed is None or v in allowed)
+            )
+
+    elif spec.type == "string":
+        longest = spec.max_length
+
+        def sure(v: Any) -> bool:
+            if v is None:
+                return nullable
+            if type(v) is not str:
+                return False
+            if allowed is not None and v not in allowed:
+                return False  # (the enum's words are valid Unicode)
+            return (longest is None or len(v) <= longest) and _valid_unicode(v)
+
+    else:
+
+        def sure(v: Any) -> bool:
+            if v is None:
+                return nullable
+            return type(v) is bool and (allowed is None or v in allowed)
+
+    return sure
+
+
 def _member_of(allowed: frozenset[object]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value not in allowed:
@@ -117,6 +196,7 @@ class FieldSet:
 
     __slots__ = (
         "owner", "what", "specs", "readonly", "required", "nullable", "rules", "_rank", "_adapter",
+        "_sure",
     )
 
     def __init__(
@@ -145,6 +225,11 @@ class FieldSet:
         )
         self.nullable = nullable
         self._rank = {name: RISK_ORDER[spec.risk] for name, spec in self.specs.items()}
+        # name -> (risk rank, sure_value predicate): one lookup per key on the usual path.
+        self._sure: dict[str, tuple[int, Callable[[object], bool]]] = {
+            name: (RISK_ORDER[spec.risk], sure_value(spec, nullable))
+            for name, spec in self.specs.items()
+        }
         members: dict[str, Any] = {}
         for name, spec in self.specs.items():
             vtype = value_type(spec)
@@ -163,6 +248,9 @@ class FieldSet:
 
         ``prefix`` is the path of ``obj`` in the payload, e.g. "state.desired.".
         """
+        rank = self.sure_rank(obj)
+        if rank >= 0:
+            return "", rank, None
         rank = 0
         ranks = self._rank
         for key in obj:
@@ -177,6 +265,26 @@ class FieldSet:
         except ValidationError as exc:
             return self._explain(obj, prefix, exc)
         return "", rank, None
+
+    def sure_rank(self, obj: dict[str, object]) -> int:
+        """The highest risk rank of the keys when every key is a field and every value
+        surely valid (``sure_value``) and no required field is missing; else -1 (then
+        ``check`` asks pydantic). Never -1 for a refusal only: -1 is "not sure"."""
+        rank = 0
+        sure = self._sure
+        for key, value in obj.items():
+            entry = sure.get(key)
+            if entry is None:
+                return -1
+            key_rank, sure_value = entry
+            if not sure_value(value):
+                return -1
+            if key_rank > rank:
+                rank = key_rank
+        for name in self.required:
+            if name not in obj:
+                return -1
+        return rank
 
     def _explain(
         self, obj: dict[str, object], prefix: str, exc: ValidationError | None

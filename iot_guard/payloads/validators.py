@@ -1,9 +1,17 @@
 """Payload validators built once per policy from its device types.
 
-The per-packet path is: strict JSON parse (``jsondoc.parse_object``), a few dict
-lookups for the envelope, and one call into a prebuilt pydantic validator
-(``fields.FieldSet``). Nothing is built per packet, and no method raises on bad input:
-every outcome is a ``PayloadVerdict``.
+The per-packet path is: a JSON read, a few dict lookups for the envelope, and the
+prebuilt field checks (``fields.FieldSet``). Nothing is built per packet, and no method
+raises on bad input: every outcome is a ``PayloadVerdict``.
+
+Two passes, one answer. The usual payload is valid, so each kind's check first runs
+"sure" on orjson's reading of the payload (``jsondoc.loads_unproven``): there it accepts
+only what it is sure of (``FieldSet.sure_rank``), and counts the members of the dicts it
+walked, which ``jsondoc.members_match`` compares with the text (no duplicate key). An
+accepted document is then the strict parser's, value for value: every dict in it was
+counted, and every other value is a checked scalar (no float read from a too-big
+integer). Anything else, a refusal included, is decided again from scratch on the
+strict parse (``jsondoc.strict_parse_object``), which gives every refusal its reason.
 
 Shadow documents follow AWS IoT device shadow semantics (see DESIGN.md):
 ``{"state": {"desired": {...}}, "version": N, "clientToken": "..."}``.
@@ -13,16 +21,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from iot_guard.policy_models import RISK_ORDER, RISKS, PolicyDocument
 
 from .fields import FieldSet, key_text
-from .jsondoc import MAX_CLIENT_TOKEN_BYTES, kind_name, parse_object, show
+from .jsondoc import (
+    MAX_CLIENT_TOKEN_BYTES,
+    MAX_DEPTH,
+    kind_name,
+    loads_unproven,
+    members_match,
+    parse_object,
+    show,
+    strict_parse_object,
+)
 
 # Shadow versions are 64-bit longs in AWS IoT; a larger number may not survive a device.
 MAX_VERSION = 2**63 - 1
 _SHADOW_KEYS = ("state", "version", "clientToken")
+_SHADOW_KEY_SET = frozenset(_SHADOW_KEYS)
+_ABSENT = object()
 CLIENT_TOKEN = "clientToken"
+# An accepted shadow update nests 3 levels (the document, state, state.desired), so the
+# sure pass needs no depth walk.
+assert MAX_DEPTH >= 3
+
+# A check's acceptance: (risk rank, the members of every dict in the document added up,
+# the dicts whose keys are the fields it touches). A refusal is a PayloadVerdict.
+_Accept = tuple[int, int, tuple[dict[str, object], ...]]
+# A command's check target: its payload fields, its risk rank, its reasons' prefix.
+_CommandTarget = tuple[FieldSet, int, str]
+# A check: (its target, the document, sure?) -> refusal or acceptance.
+_Check = Callable[[Any, dict[str, object], bool], "PayloadVerdict | _Accept"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +93,19 @@ def _accepted(risk: str, fields: tuple[str, ...], document: object) -> PayloadVe
     _set_rule(v, None)
     return v
 _NO_TYPE = PayloadVerdict(ok=False, reason="no device type to validate the payload against")
+# The sure pass's "not sure": decided again on the strict parse (never an answer).
+_UNSURE = PayloadVerdict(ok=False, reason="not sure")
+# ``judge``'s answer for an accepted payload, by risk rank.
+_JUDGED_OK: tuple[tuple[str, None, None], ...] = tuple((risk, None, None) for risk in RISKS)
+
+
+def _verdict(doc: dict[str, object], accept: _Accept) -> PayloadVerdict:
+    rank, _, touched = accept
+    if len(touched) == 1:
+        fields = tuple(sorted(touched[0]))
+    else:
+        fields = tuple(sorted(set().union(*touched)))
+    return _accepted(RISKS[rank], fields, doc)
 
 
 def _refused(reason: str, rule: str | None = None) -> PayloadVerdict:
@@ -72,6 +116,8 @@ def _client_token_problem(doc: dict[str, object]) -> str:
     token = doc[CLIENT_TOKEN]
     if type(token) is not str:
         return f"clientToken: {kind_name(token)}, not a string"
+    if len(token) <= MAX_CLIENT_TOKEN_BYTES and token.isascii():
+        return ""  # one byte per character
     # Lone surrogates were refused by the parser; surrogatepass only keeps this total.
     size = len(token.encode("utf-8", "surrogatepass"))
     if size > MAX_CLIENT_TOKEN_BYTES:
@@ -80,7 +126,7 @@ def _client_token_problem(doc: dict[str, object]) -> str:
 
 
 class _DeviceTypeValidators:
-    __slots__ = ("name", "config", "commands", "command_risk")
+    __slots__ = ("name", "config", "commands", "command_risk", "command_targets")
 
     def __init__(
         self,
@@ -93,6 +139,9 @@ class _DeviceTypeValidators:
         self.config = config
         self.commands = commands
         self.command_risk = command_risk
+        self.command_targets: dict[str, _CommandTarget] = {
+            name: (fields, command_risk[name], f"{name}.") for name, fields in commands.items()
+        }
 
 
 class PayloadValidators:
@@ -104,11 +153,14 @@ class PayloadValidators:
     update may also carry ``state.reported``, as the AWS shadow service accepts from a device.
     """
 
-    __slots__ = ("agent", "_types")
+    __slots__ = ("agent", "_types", "_sections", "_section_set")
 
     def __init__(self, types: dict[str, _DeviceTypeValidators], agent: bool) -> None:
         self.agent = agent
         self._types = types
+        # The sections of state a shadow update may write.
+        self._sections = ("desired",) if agent else ("desired", "reported")
+        self._section_set = frozenset(self._sections)
 
     @classmethod
     def build(
@@ -169,14 +221,17 @@ class PayloadValidators:
         return self.for_types("shadow_update", (device_type,), payload)
 
     def _shadow_update(
-        self, validators: _DeviceTypeValidators, doc: dict[str, object]
-    ) -> PayloadVerdict:
-        for key in doc:
-            if key not in _SHADOW_KEYS:
-                return _refused(
-                    f"{key_text(key)}: unknown key; a shadow update has only"
-                    " state, version and clientToken"
-                )
+        self, validators: _DeviceTypeValidators, doc: dict[str, object], sure: bool
+    ) -> PayloadVerdict | _Accept:
+        """``sure``: the sure pass (see the module's docstring): a field value it is not
+        sure of gives ``_UNSURE``."""
+        if not _SHADOW_KEY_SET.issuperset(doc):  # (one C call; the loop names the key)
+            for key in doc:
+                if key not in _SHADOW_KEY_SET:
+                    return _refused(
+                        f"{key_text(key)}: unknown key; a shadow update has only"
+                        " state, version and clientToken"
+                    )
         if "version" in doc:
             version = doc["version"]
             # type() is int: a JSON true must not pass as version 1.
@@ -184,18 +239,23 @@ class PayloadValidators:
                 return _refused(
                     f"version: {show(version)} is not an integer from 0 to {MAX_VERSION}"
                 )
-        if CLIENT_TOKEN in doc:
+        token = doc.get(CLIENT_TOKEN, _ABSENT)
+        if token is not _ABSENT and not (
+            type(token) is str and len(token) <= MAX_CLIENT_TOKEN_BYTES and token.isascii()
+        ):  # (a short ASCII token, the usual one, is valid without a call)
             problem = _client_token_problem(doc)
             if problem:
                 return _refused(problem)
-        if "state" not in doc:
+        state = doc.get("state", _ABSENT)
+        if state is _ABSENT:
             return _refused("state: required in a shadow update")
-        state = doc["state"]
         if type(state) is not dict:
             return _refused(f"state: {kind_name(state)}, not an object")
-        sections = ("desired",) if self.agent else ("desired", "reported")
-        for key in state:
-            if key not in sections:
+        sections = self._sections
+        if not self._section_set.issuperset(state):
+            for key in state:
+                if key in sections:
+                    continue
                 if key == "reported":
                     return _refused("state.reported: an agent may not write reported state")
                 return _refused(
@@ -209,10 +269,11 @@ class PayloadValidators:
         if not state:
             return _refused("state: changes nothing (no desired state)")
         rank = 0
-        touched: set[str] = set()
+        members = len(doc) + len(state)
+        touched: tuple[dict[str, object], ...] = ()
         for section in sections:
-            values = state.get(section)
-            if values is None and section not in state:
+            values = state.get(section, _ABSENT)
+            if values is _ABSENT:
                 continue
             # AWS reads "desired": null as "delete all desired state"; an agent wiping
             # every desired key at once is refused: it should name the keys it removes.
@@ -223,13 +284,21 @@ class PayloadValidators:
             # spent on, or audit line written for, a change that is not one).
             if not values:
                 return _refused(f"state.{section}: changes nothing (empty object)")
-            problem, section_rank, rule = validators.config.check(values, f"state.{section}.")
-            if problem:
-                return _refused(problem, rule)
+            if sure:
+                section_rank = validators.config.sure_rank(values)
+                if section_rank < 0:
+                    return _UNSURE
+            else:
+                problem, section_rank, rule = validators.config.check(
+                    values, f"state.{section}."
+                )
+                if problem:
+                    return _refused(problem, rule)
             if section_rank > rank:
                 rank = section_rank
-            touched.update(values)
-        return _accepted(RISKS[rank], tuple(sorted(touched)), doc)
+            members += len(values)
+            touched += (values,)
+        return rank, members, touched
 
     # -- config/patch and group config/push -------------------------------------------
 
@@ -237,8 +306,8 @@ class PayloadValidators:
         return self.for_types("config_patch", (device_type,), payload)
 
     def _config_patch(
-        self, validators: _DeviceTypeValidators, doc: dict[str, object]
-    ) -> PayloadVerdict:
+        self, validators: _DeviceTypeValidators, doc: dict[str, object], sure: bool
+    ) -> PayloadVerdict | _Accept:
         patch = doc
         if CLIENT_TOKEN in doc:
             # Metadata, not a field: the device echoes it on config/result.
@@ -248,10 +317,15 @@ class PayloadValidators:
             patch = {key: value for key, value in doc.items() if key != CLIENT_TOKEN}
         if not patch:
             return _refused("payload: changes nothing (empty merge patch)")
-        problem, rank, rule = validators.config.check(patch, "")
-        if problem:
-            return _refused(problem, rule)
-        return _accepted(RISKS[rank], tuple(sorted(patch)), doc)
+        if sure:
+            rank = validators.config.sure_rank(patch)
+            if rank < 0:
+                return _UNSURE
+        else:
+            problem, rank, rule = validators.config.check(patch, "")
+            if problem:
+                return _refused(problem, rule)
+        return rank, len(doc), (patch,)
 
     # -- commands/{command} ------------------------------------------------------------
 
@@ -264,18 +338,36 @@ class PayloadValidators:
             return _refused(
                 f"command {key_text(command)}: not a command of device type {validators.name}"
             )
+        judged = self._command_doc(validators.command_targets[command], payload)
+        if isinstance(judged, tuple):
+            return _verdict(*judged)
+        return judged
+
+    def _command_doc(
+        self, target: _CommandTarget, payload: bytes
+    ) -> tuple[dict[str, object], _Accept] | PayloadVerdict:
         if payload:
-            doc, problem = parse_object(payload)
-            if doc is None:
-                return _refused(problem)
+            return self._check_doc(self._command, target, payload)
+        # An empty payload is an empty object, so `identify` takes b"" as well as b"{}".
+        doc: dict[str, object] = {}
+        result = self._command(target, doc, False)
+        return (doc, result) if isinstance(result, tuple) else result
+
+    @staticmethod
+    def _command(
+        target: _CommandTarget, doc: dict[str, object], sure: bool
+    ) -> PayloadVerdict | _Accept:
+        fields, command_rank, prefix = target
+        if sure:
+            rank = fields.sure_rank(doc)
+            if rank < 0:
+                return _UNSURE
         else:
-            # An empty payload is an empty object, so `identify` takes b"" as well as b"{}".
-            doc = {}
-        problem, rank, rule = fields.check(doc, f"{command}.")
-        if problem:
-            return _refused(problem, rule)
-        rank = max(rank, validators.command_risk[command])
-        return PayloadVerdict(ok=True, reason="", risk=RISKS[rank], document=doc)
+            problem, rank, rule = fields.check(doc, prefix)
+            if problem:
+                return _refused(problem, rule)
+        # A command's payload is flat: its only dict is the document.
+        return max(rank, command_rank), len(doc), ()
 
     # -- payload kind "none" (e.g. shadow/get) -------------------------------------------
 
@@ -327,25 +419,66 @@ class PayloadValidators:
                 best = verdict
         return best
 
-    def _check_one(
+    def judge(
         self,
-        check: Callable[[_DeviceTypeValidators, dict[str, object]], PayloadVerdict],
-        device_type: str,
+        kind: str,
+        device_types: tuple[str, ...],
         payload: bytes,
-    ) -> PayloadVerdict:
+        command: str | None = None,
+    ) -> tuple[str, str | None, str | None]:
+        """``for_types``'s answer as (risk, reason or None, field rule or None): the
+        guard's per-packet call. An accepted shadow update or config patch for one device
+        type (the usual topic) costs no verdict object and no sorted field list."""
+        validators = self._types.get(device_types[0]) if len(device_types) == 1 else None
+        if validators is not None:
+            judged: tuple[dict[str, object], _Accept] | PayloadVerdict | None = None
+            if kind == "shadow_update":
+                judged = self._check_doc(self._shadow_update, validators, payload)
+            elif kind == "config_patch":
+                judged = self._check_doc(self._config_patch, validators, payload)
+            elif kind == "command" and command is not None:
+                target = validators.command_targets.get(command)
+                if target is not None:
+                    judged = self._command_doc(target, payload)
+            if isinstance(judged, tuple):
+                return _JUDGED_OK[judged[1][0]]
+            if judged is not None:
+                return judged.risk, judged.reason, judged.rule
+        v = self.for_types(kind, device_types, payload, command)
+        return v.risk, (None if v.ok else v.reason), v.rule
+
+    def _check_doc(
+        self, check: _Check, target: Any, payload: bytes
+    ) -> tuple[dict[str, object], _Accept] | PayloadVerdict:
+        """(document, acceptance), or the refusal: the sure pass on orjson's reading,
+        then on any doubt the strict parse (see the module's docstring)."""
+        doc = loads_unproven(payload)
+        if type(doc) is dict:
+            sure = check(target, doc, True)
+            # (the colon count first, inline: the usual payload has no colon in a string)
+            if isinstance(sure, tuple) and (
+                payload.count(b":") == sure[1] or members_match(payload, sure[1])
+            ):
+                return doc, sure
+        strict, problem = strict_parse_object(payload)
+        if strict is None:
+            return _refused(problem)
+        result = check(target, strict, False)
+        if isinstance(result, tuple):
+            return strict, result
+        return result
+
+    def _check_one(self, check: _Check, device_type: str, payload: bytes) -> PayloadVerdict:
         validators = self._types.get(device_type)
         if validators is None:
             return _refused(f"unknown device type {show(device_type)}")
-        doc, problem = parse_object(payload)
-        if doc is None:
-            return _refused(problem)
-        return check(validators, doc)
+        judged = self._check_doc(check, validators, payload)
+        if isinstance(judged, tuple):
+            return _verdict(*judged)
+        return judged
 
     def _check_each(
-        self,
-        check: Callable[[_DeviceTypeValidators, dict[str, object]], PayloadVerdict],
-        device_types: tuple[str, ...],
-        payload: bytes,
+        self, check: _Check, device_types: tuple[str, ...], payload: bytes
     ) -> Iterator[PayloadVerdict]:
         """``check`` per device type, parsing the payload once, before the first check."""
         doc: dict[str, object] | None = None
@@ -359,4 +492,5 @@ class PayloadValidators:
                 if doc is None:
                     yield _refused(problem)
                     return
-            yield check(validators, doc)
+            result = check(validators, doc, False)
+            yield _verdict(doc, result) if isinstance(result, tuple) else result

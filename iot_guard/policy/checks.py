@@ -149,5 +149,4 @@ def check_payload(
     if not m.device_types:
         return "low", f"{m.resource} has no devices to validate the payload against", None
     # Every device type the topic reaches must accept it; parsed once for all of them.
-    v = validators.for_types(kind, m.device_types, payload, command=m.command)
-    return v.risk, (None if v.ok else v.reason), v.rule
+    return validators.judge(kind, m.device_types, payload, command=m.command)
