@@ -130,7 +130,7 @@ def test_uncached_timing_computes_every_decision(
     from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
 
     computed = {"n": 0}
-    for name in ("_receive_decision", "_publish_matches"):
+    for name in ("_receive_decision", "_publish_entry"):
         original = getattr(AgentPolicy, name)
 
         def counting(self: AgentPolicy, topic: str, _original: Any = original) -> Any:

@@ -14,7 +14,6 @@ Deny by default: a topic no tool matches is denied, and every decision says why.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,21 +52,17 @@ _V = TypeVar("_V")
 _ALLOW, _SUCCESS = Verdict.ALLOW, ReasonCode.SUCCESS
 
 
-def _fill(
-    cache: dict[str, _V], topic: str, build: Callable[[str], _V], base: Mapping[str, _V] | None
-) -> _V:
-    """A per-topic cache miss: build the result and keep it, resetting a full cache first.
+def _remember(cache: dict[str, _V], topic: str, value: _V) -> _V:
+    """Keep a topic decided on demand, clearing a full cache first.
 
-    ``base`` holds the answers decided in advance (they live in the same dict, so any
-    hit is one lookup); a full cache goes back to them, so the bound is on what was
-    decided on demand. Callers do the ``cache.get`` themselves, so a hit costs one
-    lookup and no bound method; the cache holds no reference back to its owner.
+    Only on-demand answers live here: the topics decided at CONNECT are in the agent's
+    own maps, which nothing evicts, so a clear touches no precomputed entry and costs
+    the same however many topics the agent may use. A limit of 0 keeps one topic (the
+    last), which a bench uses to make every new topic a miss.
     """
-    if len(cache) - (len(base) if base else 0) >= CACHE_LIMIT:
+    if len(cache) >= CACHE_LIMIT:
         cache.clear()
-        if base:
-            cache.update(base)
-    value = cache[topic] = build(topic)
+    cache[topic] = value
     return value
 
 
@@ -76,7 +71,7 @@ class _Shared:
     locations, and the compiled tool lists (tries and shape indexes depend only on the
     agent's tools, in order: agents with the same list share them)."""
 
-    __slots__ = ("registry", "validators", "rules", "radius_rules", "free", "toolsets")
+    __slots__ = ("registry", "validators", "rules", "radius_rules", "free", "toolsets", "maps")
 
     def __init__(
         self,
@@ -92,6 +87,7 @@ class _Shared:
         self.radius_rules = radius_rules
         self.free = free
         self.toolsets: dict[tuple[str, ...], _Toolset] = {}
+        self.maps: dict[tuple[tuple[str, ...], frozenset[str]], _TopicMaps] = {}
 
     def toolset(self, tools: list[tuple[str, Tool]]) -> _Toolset:
         key = tuple(name for name, _ in tools)
@@ -99,7 +95,21 @@ class _Shared:
         if found is None:
             if len(self.toolsets) >= AGENT_CACHE_LIMIT:
                 self.toolsets.clear()
+                self.maps.clear()  # built from those toolsets' templates
             found = self.toolsets[key] = _Toolset(tools, self)
+        return found
+
+    def topic_maps(
+        self, tools: tuple[str, ...], tenants: frozenset[str], compiled: _Toolset
+    ) -> _TopicMaps:
+        """The precomputed topic maps of this tool list over these tenants (shared)."""
+        key = (tools, tenants)
+        found = self.maps.get(key)
+        if found is None:
+            if len(self.maps) >= AGENT_CACHE_LIMIT:
+                self.maps.clear()
+            scope = Scope(self.registry, tenants)
+            found = self.maps[key] = _TopicMaps(compiled, scope, self.registry)
         return found
 
 
@@ -150,14 +160,99 @@ class _Toolset:
         )
 
 
+class _TopicMaps:
+    """Every topic one tool list may use over one set of tenants, decided in advance.
+
+    Built when the first agent with that tool list and those tenants connects and shared
+    by every agent with the same ones (the answers name no agent): ``publish`` maps a
+    topic to its ``_PubTopic``, ``receive`` to its allow decision. A list whose
+    templates reach more than ``EXACT_LIMIT`` topics one way leaves that map empty
+    (bounded memory and CONNECT time): those topics are decided on demand.
+    """
+
+    __slots__ = ("scope", "publish", "receive")
+
+    def __init__(self, compiled: _Toolset, scope: Scope, registry: Registry):
+        self.scope = scope
+        self.publish: dict[str, _PubTopic] = {}
+        self.receive: dict[str, Decision] = {}
+        if compiled.pub_shapes is not None:
+            published = compiled.pub_shapes.enumerate(scope, EXACT_LIMIT)
+            if published is not None:
+                self.publish = {
+                    topic: _PubTopic(tuple(PubMatch(e, b, topic, registry) for e, b in found))
+                    for topic, found in published.items()
+                }
+        if compiled.recv_shapes is not None:
+            received = compiled.recv_shapes.enumerate(scope, EXACT_LIMIT)
+            if received is not None:
+                self.receive = {
+                    topic: _allow_receive(found[0][0], found[0][1])
+                    for topic, found in received.items()
+                }
+
+
+def _allow_receive(end: End, b: Bindings) -> Decision:
+    return decision(
+        _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule, resource_of(b),
+        end.risk, end.max_qos,
+    )
+
+
+def _settle(m: PubMatch, risk: str) -> Decision:
+    """A publish that passed the QoS, retain and payload checks: held when its risk
+    (one class higher past the tool's blast radius) is above the tool's approval
+    threshold, else allowed."""
+    raised_from: str | None = None
+    if m.raised:
+        raised_from, risk = risk, risk_above(risk)
+    above = m.end.approval_above
+    if above is not None and RISK_ORDER[risk] > RISK_ORDER[above]:
+        return m.hold(risk, raised_from)
+    return m.allow(risk)
+
+
+class _PubTopic:
+    """A concrete topic some publish tools of the agent match: the matches (tool order)
+    and, when the topic alone settles an empty publish (the first match's payload kind
+    is none, so no payload check runs), that answer and the QoS and retain flag up to
+    which it holds: the common publish is then one lookup and three comparisons."""
+
+    __slots__ = ("quick", "quick_qos", "quick_retain", "matches")
+
+    def __init__(self, matches: tuple[PubMatch, ...]):
+        self.matches = matches
+        first = matches[0]
+        end = first.end
+        self.quick: Decision | None = None
+        self.quick_qos = -1
+        self.quick_retain = False
+        if end.payload == "none":
+            # decide_publish's loop stops at the first match when it passes: its QoS and
+            # retain checks are the conditions below, and it runs no payload check for
+            # an empty payload of kind none.
+            self.quick = _settle(first, end.risk)
+            self.quick_qos = end.max_qos
+            self.quick_retain = end.retain
+
+
 class AgentPolicy:
-    """One agent's compiled allowlist; ``decide_*`` are the per-packet calls."""
+    """One agent's compiled allowlist; ``decide_*`` are the per-packet calls.
+
+    A decision about a topic the agent may use is one lookup in the maps decided at
+    CONNECT (``_TopicMaps``); any other topic is decided on demand and kept in a bounded
+    per-agent cache, so the first packet on a topic costs the same whatever the size of
+    the fleet.
+    """
 
     # Slots: the per-packet calls read a few attributes; no instance dict to go through.
+    # The maps the per-packet calls read come first: they share a cache line with the
+    # object's header, which calling a method reads anyway.
     __slots__ = (
+        "_recv_exact", "_pub_exact", "_recv_cache", "_pub_cache", "_sub_cache",
         "agent_id", "tools", "tenants", "_registry", "_validators", "_scope", "_unknown",
         "_publish", "_subscribe", "_pub_shapes", "_recv_shapes", "_sub_orders",
-        "_any_shared", "_pub_cache", "_sub_cache", "_recv_cache", "_pub_exact", "_recv_exact",
+        "_any_shared",
     )
 
     def __init__(
@@ -173,7 +268,6 @@ class AgentPolicy:
         self.tenants = tenants
         self._registry = shared.registry
         self._validators = shared.validators
-        self._scope = Scope(shared.registry, tenants)
         self._unknown = unknown_reason
         compiled = shared.toolset(tools)
         self._publish = compiled.publish
@@ -182,44 +276,19 @@ class AgentPolicy:
         self._recv_shapes = compiled.recv_shapes
         self._sub_orders = compiled.sub_orders
         self._any_shared = compiled.any_shared
-        self._pub_cache: dict[str, tuple[PubMatch, ...] | Decision] = {}
+        # Decided on demand (bounded by CACHE_LIMIT): refusals name the agent.
+        self._pub_cache: dict[str, _PubTopic | Decision] = {}
         self._sub_cache: dict[str, Decision] = {}
         self._recv_cache: dict[str, Decision] = {}
-        # Precomputed at CONNECT: the topics this agent may use, to their answers.
-        self._pub_exact: dict[str, tuple[PubMatch, ...]] = {}
-        self._recv_exact: dict[str, Decision] = {}
         if unknown_reason is None:
-            self._precompute()
-
-    def _precompute(self) -> None:
-        """Decide every topic the agent may publish to or receive on, once, so the first
-        packet on a topic is one lookup (an agent reaching more than ``EXACT_LIMIT``
-        topics one way keeps the shape index for that way: bounded memory and CONNECT
-        time). A topic outside the map is decided on demand, as before."""
-        registry = self._registry
-        if self._pub_shapes is not None:
-            published = self._pub_shapes.enumerate(self._scope, EXACT_LIMIT)
-            if published is not None:
-                self._pub_exact = {
-                    topic: tuple(PubMatch(e, b, topic, registry) for e, b in found)
-                    for topic, found in published.items()
-                }
-                self._pub_cache.update(self._pub_exact)
-        if self._recv_shapes is not None:
-            received = self._recv_shapes.enumerate(self._scope, EXACT_LIMIT)
-            if received is not None:
-                self._recv_exact = {
-                    topic: self._allow_receive(found[0][0], found[0][1])
-                    for topic, found in received.items()
-                }
-                self._recv_cache.update(self._recv_exact)
-
-    @staticmethod
-    def _allow_receive(end: End, b: Bindings) -> Decision:
-        return decision(
-            _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule,
-            resource_of(b), end.risk, end.max_qos,
-        )
+            maps = shared.topic_maps(self.tools, tenants, compiled)
+            self._scope = maps.scope
+            self._pub_exact = maps.publish
+            self._recv_exact = maps.receive
+        else:
+            self._scope = Scope(shared.registry, tenants)
+            self._pub_exact = {}
+            self._recv_exact = {}
 
     def __repr__(self) -> str:
         return f"AgentPolicy({self.agent_id!r}, tools={list(self.tools)})"
@@ -243,14 +312,25 @@ class AgentPolicy:
         The first tool (agent order) whose checks all pass decides; else the most
         telling refusal (a payload problem over a QoS/retain one).
         """
-        matches = self._pub_cache.get(topic)
-        if matches is None:
-            matches = _fill(self._pub_cache, topic, self._publish_matches, self._pub_exact)
-        if isinstance(matches, Decision):
-            return matches
+        entry = self._pub_exact.get(topic)
+        if entry is None:
+            found = self._pub_cache.get(topic)
+            if found is None:
+                found = _remember(self._pub_cache, topic, self._publish_entry(topic))
+            if isinstance(found, Decision):
+                return found
+            entry = found
+        quick = entry.quick
+        if (
+            quick is not None
+            and not payload
+            and qos <= entry.quick_qos
+            and (not retain or entry.quick_retain)
+        ):
+            return quick
         refusal: Decision | None = None
         refusal_rank = -1
-        for m in matches:
+        for m in entry.matches:
             end = m.end
             if qos > end.max_qos:
                 if refusal_rank < 1:
@@ -268,30 +348,23 @@ class AgentPolicy:
                         refusal, refusal_rank = m.payload_denied(problem, field_rule), 2
                     continue
                 risk = risk_max(risk, verdict_risk)
-            raised_from: str | None = None
-            if m.raised:
-                # Blast radius: reaching more devices than the tool allows raises one class.
-                raised_from, risk = risk, risk_above(risk)
-            above = end.approval_above
-            if above is not None and RISK_ORDER[risk] > RISK_ORDER[above]:
-                return m.hold(risk, raised_from)
-            return m.allow(risk)
+            return _settle(m, risk)
         assert refusal is not None  # matches is never empty
         return refusal
 
-    def _publish_matches(self, topic: str) -> tuple[PubMatch, ...] | Decision:
+    def _publish_entry(self, topic: str) -> _PubTopic | Decision:
         # A malformed name is 0x90 whoever asks: the codec's rules, checked first.
         problem = topic_name_problem(topic)
         if problem is not None:
             return deny(problem, WRITE, ReasonCode.TOPIC_NAME_INVALID)
         if self._unknown is not None:
             return deny(self._unknown, WRITE)
-        if topic.startswith("$"):
+        if topic[0] == "$":  # not empty: topic_name_problem refused that
             return deny(wording.reserved(self.agent_id, "publish", topic), WRITE)
         found, refused = self._concrete(self._publish, self._pub_shapes, topic.split("/"), False)
         if not found:
             return self._no_tool("publish", topic, refused, WRITE)
-        return tuple(PubMatch(end, b, topic, self._registry) for end, b in found)
+        return _PubTopic(tuple(PubMatch(end, b, topic, self._registry) for end, b in found))
 
     def _no_tool(self, verb: str, topic: str, refused: Miss | None, action: str) -> Decision:
         detail = wording.miss_detail(self.agent_id, self._scope.shown(), refused)
@@ -302,12 +375,12 @@ class AgentPolicy:
         device topic names, the members of a group topic's group (registry order); []
         when no publish tool of this agent matches the topic. A frozen list: approvals
         bind to it."""
-        matches = self._pub_cache.get(topic)
-        if matches is None:
-            matches = self._publish_matches(topic)
-        if isinstance(matches, Decision) or not matches:
+        entry = self._pub_exact.get(topic) or self._pub_cache.get(topic)
+        if entry is None:
+            entry = self._publish_entry(topic)
+        if isinstance(entry, Decision):
             return []
-        return list(self._registry.devices_reached(matches[0].bindings))
+        return list(self._registry.devices_reached(entry.matches[0].bindings))
 
     # -- subscribe --------------------------------------------------------------------------
 
@@ -315,7 +388,9 @@ class AgentPolicy:
         """May this agent subscribe to ``topic_filter``? ``max_qos`` caps the granted QoS."""
         decision = self._sub_cache.get(topic_filter)
         if decision is None:
-            decision = _fill(self._sub_cache, topic_filter, self._subscribe_decision, None)
+            decision = _remember(
+                self._sub_cache, topic_filter, self._subscribe_decision(topic_filter)
+            )
         return decision
 
     def _subscribe_decision(self, topic_filter: str) -> Decision:
@@ -363,13 +438,16 @@ class AgentPolicy:
             min(e.max_qos for e in ends),
         )
 
+
     # -- receive ---------------------------------------------------------------------------
 
     def decide_receive(self, topic: str) -> Decision:
         """May the agent be delivered a PUBLISH on this concrete topic?"""
-        decision = self._recv_cache.get(topic)
+        decision = self._recv_exact.get(topic)
         if decision is None:
-            decision = _fill(self._recv_cache, topic, self._receive_decision, self._recv_exact)
+            decision = self._recv_cache.get(topic)
+            if decision is None:
+                decision = _remember(self._recv_cache, topic, self._receive_decision(topic))
         return decision
 
     def _receive_decision(self, topic: str) -> Decision:
@@ -378,7 +456,7 @@ class AgentPolicy:
             return deny(problem, READ, ReasonCode.TOPIC_NAME_INVALID)
         if self._unknown is not None:
             return deny(self._unknown, READ)
-        if topic.startswith("$"):
+        if topic[0] == "$":  # not empty: topic_name_problem refused that
             return deny(wording.reserved(self.agent_id, "receive", topic), READ)
         levels = topic.split("/")
         shapes = self._recv_shapes
@@ -388,7 +466,7 @@ class AgentPolicy:
             found, refused = self._concrete(self._subscribe, None, levels, True)
         if not found:
             return self._no_tool("receive", topic, refused, READ)
-        return self._allow_receive(*found[0])
+        return _allow_receive(*found[0])
 
 
 class CompiledPolicy:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from iot_guard.policy.compiler import CompiledPolicy
+from iot_guard.policy.decision import Decision
 from iot_guard.policy.trie import match
 
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
@@ -76,11 +77,11 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
         for topic, decided in agent._recv_exact.items():
             agent._recv_cache.clear()
             assert agent._receive_decision(topic) == decided, topic
-        for topic, matches in agent._pub_exact.items():
-            again = agent._publish_matches(topic)
-            assert isinstance(again, tuple)
-            assert [(m.end.tool, m.bindings) for m in again] == [
-                (m.end.tool, m.bindings) for m in matches
+        for topic, entry in agent._pub_exact.items():
+            again = agent._publish_entry(topic)
+            assert not isinstance(again, Decision)
+            assert [(m.end.tool, m.bindings) for m in again.matches] == [
+                (m.end.tool, m.bindings) for m in entry.matches
             ], topic
     ops = policy.for_agent("ops-agent")
     assert ops is not None
