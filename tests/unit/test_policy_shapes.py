@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from iot_guard.policy import compiler
+from iot_guard.policy.checks import PubMatch
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Decision
 from iot_guard.policy.trie import match
@@ -91,11 +93,147 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
 
 
 def test_an_agent_past_the_limit_decides_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
-    from iot_guard.policy import compiler
-
     monkeypatch.setattr(compiler, "EXACT_LIMIT", 5)
     policy = CompiledPolicy.load(POLICY_DIR)
     ops = policy.for_agent("ops-agent")
     assert ops is not None and not ops._recv_exact and not ops._pub_exact
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
     assert not ops.decide_receive("tenants/globex/devices/therm-101/telemetry").allowed
+
+
+def _without_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compile later policies with no precomputed empty-publish answers: every publish
+    then goes through decide_publish's checks loop."""
+    original = compiler._PubTopic.__init__
+
+    def slow(self: compiler._PubTopic, matches: tuple[PubMatch, ...]) -> None:
+        original(self, matches)
+        self.quick = None
+
+    monkeypatch.setattr(compiler._PubTopic, "__init__", slow)
+
+
+QUICK_POLICY = """
+tenants:
+  a: {devices: {d1: {type: x}, d2: {type: x}}, groups: {all: [d1, d2]}}
+  b: {devices: {d1: {type: x}}}
+device_types:
+  x: {}
+tools:
+  ping: {verb: publish, topic: 'p/{tenant}/{device}/ping', payload: none, risk: low}
+  poke:
+    verb: publish
+    topic: 'p/{tenant}/{device}/poke'
+    payload: none
+    risk: high
+    conditions: {approval_above: medium, max_qos: 0}
+  wave:
+    verb: publish
+    topic: 'p/{tenant}/groups/{group}/wave'
+    payload: none
+    risk: low
+    conditions: {approval_above: low, approval_above_devices: 1, retain: true}
+  also: {verb: publish, topic: 'p/{tenant}/{device}/ping', payload: any}
+agents:
+  one: {tenants: [a], tools: [ping, poke, wave, also]}
+  two: {tenants: [a], tools: [ping, poke, wave, also]}
+  three: {tenants: [a, b], tools: [also, ping]}
+"""
+
+
+@pytest.mark.parametrize("where", ["example", "small"])
+def test_an_empty_publish_answered_in_advance_is_what_the_checks_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The answer an exact topic keeps for an empty publish (allow, hold, a blast radius
+    raise) equals the checks loop's for every QoS, retain flag and payload, and topics
+    decided on demand (hostile ones included) agree too."""
+    if where == "small":
+        (tmp_path / "p.yaml").write_text(QUICK_POLICY)
+        directory = tmp_path
+    else:
+        directory = POLICY_DIR
+    fast = CompiledPolicy.load(directory)
+    agents = {agent_id: fast.for_agent(agent_id) for agent_id in fast.document.agents}
+    _without_quick(monkeypatch)  # the maps are built at for_agent: fast's are built
+    slow = CompiledPolicy.load(directory)
+    quick_seen = set()
+    for agent_id, a in agents.items():
+        b = slow.for_agent(agent_id)
+        assert a is not None and b is not None
+        assert all(e.quick is None for e in b._pub_exact.values())
+        quick_seen.update(
+            (e.quick.verdict, e.quick.risk) for e in a._pub_exact.values() if e.quick
+        )
+        for topic in itertools.chain(a._pub_exact, topics(count=300), HOSTILE):
+            for qos, retain, payload in itertools.product(
+                (0, 1, 2, 3), (False, True), (b"", b"{}", b"x")
+            ):
+                assert a.decide_publish(topic, payload, qos, retain) == b.decide_publish(
+                    topic, payload, qos, retain
+                ), (agent_id, topic, qos, retain, payload)
+    if where == "small":
+        # Allowed, held for its risk, and held after a blast-radius raise.
+        assert quick_seen == {("allow", "low"), ("hold", "high"), ("hold", "medium")}
+    else:
+        assert ("allow", "low") in quick_seen  # shadow_get
+
+
+HOSTILE = [
+    "", "#", "+", "/", "//", "$SYS/x", "$guard/p/a/d1/ping", "p/a/d1/ping/", "/p/a/d1/ping",
+    "p//d1/ping", "p/a//ping", "p/+/d1/ping", "p/a/#", "p/a/d1/ping\x00", "p/a/d1/pïng",
+    "tenants/acme/devices/therm-001/shadow/get" + "/x" * 5000, "p/" + "a" * 70000,
+    "tenants/acme/devices/therm-001/shadow/get\n", " tenants/acme/devices/therm-001/status",
+]
+
+
+def test_the_topic_maps_are_complete_and_agree_with_the_trie_on_hostile_topics() -> None:
+    """Every topic an agent may use is in its maps (a topic outside them is refused,
+    with the trie's refusal), and hostile topics are decided as the trie decides."""
+    policy = CompiledPolicy.load(POLICY_DIR)
+    for agent_id in policy.document.agents:
+        agent = policy.for_agent(agent_id)
+        assert agent is not None
+        for topic in itertools.chain(topics(seed=11), HOSTILE):
+            levels = topic.split("/")
+            for exact, root, verb in (
+                (agent._pub_exact, agent._publish, "publish"),
+                (agent._recv_exact, agent._subscribe, "receive"),
+            ):
+                valid = topic and not set("+#\x00") & set(topic) and len(topic) < 65536
+                trie = match(root, levels, agent._scope) if valid and topic[0] != "$" else []
+                assert (topic in exact) == bool(trie), (agent_id, verb, topic)
+            received = agent.decide_receive(topic)
+            assert received.allowed == (topic in agent._recv_exact), topic
+            if topic not in agent._recv_exact:
+                assert received == agent._receive_decision(topic)
+
+
+def test_agents_with_the_same_tools_and_tenants_share_their_topic_maps(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(QUICK_POLICY)
+    policy = CompiledPolicy.load(tmp_path)
+    one, two, three = (policy.for_agent(a) for a in ("one", "two", "three"))
+    assert one is not None and two is not None and three is not None
+    assert one._pub_exact is two._pub_exact and one._pub_exact
+    assert three._pub_exact is not one._pub_exact
+    # Shared answers name no agent; refusals (decided on demand) name the one asking.
+    assert one.decide_publish("p/a/d1/ping", b"") is two.decide_publish("p/a/d1/ping", b"")
+    assert "agent one " in one.decide_publish("p/b/d1/ping", b"").reason
+    assert "agent two " in two.decide_publish("p/b/d1/ping", b"").reason
+    assert three.decide_publish("p/b/d1/ping", b"x").allowed
+
+
+def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(compiler, "CACHE_LIMIT", 0)
+    policy = CompiledPolicy.load(POLICY_DIR)
+    ops = policy.for_agent("ops-agent")
+    assert ops is not None
+    exact = dict(ops._recv_exact)
+    for i in range(5):
+        assert not ops.decide_receive(f"junk/{i}").allowed
+        # A limit of 0 keeps only the last topic decided on demand.
+        assert list(ops._recv_cache) == [f"junk/{i}"]
+    assert ops._recv_exact == exact
+    assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
