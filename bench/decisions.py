@@ -12,7 +12,9 @@ with an empty payload), odd agents only the two read tools. The same rules in Ce
 
 The topic is mapped to Cedar's (action, resource) BEFORE the clock starts, so Cedar is
 timed on authorization alone while the compiled policy is timed from the raw topic
-string (its trie walk included): the comparison leans in Cedar's favour. Cedar gets
+string (its trie walk included): the comparison leans in Cedar's favour. Each call
+gets a new topic string, as a packet brings one, so the compiled policy hashes it and
+compares it with the key it finds by content, as the guard does per packet. Cedar gets
 pre-parsed handles (``PolicySet.from_str``, ``Entities.from_json_str``) built once.
 
 The compiled policy is timed uncached (its per-topic cache emptied on every call: the
@@ -31,6 +33,7 @@ import gc
 import json
 import random
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -196,14 +199,24 @@ def _best(passes: int, run: Callable[[], float]) -> float:
         gc.enable()
 
 
+def packet_topic(topic: str) -> str:
+    """The topic as a packet brings it: a new str, decoded from the packet's bytes, so
+    the guard's first lookup hashes it and a stored key equal to it is compared by
+    content (a str the bench reused would carry its hash from the previous pass and
+    match a key it stored itself by identity)."""
+    return topic.encode().decode()
+
+
 def compiled_calls(handles: list[AgentPolicy], reqs: list[Request]) -> list[Callable[[], Any]]:
+    """One call per request, each with its own new topic string (``packet_topic``)."""
     calls: list[Callable[[], Any]] = []
     for r in reqs:
         h = handles[r.agent]
+        topic = packet_topic(r.topic)
         if r.verb == "publish":
-            calls.append(partial(h.decide_publish, r.topic, b"", 0, False))
+            calls.append(partial(h.decide_publish, topic, b"", 0, False))
         else:
-            calls.append(partial(h.decide_receive, r.topic))
+            calls.append(partial(h.decide_receive, topic))
     return calls
 
 
@@ -211,7 +224,6 @@ def time_compiled(
     handles: list[AgentPolicy], reqs: list[Request], cached: bool, passes: int
 ) -> tuple[float, list[bool]]:
     """Best seconds per decision and each decision's allowed flag."""
-    calls = compiled_calls(handles, reqs)
     if not hasattr(compiler, "CACHE_LIMIT"):
         raise RuntimeError("iot_guard.policy.compiler.CACHE_LIMIT is gone: update the bench")
     saved = compiler.CACHE_LIMIT
@@ -220,12 +232,14 @@ def time_compiled(
     agents = list({id(handles[r.agent]): handles[r.agent] for r in reqs}.values())
 
     def run() -> float:
+        # Built before the clock starts, new each pass: every topic arrives unhashed.
+        calls = compiled_calls(handles, reqs)
         if not cached:
             for h in agents:
-                # With CACHE_LIMIT 0 each agent cache holds its precomputed topics and one
-                # decided on demand: replace that one with one no request uses, or an
-                # agent's first request of this pass could hit what its last request of
-                # the previous pass left there.
+                # With CACHE_LIMIT 0 an agent's on-demand cache holds the one topic it
+                # decided last: replace it with one no request uses, or an agent's first
+                # request of this pass could hit what its last request of the previous
+                # pass left there.
                 h.decide_receive("bench/reset")
                 h.decide_publish("bench/reset", b"", 0, False)
         start = _clock()
@@ -233,18 +247,19 @@ def time_compiled(
         return _clock() - start
 
     if cached:
-        for call in calls:  # fill the caches: the timed passes only hit them
+        for call in compiled_calls(handles, reqs):  # fill the caches: the passes hit them
             call()
     else:
-        # A limit of 0 empties the per-topic cache before every store, so it holds only
+        # A limit of 0 empties the on-demand cache before every store, so it holds only
         # the agent's previous topic (never the next one, see requests()): every call
-        # walks the trie, as for a topic the session has not seen before.
+        # outside the agent's precomputed maps is decided, as for a topic the session
+        # has not seen before (and pays for the clear and the store).
         compiler.CACHE_LIMIT = 0
     try:
         best = _best(passes, run)
     finally:
         compiler.CACHE_LIMIT = saved
-    return best / len(calls), [d.allowed for d in results]
+    return best / len(reqs), [d.allowed for d in results]
 
 
 def cedar_requests(reqs: list[Request]) -> list[dict[str, dict[str, str]]]:
@@ -312,12 +327,28 @@ def run_decisions(
     for n in sizes:
         t0 = time.perf_counter()
         policy = CompiledPolicy(policy_document(n))
+        t_load = time.perf_counter()
         handles = []
+        # The first agents' CONNECT under tracemalloc: what the precomputed maps cost.
+        sampled = min(n, 200)
+        tracemalloc.start()
         for i in range(n):
+            if i == sampled:
+                connect_kb = tracemalloc.get_traced_memory()[0] / sampled / 1024
+                tracemalloc.stop()
+                t_connect = time.perf_counter()
             handle = policy.for_agent(agent_name(i))
             assert handle is not None
             handles.append(handle)  # looked up once, as a session does at CONNECT
+        if tracemalloc.is_tracing():
+            connect_kb = tracemalloc.get_traced_memory()[0] / sampled / 1024
+            tracemalloc.stop()
+            t_connect = time.perf_counter()
         t1 = time.perf_counter()
+        # Time per agent over the agents built untraced (all of them, traced, if few).
+        connect_ms = (
+            (t1 - t_connect) / (n - sampled) if n > sampled else (t1 - t_load) / n
+        ) * 1000
         entities = cedarpy.Entities.from_json_str(cedar_entities(n))
         t2 = time.perf_counter()
         gc.collect()
@@ -344,7 +375,9 @@ def run_decisions(
             f"{cold_us:.2f} us uncached / {warm_us:.2f} us cached ({compiled_n:,} decisions); "
             f"cedar {cedar_us:.2f} us per is_authorized, {batch_us:.2f} us in batches of 1000 "
             f"({cedar_n:,} decisions, {allowed:,} allowed); wrong answers {wrong}; "
-            f"build: compile {t1 - t0:.2f} s, cedar entities {t2 - t1:.2f} s; "
+            f"build: compile {t1 - t0:.2f} s (policy load {t_load - t0:.2f} s; per agent "
+            f"at CONNECT {connect_ms:.3f} ms, {connect_kb:.1f} KB), cedar entities "
+            f"{t2 - t1:.2f} s; "
             f"a full gc.collect() {gc_ms:.0f} ms")
         ok = not any(wrong.values())
         tag = "" if ok else " [WRONG]"

@@ -18,6 +18,7 @@ from bench.decisions import (
     agent_name,
     cedar_entities,
     cedar_requests,
+    compiled_calls,
     expected,
     policy_document,
     requests,
@@ -156,6 +157,21 @@ def test_uncached_timing_computes_every_decision(
     computed["n"] = 0
     time_compiled(handles, reqs, cached=True, passes=3)  # type: ignore[arg-type]
     assert computed["n"] <= len(reqs)  # only the fill pass computes
+
+
+def test_each_call_brings_its_own_topic_string() -> None:
+    # As a packet does: the guard hashes it and compares it with a stored key by content,
+    # so a timed call must not reuse a str whose hash is cached or that a cache holds.
+    from iot_guard.policy.compiler import CompiledPolicy
+
+    policy = CompiledPolicy(policy_document(3))
+    handles = [policy.for_agent(agent_name(i)) for i in range(3)]
+    reqs = requests(3, 50)
+    first = compiled_calls(handles, reqs)  # type: ignore[arg-type]
+    second = compiled_calls(handles, reqs)  # type: ignore[arg-type]
+    for r, a, b in zip(reqs, first, second, strict=True):
+        assert a.args[0] == b.args[0] == r.topic  # type: ignore[attr-defined]
+        assert a.args[0] is not r.topic and a.args[0] is not b.args[0]  # type: ignore[attr-defined]
 
 
 def test_table_marks_missed_goals() -> None:

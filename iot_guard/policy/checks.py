@@ -37,11 +37,14 @@ class PubMatch:
         "_other",
     )
 
-    def __init__(self, end: End, b: Bindings, topic: str, registry: Registry):
+    def __init__(
+        self, end: End, b: Bindings, topic: str, registry: Registry, resource: str | None = None
+    ):
         self.end = end
         self.topic = topic
         self.bindings = b
-        self.resource = resource_of(b)
+        # ``resource``: resource_of(b) already made (topics decided in advance share it).
+        self.resource = resource if resource is not None else resource_of(b)
         # Only what this tool's checks use is looked up (the first packet pays for it).
         self.device_types = registry.device_types(b) if end.payload in TYPED_PAYLOADS else ()
         self.command = b[COMMAND]

@@ -176,26 +176,37 @@ class _TopicMaps:
         self.scope = scope
         self.publish: dict[str, _PubTopic] = {}
         self.receive: dict[str, Decision] = {}
+        # One "tenant/device" string per resource, whichever topics and tools name it.
+        names: dict[Bindings, str | None] = {}
+
+        def resource(b: Bindings) -> str | None:
+            name = names.get(b)
+            if name is None:
+                name = names[b] = resource_of(b)
+            return name
+
         if compiled.pub_shapes is not None:
             published = compiled.pub_shapes.enumerate(scope, EXACT_LIMIT)
             if published is not None:
                 self.publish = {
-                    topic: _PubTopic(tuple(PubMatch(e, b, topic, registry) for e, b in found))
+                    topic: _PubTopic(tuple(
+                        PubMatch(e, b, topic, registry, resource(b)) for e, b in found
+                    ))
                     for topic, found in published.items()
                 }
         if compiled.recv_shapes is not None:
             received = compiled.recv_shapes.enumerate(scope, EXACT_LIMIT)
             if received is not None:
                 self.receive = {
-                    topic: _allow_receive(found[0][0], found[0][1])
+                    topic: _allow_receive(found[0][0], found[0][1], resource(found[0][1]))
                     for topic, found in received.items()
                 }
 
 
-def _allow_receive(end: End, b: Bindings) -> Decision:
+def _allow_receive(end: End, b: Bindings, resource: str | None = None) -> Decision:
     return decision(
-        _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule, resource_of(b),
-        end.risk, end.max_qos,
+        _ALLOW, end.allowed_reason, _SUCCESS, READ, end.tool, end.rule,
+        resource if resource is not None else resource_of(b), end.risk, end.max_qos,
     )
 
 
