@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..mqtt import ReasonCode
@@ -98,7 +99,19 @@ class CompiledAnomaly:
     counts_tools: bool  # first_use or rate_spike: count actions per agent+tool
     active: bool
     where: dict[str, str]  # rule name -> "file:line (anomaly.<rule>)"
-    on: frozenset[str]  # the rules not off (read per packet: no model attribute chains)
+    on: frozenset[str]  # the rules not off
+    # What the packet path reads, as plain fields (no model attribute chains, no set
+    # lookups per packet): each rule's switch, and the numbers of the counting rules.
+    denials_on: bool
+    outside_on: bool
+    repeat_on: bool
+    first_use_on: bool
+    spike_on: bool
+    repeat_count: int
+    spike_window_s: float
+    spike_warmup: int
+    spike_k: float
+    spike_min_count: int
 
 
 def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
@@ -110,6 +123,7 @@ def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
     on = {name: getattr(rules, name).mode != "off" for name in names}
     where = {name: policy.source.rule(("anomaly", name)) if policy.source is not None
              else f"anomaly.{name}" for name in names}
+    spike = rules.rate_spike
     return CompiledAnomaly(
         rules,
         Hours(rules.working_hours) if rules.working_hours is not None and on["off_hours"]
@@ -119,7 +133,34 @@ def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
         any(on.values()),
         where,
         frozenset(name for name, active in on.items() if active),
+        on["repeated_denials"], on["outside_tenants"], on["repeated_action"],
+        on["first_use"], on["rate_spike"],
+        rules.repeated_action.count,
+        spike.window_s, spike.warmup_windows, spike.k, spike.min_count,
     )
+
+
+class _Usage:
+    """What the check keeps about one agent's use of one tool, found with two dict
+    lookups on names the per-packet path already holds (no key string built per packet).
+
+    ``pending`` is the same list as ``AnomalyCheck._pending[key]`` (the counts a fold
+    takes); ``base`` follows ``AnomalyCheck._base[key]`` (set by ``merge_baseline``).
+    """
+
+    __slots__ = ("key", "pending", "base", "spiked", "threshold", "threshold_base",
+                 "threshold_k")
+
+    def __init__(self, key: str, pending: list[float], base: Baseline | None) -> None:
+        self.key = key
+        self.pending = pending
+        self.base = base
+        self.spiked: int | None = None  # the window it alerted in
+        # ``base.mean + k * base.stddev`` for the baseline and k it was computed from: a
+        # square root per packet saved, again when a fold brings a new baseline.
+        self.threshold = 0.0
+        self.threshold_base: Baseline | None = None
+        self.threshold_k = 0.0
 
 
 class AnomalyCheck:
@@ -136,14 +177,20 @@ class AnomalyCheck:
         self._alerts = alerts
         self._cfg = PerPolicy(policy, compile_anomaly)
         self._denials: dict[str, deque[float]] = {}
-        self._streaks: dict[str, tuple[tuple[str, str, bytes | None], int]] = {}
+        # session -> [kind, topic, payload, times in a row] (one list per session, updated
+        # in place: no tuple built per packet).
+        self._streaks: dict[str, list[Any]] = {}
         # Baselines as last merged from the store, and counts not folded into it yet:
         # key -> (window, count). ``_closed``: counts of windows that ended before a fold.
         self._base: dict[str, Baseline] = dict(baselines or {})
         self._pending: dict[str, list[float]] = {}
         self._closed: list[tuple[str, int, float]] = []
         self._seen: set[str] = set(self._base)  # agent:tool pairs ever used
-        self._spiked: dict[str, int] = {}  # key -> window it alerted in
+        # agent -> tool -> its usage, and the same by baseline key (for merge_baseline).
+        # Bounded like ``_pending``: by the policy's agents and tools, names the policy
+        # decided (never a string the agent chose).
+        self._usage: dict[str, dict[str, _Usage]] = {}
+        self._usage_by_key: dict[str, _Usage] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -161,20 +208,46 @@ class AnomalyCheck:
     # ------------------------------------------------------------------ the packet path
 
     def check(self, request: Request, decision: Decision, now: float) -> Decision | None:
-        cfg = self.config()
+        # The rules that count every action (repeated action, per-tool counts) have their
+        # common case inline: nothing to say costs a few dict lookups and no call.
+        per = self._cfg
+        cfg = per.value if per.policy() is per.compiled_for else per.refresh()
         if not cfg.active:
             return None
-        on = cfg.on
         fired: Decision | None = None
         if decision.verdict is _DENY:
-            if "repeated_denials" in on:
+            if cfg.denials_on:
                 fired = self._denial(cfg, request, decision, now) or fired
-            if "outside_tenants" in on:
+            if cfg.outside_on:
                 fired = self._outside(cfg, request, decision, now) or fired
         elif cfg.counts_tools and decision.tool is not None:
-            fired = self._count(cfg, request, decision, now) or fired
-        if "repeated_action" in on:
-            fired = self._repeat(cfg, request, decision, now) or fired
+            # Count the action for its agent and tool (first_use, rate_spike).
+            tools = self._usage.get(request.agent_id)
+            usage = tools.get(decision.tool) if tools is not None else None
+            if usage is None:
+                usage, fired = self._first(cfg, request, decision, now)
+            window = int(now // cfg.spike_window_s)
+            pending = usage.pending
+            if pending[0] != window:
+                if pending[1]:
+                    self._closed.append((usage.key, int(pending[0]), pending[1]))
+                pending[0], pending[1] = window, 0.0
+            pending[1] += 1
+            if cfg.spike_on and usage.base is not None:
+                fired = self._spike(cfg, usage, window, request, decision, now) or fired
+        if cfg.repeat_on:
+            # The same action (kind, topic and payload) as the session's last one?
+            kind, topic, payload = request.kind, request.topic, request.payload
+            streak = self._streaks.get(request.session_id)
+            if streak is None:
+                streak = self._streaks[request.session_id] = [kind, topic, payload, 0]
+            elif streak[1] != topic or streak[2] != payload or streak[0] != kind:
+                streak[0], streak[1], streak[2], streak[3] = kind, topic, payload, 0
+            n = streak[3] = streak[3] + 1
+            # At the count, and at each further count in the same streak (a long loop is
+            # told again once the cooldown is over; block mode stops it at the first).
+            if n % cfg.repeat_count == 0:
+                fired = self._repeated(cfg, request, decision, now, n) or fired
         if cfg.hours is not None and not cfg.hours.inside(now):
             agent = request.agent_id
             fired = self._fire(cfg, "off_hours", cfg.rules.off_hours, request, decision, now,
@@ -208,59 +281,59 @@ class AnomalyCheck:
                     partial(_outside_reason, request, level), level)
         return None
 
-    def _repeat(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
-                now: float) -> Decision | None:
-        rule = cfg.rules.repeated_action
-        action = (request.kind, request.topic, request.payload)
-        last = self._streaks.get(request.session_id)
-        n = last[1] + 1 if last is not None and last[0] == action else 1
-        self._streaks[request.session_id] = (action, n)
-        # At the count, and at each further count in the same streak (a long loop is
-        # told again once the cooldown is over; block mode stops it at the first).
-        if n % rule.count == 0:
+    def _repeated(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
+                  now: float, n: int) -> Decision | None:
+        return self._fire(
+            cfg, "repeated_action", cfg.rules.repeated_action, request, decision, now,
+            lambda: f"agent {request.agent_id} sent the same {request.kind} on "
+            f"{request.topic!r} {n} times in a row", request.topic)
+
+    def _spike(self, cfg: CompiledAnomaly, usage: _Usage, window: int, request: Request,
+               decision: Decision, now: float) -> Decision | None:
+        """The count of this window against the agent's baseline for the tool."""
+        base = usage.base
+        assert base is not None
+        if base.windows < cfg.spike_warmup or usage.spiked == window:
+            return None
+        current = usage.pending[1] + (base.current if base.window == window else 0.0)
+        k = cfg.spike_k
+        if usage.threshold_base is not base or usage.threshold_k != k:
+            usage.threshold = base.mean + k * base.stddev
+            usage.threshold_base, usage.threshold_k = base, k
+        if current > usage.threshold and current >= cfg.spike_min_count:
+            usage.spiked = window
+            spike = cfg.rules.rate_spike
+            tool = decision.tool
             return self._fire(
-                cfg, "repeated_action", rule, request, decision, now,
-                lambda: f"agent {request.agent_id} sent the same {request.kind} on "
-                f"{request.topic!r} {n} times in a row", request.topic)
+                cfg, "rate_spike", spike, request, decision, now,
+                lambda: f"agent {request.agent_id} used tool {tool} {current:g} "
+                f"times this window ({spike.window_s:g} s); its baseline is {base.mean:.3g} "
+                f"+- {base.stddev:.3g} (k={spike.k:g})", tool or "")
         return None
 
-    def _count(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
-               now: float) -> Decision | None:
-        assert decision.tool is not None
-        key = baseline_key(request.agent_id, decision.tool)
+    def _first(self, cfg: CompiledAnomaly, request: Request, decision: Decision,
+               now: float) -> tuple[_Usage, Decision | None]:
+        """The first action of an agent with a tool since this check started: its usage
+        (counting from now), and the first_use alert if the tool was never used before."""
+        tool = decision.tool
+        assert tool is not None
+        key = baseline_key(request.agent_id, tool)
         fired: Decision | None = None
         if key not in self._seen:
             self._seen.add(key)
-            if cfg.rules.first_use.mode != "off":
+            if cfg.first_use_on:
                 fired = self._fire(
                     cfg, "first_use", cfg.rules.first_use, request, decision, now,
-                    lambda: f"agent {request.agent_id} used tool {decision.tool} for the "
-                    "first time", decision.tool)
-        spike = cfg.rules.rate_spike
-        window = int(now // spike.window_s)
+                    lambda: f"agent {request.agent_id} used tool {tool} for the "
+                    "first time", tool)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = [window, 0.0]
-        elif pending[0] != window:
-            if pending[1]:
-                self._closed.append((key, int(pending[0]), pending[1]))
-            pending[0], pending[1] = window, 0.0
-        pending[1] += 1
-        if spike.mode == "off":
-            return fired
-        base = self._base.get(key)
-        if base is None or base.windows < spike.warmup_windows or self._spiked.get(key) == window:
-            return fired
-        current = pending[1] + (base.current if base.window == window else 0.0)
-        threshold = base.mean + spike.k * base.stddev
-        if current > threshold and current >= spike.min_count:
-            self._spiked[key] = window
-            return self._fire(
-                cfg, "rate_spike", spike, request, decision, now,
-                lambda: f"agent {request.agent_id} used tool {decision.tool} {current:g} "
-                f"times this window ({spike.window_s:g} s); its baseline is {base.mean:.3g} "
-                f"+- {base.stddev:.3g} (k={spike.k:g})", decision.tool) or fired
-        return fired
+            # Window -1 closes nothing: the first count opens the packet's window.
+            pending = self._pending[key] = [-1, 0.0]
+        usage = _Usage(key, pending, self._base.get(key))
+        self._usage.setdefault(request.agent_id, {})[tool] = usage
+        self._usage_by_key[key] = usage
+        return usage, fired
 
     def _fire(
         self, cfg: CompiledAnomaly, name: str, rule: AnomalyRule | object, request: Request,
@@ -311,6 +384,9 @@ class AnomalyCheck:
         """The store's baseline after a fold (every guard's counts of the open window)."""
         self._base[key] = baseline
         self._seen.add(key)
+        usage = self._usage_by_key.get(key)
+        if usage is not None:
+            usage.base = baseline
 
     def baselines(self) -> dict[str, Baseline]:
         return dict(self._base)

@@ -10,8 +10,7 @@ wait on a store, a network call or a human (DESIGN: the per-packet path never wa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from ..policy.decision import Decision
 
@@ -24,9 +23,13 @@ T = TypeVar("T")
 KINDS = frozenset({"connect", "publish", "subscribe", "receive"})
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One agent action, as the checks see it."""
+class Request(NamedTuple):
+    """One agent action, as the checks see it.
+
+    Immutable, and a named tuple rather than a frozen dataclass: one is built per packet,
+    and a frozen dataclass's ``__init__`` sets each of its nine fields through
+    ``object.__setattr__`` (about 1.3 us against 0.35 us).
+    """
 
     kind: str  # one of KINDS
     agent_id: str
@@ -57,19 +60,31 @@ class Check(Protocol):
 
 class PerPolicy(Generic[T]):
     """What a check derives from the policy in force, recompiled once after a policy swap
-    (compiled policies are immutable: the same object means the same policy)."""
+    (compiled policies are immutable: the same object means the same policy).
+
+    Per packet a check reads it in one line, one call (the policy's getter)::
+
+        cfg = per.value if per.policy() is per.compiled_for else per.refresh()
+    """
+
+    __slots__ = ("policy", "_compile", "compiled_for", "value")
 
     def __init__(
         self, policy: Callable[[], CompiledPolicy], compile: Callable[[CompiledPolicy], T]
     ) -> None:
-        self._policy = policy
+        self.policy = policy
         self._compile = compile
-        self._for = policy()
-        self._value = compile(self._for)
+        self.compiled_for = policy()
+        self.value = compile(self.compiled_for)
 
     def get(self) -> T:
-        policy = self._policy()
-        if policy is not self._for:
-            self._value = self._compile(policy)
-            self._for = policy
-        return self._value
+        if self.policy() is not self.compiled_for:
+            return self.refresh()
+        return self.value
+
+    def refresh(self) -> T:
+        """Compile for the policy in force now (after a swap)."""
+        policy = self.policy()
+        self.value = self._compile(policy)
+        self.compiled_for = policy
+        return self.value

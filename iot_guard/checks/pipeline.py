@@ -14,6 +14,7 @@ from ..policy.decision import Decision, Verdict
 from .base import KINDS, Check, Request
 
 _SEVERITY = {Verdict.ALLOW: 0, Verdict.HOLD: 1, Verdict.DENY: 2}
+_ALLOW = Verdict.ALLOW  # a module constant: an Enum class attribute costs a descriptor call
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,11 @@ class Judgement:
     observed: tuple[Objection, ...] = ()  # would_deny / would_hold of observe-mode checks
 
 
+# Judgements of "nothing to add" kept per decision object (the policy hands out one shared
+# Decision per topic and verdict): at most this many, then the table starts over.
+JUDGED_CACHE = 4096
+
+
 class Pipeline:
     """Checks registered at start-up, indexed by the kinds of action they look at, so an
     action no check asks for costs one dict lookup."""
@@ -43,18 +49,30 @@ class Pipeline:
         self._by_kind: dict[str, tuple[Check, ...]] = {
             kind: tuple(c for c in self.checks if kind in c.kinds) for kind in KINDS
         }
+        # id(decision) -> Judgement(decision): what most packets get (the checks had nothing
+        # to say). The judgement holds its decision, so the id is not reused while cached.
+        self._judged: dict[int, Judgement] = {}
 
     def wants(self, kind: str) -> bool:
         return bool(self._by_kind[kind])
 
     def run(self, request: Request, decision: Decision, now: float) -> Judgement:
-        observed: list[Objection] = []
+        observed: list[Objection] | None = None
         for check in self._by_kind[request.kind]:
             objection = check.check(request, decision, now)
-            if objection is None or objection.verdict is Verdict.ALLOW:
+            if objection is None or objection.verdict is _ALLOW:
                 continue
             if not check.enforce:
+                if observed is None:
+                    observed = []
                 observed.append(Objection(check.name, objection))
             elif _SEVERITY[objection.verdict] > _SEVERITY[decision.verdict]:
                 decision = objection
-        return Judgement(decision, tuple(observed))
+        if observed is not None:
+            return Judgement(decision, tuple(observed))
+        judged = self._judged.get(id(decision))
+        if judged is None:
+            if len(self._judged) >= JUDGED_CACHE:
+                self._judged.clear()
+            judged = self._judged[id(decision)] = Judgement(decision)
+        return judged

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from ..mqtt import ReasonCode
 from ..policy.compiler import CompiledPolicy
 from ..policy.decision import Decision, Verdict
-from ..policy_models import ActionLimit, Limits, Rate
+from ..policy.decision import decision as new_decision
+from ..policy_models import RISKS, ActionLimit, Limits, Rate
 from ..state import RateLimit, RateLimiter
 from .alerts import Alert, Alerts
 from .base import PerPolicy, Request
@@ -48,6 +49,22 @@ def describe(rate: RateLimit) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Refusal:
+    """What a refusal by one limit says, worded once per policy: a flood is refused packet
+    after packet, and only when the limit frees up is new each time."""
+
+    limit: str  # "tool identify_device per agent": the metrics' label, the alert's subject
+    rule: str  # where it is written: "device_policies/limits.yaml:4 (limits.tools.x)"
+    reason: str  # the reason up to when it frees up (all of it for a quota)
+    code: int  # the MQTT 5 reason code
+    decided_by: str  # the decision's rule: "guard: rate limit, <rule>"
+
+
+def _refusal(limit: str, rule: str, reason: str, code: int) -> _Refusal:
+    return _Refusal(limit, rule, reason, int(code), f"guard: rate limit, {rule}")
+
+
+@dataclass(frozen=True, slots=True)
 class _Scope:
     """One limited thing (a tool or a risk class), compiled from an ``ActionLimit``."""
 
@@ -57,17 +74,34 @@ class _Scope:
     per_session: RateLimit | None
     per_agent: RateLimit | None
     total: int | None
+    # The refusal of each limit of the scope that is set.
+    per_session_refusal: _Refusal | None
+    per_agent_refusal: _Refusal | None
+    total_refusal: _Refusal | None
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledLimits:
     connections: RateLimit | None
-    connections_rule: str
+    connections_refusal: _Refusal | None
     subscriptions: RateLimit | None
-    subscriptions_rule: str
+    subscriptions_refusal: _Refusal | None
     tools: dict[str, _Scope]
     risks: dict[str, _Scope]
     empty: bool  # nothing limited: the check returns at once
+    # (tool, risk) of a decision -> the scopes that limit it, narrowest first (tool, then
+    # risk); empty: nothing to take. Every tool of the policy (and None) with every risk
+    # class (and None), so an action costs one lookup (``_scopes`` for any other pair).
+    actions: dict[tuple[str | None, str | None], tuple[_Scope, ...]]
+
+
+def _scopes(tools: dict[str, _Scope], risks: dict[str, _Scope], tool: str | None,
+            risk: str | None) -> tuple[_Scope, ...]:
+    """The scopes limiting an action of ``tool`` at ``risk``: its tool's, then its risk
+    class's (narrowest first), those the policy limits."""
+    tool_scope = tools.get(tool) if tool else None
+    risk_scope = risks.get(risk) if risk else None
+    return tuple(scope for scope in (tool_scope, risk_scope) if scope is not None)
 
 
 def compile_limits(policy: CompiledPolicy) -> CompiledLimits:
@@ -79,21 +113,42 @@ def compile_limits(policy: CompiledPolicy) -> CompiledLimits:
         return ".".join(("limits", *path))
 
     def scope(kind: str, name: str, label: str, limit: ActionLimit) -> _Scope:
+        where = rule(f"{kind}s", name)
+        per_session = rate_limit(limit.per_session) if limit.per_session else None
+        per_agent = rate_limit(limit.per_agent) if limit.per_agent else None
+        total = limit.per_session_total
         return _Scope(
-            f"{kind}:{name}", label, rule(f"{kind}s", name),
-            rate_limit(limit.per_session) if limit.per_session else None,
-            rate_limit(limit.per_agent) if limit.per_agent else None,
-            limit.per_session_total,
+            f"{kind}:{name}", label, where, per_session, per_agent, total,
+            _refusal(f"{label} per session", where,
+                     f"rate limit: {label}, {describe(per_session)} per session; ",
+                     ReasonCode.QUOTA_EXCEEDED) if per_session else None,
+            _refusal(f"{label} per agent", where,
+                     f"rate limit: {label}, {describe(per_agent)} per agent; ",
+                     ReasonCode.QUOTA_EXCEEDED) if per_agent else None,
+            _refusal(f"{label} per session (total)", where,
+                     f"quota: {label}, {total} per session, used up; it frees up in a new "
+                     "session", ReasonCode.QUOTA_EXCEEDED) if total is not None else None,
         )
 
+    tools = {name: scope("tool", name, f"tool {name}", lim) for name, lim in limits.tools.items()}
+    risks: dict[str, _Scope] = {risk: scope("risk", risk, f"{risk}-risk actions", lim)
+                                for risk, lim in limits.risks.items()}
+    connections = rate_limit(limits.connections) if limits.connections else None
+    subscriptions = rate_limit(limits.subscriptions) if limits.subscriptions else None
     return CompiledLimits(
-        rate_limit(limits.connections) if limits.connections else None, rule("connections"),
-        rate_limit(limits.subscriptions) if limits.subscriptions else None,
-        rule("subscriptions"),
-        {name: scope("tool", name, f"tool {name}", lim) for name, lim in limits.tools.items()},
-        {risk: scope("risk", risk, f"{risk}-risk actions", lim)
-         for risk, lim in limits.risks.items()},
+        connections,
+        _refusal("connections per agent", rule("connections"),
+                 f"connection rate limit: {describe(connections)} per agent; reconnect when "
+                 "it ", ReasonCode.CONNECTION_RATE_EXCEEDED) if connections else None,
+        subscriptions,
+        _refusal("subscriptions per session", rule("subscriptions"),
+                 f"subscription rate limit: {describe(subscriptions)} filters per session; ",
+                 ReasonCode.QUOTA_EXCEEDED) if subscriptions else None,
+        tools,
+        risks,
         not (limits.connections or limits.subscriptions or limits.tools or limits.risks),
+        {(tool, risk): _scopes(tools, risks, tool, risk)
+         for tool in (None, *policy.document.tools) for risk in (None, *RISKS)},
     )
 
 
@@ -128,7 +183,8 @@ class RateLimitCheck:
         self._used.pop(session_id, None)
 
     def check(self, request: Request, decision: Decision, now: float) -> Decision | None:
-        limits = self.limits()
+        per = self._limits
+        limits = per.value if per.policy() is per.compiled_for else per.refresh()
         if limits.empty or decision.verdict is _DENY:
             return None
         kind = request.kind
@@ -139,68 +195,55 @@ class RateLimitCheck:
             grant = self._limiter.try_take("c|" + request.agent_id, rate, now)
             if grant.ok:
                 return None
-            return self._refuse(
-                request, decision, now, "connections per agent", limits.connections_rule,
-                f"connection rate limit: {describe(rate)} per agent; reconnect when it "
-                f"{_when(grant.retry_after)}", ReasonCode.CONNECTION_RATE_EXCEEDED,
-            )
+            assert limits.connections_refusal is not None
+            return self._refuse(request, decision, now, limits.connections_refusal,
+                                _when(grant.retry_after))
         if kind == "subscribe" and limits.subscriptions is not None:
-            rate = limits.subscriptions
-            grant = self._limiter.try_take("s|" + request.session_id, rate, now)
+            grant = self._limiter.try_take("s|" + request.session_id, limits.subscriptions, now)
             if not grant.ok:
-                return self._refuse(
-                    request, decision, now, "subscriptions per session",
-                    limits.subscriptions_rule,
-                    f"subscription rate limit: {describe(rate)} filters per session; "
-                    f"{_when(grant.retry_after)}", ReasonCode.QUOTA_EXCEEDED,
-                )
-        tool_scope = limits.tools.get(decision.tool) if decision.tool else None
-        risk_scope = limits.risks.get(decision.risk) if decision.risk else None
-        if tool_scope is None and risk_scope is None:
+                assert limits.subscriptions_refusal is not None
+                return self._refuse(request, decision, now, limits.subscriptions_refusal,
+                                    _when(grant.retry_after))
+        tool, risk = decision.tool, decision.risk
+        scopes = limits.actions.get((tool, risk))
+        if scopes is None:  # a pair the table does not hold: the same rule, on demand
+            scopes = _scopes(limits.tools, limits.risks, tool, risk)
+        if not scopes:
             return None
         used = self._used.get(request.session_id)
-        for scope in (tool_scope, risk_scope):
-            if scope is None or scope.total is None:
-                continue
-            if used is not None and used.get(scope.scope, 0) >= scope.total:
-                return self._refuse(
-                    request, decision, now, f"{scope.label} per session (total)", scope.rule,
-                    f"quota: {scope.label}, {scope.total} per session, used up; it frees up "
-                    "in a new session", ReasonCode.QUOTA_EXCEEDED,
-                )
-        for scope in (tool_scope, risk_scope):
-            if scope is None:
-                continue
+        if used is not None:
+            for scope in scopes:
+                if scope.total is not None and used.get(scope.scope, 0) >= scope.total:
+                    assert scope.total_refusal is not None
+                    return self._refuse(request, decision, now, scope.total_refusal, "")
+        for scope in scopes:
             rate = scope.per_session
             if rate is not None:
                 grant = self._limiter.try_take(
                     f"s|{request.session_id}|{scope.scope}", rate, now)
                 if not grant.ok:
-                    return self._refuse(
-                        request, decision, now, f"{scope.label} per session", scope.rule,
-                        f"rate limit: {scope.label}, {describe(rate)} per session; "
-                        f"{_when(grant.retry_after)}", ReasonCode.QUOTA_EXCEEDED,
-                    )
+                    assert scope.per_session_refusal is not None
+                    return self._refuse(request, decision, now, scope.per_session_refusal,
+                                        _when(grant.retry_after))
             rate = scope.per_agent
             if rate is not None:
                 grant = self._limiter.try_take(f"a|{request.agent_id}|{scope.scope}", rate, now)
                 if not grant.ok:
-                    return self._refuse(
-                        request, decision, now, f"{scope.label} per agent", scope.rule,
-                        f"rate limit: {scope.label}, {describe(rate)} per agent; "
-                        f"{_when(grant.retry_after)}", ReasonCode.QUOTA_EXCEEDED,
-                    )
-        for scope in (tool_scope, risk_scope):
-            if scope is not None and scope.total is not None:
+                    assert scope.per_agent_refusal is not None
+                    return self._refuse(request, decision, now, scope.per_agent_refusal,
+                                        _when(grant.retry_after))
+        for scope in scopes:
+            if scope.total is not None:
                 if used is None:
                     used = self._used[request.session_id] = {}
                 used[scope.scope] = used.get(scope.scope, 0) + 1
         return None
 
-    def _refuse(
-        self, request: Request, decision: Decision, now: float, limit: str, rule: str,
-        reason: str, code: int,
-    ) -> Decision:
+    def _refuse(self, request: Request, decision: Decision, now: float, refusal: _Refusal,
+                when: str) -> Decision:
+        """The refusal by one limit; ``when``: when it frees up, ends the reason."""
+        limit = refusal.limit
+        reason = refusal.reason + when
         self.hits[limit] = self.hits.get(limit, 0) + 1
         # Never silent: the session audits the refusal and tells the agent; the operator
         # gets an alert (one per agent and limit per cooldown, the rest counted).
@@ -208,9 +251,9 @@ class RateLimitCheck:
             self._alerts.raise_alert(Alert(
                 "rate_limit", request.agent_id, request.session_id,
                 "alert" if self.enforce else "would_block", reason, now, subject=limit,
-                details={"limit": limit, "rule": rule, "action": request.kind,
+                details={"limit": limit, "rule": refusal.rule, "action": request.kind,
                          "topic": request.topic},
             ))
         action = "connect" if request.kind == "connect" else decision.action_type
-        return Decision(Verdict.DENY, reason, int(code), action, decision.tool,
-                        f"guard: rate limit, {rule}", decision.resource, decision.risk)
+        return new_decision(_DENY, reason, refusal.code, action, decision.tool,
+                            refusal.decided_by, decision.resource, decision.risk)

@@ -228,3 +228,87 @@ def test_every_rule_off_by_default() -> None:
 def test_bad_anomaly_sections_are_refused(section: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Anomaly.model_validate(section)
+
+
+def test_a_policy_swap_rebuilds_the_rules_for_the_next_packet() -> None:
+    rig = Rig({"repeated_action": {"count": 10}})
+    for i in range(3):
+        rig.get(MONDAY_10 + i)
+    assert rig.fired() == []
+    rig.policy = compiled({"repeated_action": {"count": 4}})
+    rig.get(MONDAY_10 + 3)  # the 4th in a row: the new count applies at once
+    assert [a.rule for a in rig.fired()] == ["repeated_action"]
+    rig.policy = compiled({})  # every rule off: nothing counted, nothing fired
+    for i in range(20):
+        rig.get(MONDAY_10 + 10 + i)
+    assert rig.fired() == [] and rig.check.take_counts() == []
+    rig.policy = compiled({"first_use": {}})
+    rig.get(MONDAY_10 + 40)
+    assert [a.rule for a in rig.fired()] == ["first_use"]
+
+
+def test_the_same_action_means_same_kind_topic_and_payload() -> None:
+    rig = Rig({"repeated_action": {"count": 3}})
+    topic = f"{DEV}/commands/identify"
+    rig.publish(topic, b"{}", MONDAY_10)
+    rig.publish(topic, b"{}", MONDAY_10 + 1)
+    rig.publish(topic, b'{"x":1}', MONDAY_10 + 2)  # another payload: a new streak
+    rig.publish(topic, b'{"x":1}', MONDAY_10 + 3)
+    agent = rig.policy.for_agent("ops-agent")
+    assert agent is not None
+    # Another kind on the same topic string breaks it too.
+    subscribe = Request("subscribe", "ops-agent", "s1", "jti", topic, 1, False, b'{"x":1}')
+    rig.check.check(subscribe, agent.decide_subscribe(topic, 1), MONDAY_10 + 4)
+    rig.publish(topic, b'{"x":1}', MONDAY_10 + 5)
+    rig.publish(topic, b'{"x":1}', MONDAY_10 + 6)
+    assert rig.fired() == []
+    rig.publish(topic, b'{"x":1}', MONDAY_10 + 7)
+    (alert,) = rig.fired()
+    assert "3 times in a row" in alert.reason
+    for i in range(3):  # the streak goes on: the 6th fires again, within the cooldown
+        rig.publish(topic, b'{"x":1}', MONDAY_10 + 8 + i)
+    assert rig.fired() == [] and rig.alerts.suppressed == 1
+
+
+def _warm(mean_count: float, windows: int, last: int) -> Baseline:
+    base: Baseline | None = None
+    for w in range(windows):
+        base = fold(base, last - windows + 1 + w, mean_count, 0.2)
+    assert base is not None
+    return base
+
+
+def test_a_baseline_merged_after_the_first_action_is_used_at_once() -> None:
+    spike = {"rate_spike": {"k": 3, "window_s": 60, "warmup_windows": 10, "min_count": 5}}
+    key = baseline_key("ops-agent", "shadow_get")
+    w = int(MONDAY_10 // 60)
+    rig = Rig(spike)  # no stored baseline: nothing to compare with
+    for i in range(30):
+        rig.get(w * 60.0 + i)
+    assert rig.fired() == []
+    # A fold brings a quiet baseline (2 a minute) with the open window's 30 folded in by
+    # another guard: the next action of this window is far above it.
+    rig.check.merge_baseline(key, Baseline(2.0, 0.0, 20, w, 30.0))
+    rig.get(w * 60.0 + 31)
+    (alert,) = rig.fired()
+    assert alert.rule == "rate_spike" and "61 times this window" in alert.reason
+    # A later fold with a busy baseline: the same rate is no spike in the next window.
+    busy = _warm(200.0, 30, w)
+    rig.check.merge_baseline(key, busy)
+    for i in range(100):
+        rig.get((w + 1) * 60.0 + i * 0.5)
+    assert rig.fired() == []
+
+
+def test_a_swap_that_changes_k_applies_to_the_next_packet() -> None:
+    key = baseline_key("ops-agent", "shadow_get")
+    w = int(MONDAY_10 // 60)
+    base = Baseline(4.0, 1.0, 20, w - 1, 0.0)  # 4 +- 1 a minute
+    rig = Rig({"rate_spike": {"k": 50, "window_s": 60, "min_count": 5}}, {key: base})
+    for i in range(20):
+        rig.get(w * 60.0 + i)
+    assert rig.fired() == []  # 20 < 4 + 50 * 1
+    rig.policy = compiled({"rate_spike": {"k": 3, "window_s": 60, "min_count": 5}})
+    rig.get(w * 60.0 + 21)
+    (alert,) = rig.fired()
+    assert alert.rule == "rate_spike" and "(k=3)" in alert.reason

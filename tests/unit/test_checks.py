@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from iot_guard.checks import Pipeline, Request
 from iot_guard.checks.kill_switch import KillSwitchCheck
 from iot_guard.policy.decision import Decision, Verdict
@@ -62,3 +64,66 @@ def test_pipeline_verdicts_only_get_stricter_and_observers_are_recorded() -> Non
     assert judged.decision.reason == "deny"  # the first deny is the reason given
     assert [(o.check, o.decision.verdict) for o in judged.observed] == [("trial", Verdict.DENY)]
     assert not Pipeline([Says("x", Verdict.DENY)]).wants("receive")
+
+
+class _Objects:
+    """A check that objects when told to (and says nothing otherwise)."""
+
+    name, kinds = "objects", frozenset({"publish"})
+
+    def __init__(self, enforce: bool = True) -> None:
+        self.enforce = enforce
+        self.verdict: Verdict | None = None
+
+    def check(self, request: Request, decision: Decision, now: float) -> Decision | None:
+        if self.verdict is None:
+            return None
+        return Decision(self.verdict, "objection", 0x97, "write")
+
+
+def test_request_is_immutable_with_the_documented_defaults() -> None:
+    request = Request("publish", "ops-agent", "s-1", None, "a/b")
+    assert (request.qos, request.retain, request.payload, request.issued_at) == (
+        0, False, None, None)
+    try:
+        request.topic = "c/d"  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("a check could rewrite the request the next check sees")
+    assert request == Request("publish", "ops-agent", "s-1", None, "a/b")
+
+
+def test_nothing_to_say_is_one_shared_judgement_per_decision() -> None:
+    check = _Objects()
+    pipeline = Pipeline([check])
+    request = Request("publish", "ops-agent", "s-1", None, "a/b")
+    allow = Decision(Verdict.ALLOW, "ok", 0, "write")
+    first = pipeline.run(request, allow, NOW)
+    assert first.decision is allow and first.observed == ()
+    assert pipeline.run(request, allow, NOW + 1) is first  # no allocation per packet
+    # An equal decision that is another object gets its own (it is what is audited).
+    twin = Decision(Verdict.ALLOW, "ok", 0, "write")
+    assert pipeline.run(request, twin, NOW).decision is twin
+    # An objection is never hidden by the shared answer, nor kept in it.
+    check.verdict = Verdict.DENY
+    refused = pipeline.run(request, allow, NOW)
+    assert refused.decision.verdict is Verdict.DENY and refused.decision.reason == "objection"
+    check.enforce = False  # observe mode, switched while running: read per packet
+    observed = pipeline.run(request, allow, NOW)
+    assert observed.decision is allow and [o.check for o in observed.observed] == ["objects"]
+    check.verdict = None
+    assert pipeline.run(request, allow, NOW) is first
+
+
+def test_shared_judgements_are_bounded_whatever_the_decisions(monkeypatch: Any) -> None:
+    from iot_guard.checks import pipeline as module
+
+    monkeypatch.setattr(module, "JUDGED_CACHE", 8)
+    pipeline = Pipeline([_Objects()])
+    request = Request("publish", "ops-agent", "s-1", None, "a/b")
+    decisions = [Decision(Verdict.ALLOW, f"ok {i}", 0, "write") for i in range(50)]
+    for decision in decisions:
+        judged = pipeline.run(request, decision, NOW)
+        assert judged.decision is decision and judged.observed == ()
+        assert len(pipeline._judged) <= 8

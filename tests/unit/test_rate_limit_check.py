@@ -9,12 +9,12 @@ import pytest
 
 from iot_guard.checks import Pipeline, Request
 from iot_guard.checks.alerts import Alerts
-from iot_guard.checks.rate_limit import RateLimitCheck
+from iot_guard.checks.rate_limit import RateLimitCheck, compile_limits
 from iot_guard.mqtt import ReasonCode
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Decision, Verdict
 from iot_guard.policy.loader import PolicyError, load_policy_source
-from iot_guard.policy_models import Limits
+from iot_guard.policy_models import RISKS, Limits
 from iot_guard.state.ratelimit import LocalRateLimiter
 
 POLICY = Path(__file__).parents[2] / "device_policies"
@@ -199,3 +199,50 @@ def test_limit_errors_name_file_and_line(
         load_policy_source(tmp_path)
     shown = [p.replace(str(tmp_path) + "/", "") for p in err.value.problems]
     assert any(p.startswith(where) and words in p for p in shown), shown
+
+
+def test_a_limit_added_by_a_reload_applies_to_the_next_packet() -> None:
+    rig = Rig(compiled({"tools": {"identify_device": {"per_agent": {"per_minute": 20}}}}))
+    update = f"{DEV}/shadow/get"
+    assert all(rig.publish(update, b"", T0).allowed for _ in range(50))  # not limited
+    # The reload limits the tool, and its risk class: the very next packet is judged by it.
+    rig.policy = compiled({"tools": {"shadow_get": {"per_agent": {"per_minute": 1}}}})
+    assert rig.publish(update, b"", T0).allowed
+    refused = rig.publish(update, b"", T0)
+    assert not refused.allowed and "tool shadow_get, 1 per minute per agent" in refused.reason
+    rig.policy = compiled({"risks": {"low": {"per_session_total": 1}}})
+    assert rig.publish(update, b"", T0, session="s2").allowed
+    quota = rig.publish(update, b"", T0, session="s2")
+    assert "quota: low-risk actions, 1 per session" in quota.reason
+    # And a reload that lifts the limits frees the next packet.
+    rig.policy = compiled({})
+    assert rig.publish(update, b"", T0, session="s2").allowed
+
+
+def test_the_per_action_table_is_the_rule_for_every_tool_and_risk() -> None:
+    policy = compiled({"tools": {"identify_device": {"per_agent": {"per_minute": 20}}},
+                       "risks": {"low": {"per_session_total": 3},
+                                 "high": {"per_agent": {"per_minute": 2}}}})
+    limits = compile_limits(policy)
+    tools = [None, *policy.document.tools]
+    assert {tool for tool, _ in limits.actions} == set(tools)
+    assert {risk for _, risk in limits.actions} == {None, *RISKS}
+    for (tool, risk), scopes in limits.actions.items():
+        expected = [s for s in (limits.tools.get(tool or ""), limits.risks.get(risk or ""))
+                    if s is not None]
+        assert list(scopes) == expected, (tool, risk)
+    # Narrowest first: the tool's own limit before its risk class's.
+    assert [s.scope for s in limits.actions[("identify_device", "low")]] == [
+        "tool:identify_device", "risk:low"]
+    assert limits.actions[("shadow_get", "medium")] == ()
+
+
+def test_a_tool_the_table_does_not_hold_is_judged_by_the_same_rule() -> None:
+    rig = Rig(compiled({"risks": {"high": {"per_agent": {"per_minute": 1}}}}))
+    # A decision naming a tool outside the policy's tools (an extra check's, say).
+    odd = Decision(Verdict.ALLOW, "ok", 0, "write", "not_a_policy_tool", risk="high")
+    request = Request("publish", "ops-agent", "s1", "jti", "a/b", 1, False, b"")
+    assert rig.pipeline.run(request, odd, T0).decision is odd
+    refused = rig.pipeline.run(request, odd, T0).decision
+    assert refused.verdict is Verdict.DENY and "high-risk actions" in refused.reason
+    assert refused.tool == "not_a_policy_tool"
