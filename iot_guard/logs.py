@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from .audit import utc_iso
+from .audit.records import LineTemplate, TemplateRecord
 
 LOGGER = "iot_guard"
 _HANDLER_NAME = "iot-guard-console"
@@ -55,19 +57,29 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     logger.propagate = False
 
 
-def log_session_records(records: list[dict[str, Any]], refused: int) -> int:
+def log_session_records(records: Iterable[Mapping[str, Any]], refused: int) -> int:
     """Log a session's connect and disconnect from its audit records (already written);
     ``refused`` counts its refused requests so far; the new count is returned."""
+    last: LineTemplate | None = None
+    refusal = False
     for record in records:
+        template = record.template if record.__class__ is TemplateRecord else None
+        if template is not None and template is last:
+            # The same packet and status as the record before: made from one template.
+            refused += refusal
+            continue
         packet = record.get("packet")
         if packet == "connect" or packet == "disconnect":
+            last = None  # each one is logged
             _log_session_event(record, refused)
-        elif record.get("result_status", "success") != "success":
-            refused += 1
+        else:
+            last = template
+            refusal = record.get("result_status", "success") != "success"
+            refused += refusal
     return refused
 
 
-def _log_session_event(record: dict[str, Any], refused: int) -> None:
+def _log_session_event(record: Mapping[str, Any], refused: int) -> None:
     agent = record.get("agent_id") or "(unknown agent)"
     where = f"session {record.get('session_id')} from {record.get('requested_scope')}"
     reason = record.get("reason")

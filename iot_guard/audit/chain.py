@@ -7,12 +7,20 @@ these one set of rules, so what the guard writes is exactly what verify accepts.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .checkpoint import Checkpoint, format_note
 from .merkle import Frontier, leaf_hash
-from .records import GENESIS, Link, checkpoint_line, open_line, read_link, record_line
+from .records import (
+    GENESIS,
+    Link,
+    TemplateRecord,
+    checkpoint_line,
+    open_line,
+    read_link,
+    record_line,
+)
 from .signer import NoteSigner
 
 _sha256 = hashlib.sha256
@@ -64,24 +72,26 @@ class ChainState:
 
     # ------------------------------------------------------------------ writing
 
-    def seal(self, records: Iterable[dict[str, Any]]) -> tuple[list[bytes], bytes]:
+    def seal(self, records: Iterable[Mapping[str, Any]]) -> tuple[list[bytes], bytes]:
         """The lines for ``records`` and the hash of the last one, leaving this state as it
         is: ``commit`` them once they are written. Raises ValueError/TypeError for a record
         that cannot be a line."""
         seq, prev = self.seq, self.prev
-        lines = []
+        lines: list[bytes] = []
+        add = lines.append
         for record in records:
-            line = record_line(seq, prev, record)
+            if record.__class__ is TemplateRecord:  # record_line's first case, inline
+                line = record.template.line_format % (seq, prev, *record.open_values)
+            else:
+                line = record_line(seq, prev, record)
             prev = _sha256(line).hexdigest().encode()
             seq += 1
-            lines.append(line)
+            add(line)
         return lines, prev
 
     def commit(self, lines: list[bytes], prev: bytes) -> None:
         """Advance past ``lines`` (sealed by ``seal``, now on disk)."""
-        append = self.tree.append
-        for line in lines:
-            append(leaf_hash(line))
+        self.tree.append_lines(lines)
         self.seq += len(lines)
         self.prev = prev
 

@@ -22,7 +22,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
 
-    def write_many(self, records: list[dict[str, Any]]) -> None:
+    def write_many(self, records: Sequence[Mapping[str, Any]]) -> None:
         """All records in one write: what one read from a peer decided, before forwarding."""
         with self._lock:
             state = self.state

@@ -22,6 +22,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -43,10 +44,13 @@ def _utc_iso_slow(timestamp: float) -> str:
 # Every record is stamped, and a busy guard stamps thousands a second: the date and time
 # up to the second are formatted once per second, the microseconds appended.
 _second: list[Any] = [None, ""]
+_last: list[Any] = [None, ""]  # the last timestamp formatted, and its text (NaN never equals)
 
 
 def utc_iso(timestamp: float) -> str:
     """``2026-11-30T23:50:44.123456Z``: exactly what datetime gives (same rounding)."""
+    if timestamp == _last[0]:
+        return _last[1]  # the packets of one read share their ``now``
     frac, whole = math.modf(timestamp)
     # datetime.fromtimestamp rounds the fraction half-even to microseconds, carrying a
     # full second into the seconds (CPython _PyTime_ObjectToTimeval, ROUND_HALF_EVEN).
@@ -62,7 +66,9 @@ def utc_iso(timestamp: float) -> str:
             return _utc_iso_slow(timestamp)
         _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = whole
-    return f"{_second[1]}.{micros:06d}Z"
+    stamp = f"{_second[1]}.{micros:06d}Z"
+    _last[0], _last[1] = timestamp, stamp
+    return stamp
 
 
 # Built once: json.dumps with options makes a new encoder per call, and a line is
@@ -98,13 +104,115 @@ def record_body(record: dict[str, Any]) -> bytes:
         return dumps(record)
 
 
-def record_line(seq: int, prev: bytes, record: dict[str, Any]) -> bytes:
+def record_line(seq: int, prev: bytes, record: Mapping[str, Any]) -> bytes:
     """One decision record behind its link; raises ValueError/TypeError if it cannot be."""
+    if record.__class__ is TemplateRecord:
+        return record.line(seq, prev)
     if not RESERVED.isdisjoint(record):
         raise ValueError(f"audit record uses reserved keys {sorted(RESERVED & set(record))}")
-    body = record_body(record)
+    body = record_body(record if isinstance(record, dict) else dict(record))
     link = b'{"seq":%d,"prev":"%s"' % (seq, prev)
     return link + b"}" if body == b"{}" else link + b"," + body[1:]
+
+
+# How a line template writes a value it leaves open, and the value a record holds for it:
+# an int as it is; a boolean as b"true"/b"false"; a string JSON writes as it is (ASCII,
+# no quote, backslash or control character: a timestamp, a hex digest) as its bytes.
+OPEN_INT, OPEN_BOOL, OPEN_PLAIN_STR = b"%d", b"%s", b'"%s"'
+_READ_OPEN: dict[bytes, Callable[[Any], Any]] = {
+    OPEN_INT: int, OPEN_BOOL: b"true".__eq__, OPEN_PLAIN_STR: bytes.decode,
+}
+
+
+class LineTemplate:
+    """Records that differ only in the values of a few keys (``open``), as one record
+    (``fields``, with stand-ins for those values) and the format of their lines:
+    ``line_format % (seq, prev, *open_values)`` is ``record_line``'s line for the
+    record ``fields`` with ``open_values`` (as OPEN_* says) in the open keys."""
+
+    __slots__ = ("fields", "line_format", "open_index", "readers")
+
+    def __init__(self, fields: dict[str, Any], line_format: bytes, open_keys: list[str],
+                 readers: list[Callable[[Any], Any]]) -> None:
+        self.fields = fields
+        self.line_format = line_format
+        self.open_index = {key: i for i, key in enumerate(open_keys)}
+        self.readers = readers
+
+
+def line_template(record: dict[str, Any], open_keys: dict[str, bytes]) -> LineTemplate | None:
+    """The template of records shaped like ``record`` (the same keys in the same order,
+    the same values but for ``open_keys``, which say how each is written). None when
+    ``record_line`` would not encode such a record with orjson (a reserved key, a value
+    only ``dumps`` encodes): those records are encoded one by one, as always.
+
+    A JSON object's members are written one after another: the runs of fixed members
+    are encoded once (by orjson, as ``record_body`` does), the open ones go between."""
+    if not RESERVED.isdisjoint(record):
+        return None
+    parts = [b'{"seq":%d,"prev":"%s"']
+    run: dict[str, Any] = {}
+    opened: list[str] = []
+    try:
+        for key, value in record.items():
+            kind = open_keys.get(key)
+            if kind is None:
+                run[key] = value
+                continue
+            if run:
+                parts.append(b"," + _orjson_dumps(run)[1:-1].replace(b"%", b"%%"))
+                run = {}
+            parts.append(b"," + _orjson_dumps(key).replace(b"%", b"%%") + b":" + kind)
+            opened.append(key)
+        if run:
+            parts.append(b"," + _orjson_dumps(run)[1:-1].replace(b"%", b"%%"))
+    except TypeError:
+        return None
+    parts.append(b"}")
+    return LineTemplate(dict(record), b"".join(parts), opened,
+                        [_READ_OPEN[open_keys[key]] for key in opened])
+
+
+class TemplateRecord(Mapping[str, Any]):
+    """A decision record as a template and its open values, as its line holds them:
+    made per packet instead of a dict of twenty keys, and written without encoding a
+    dict (``line``). Readers get a read-only mapping of exactly what the line says
+    (``dict(record)`` for a dict). Made by ``TemplateRecord.of`` (or, on the packet
+    path, by setting both slots of ``object.__new__(TemplateRecord)``)."""
+
+    __slots__ = ("template", "open_values")
+
+    template: LineTemplate
+    open_values: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, template: LineTemplate, open_values: tuple[Any, ...]) -> TemplateRecord:
+        if len(open_values) != len(template.open_index):
+            raise ValueError(f"{len(template.open_index)} open values, not "
+                             f"{len(open_values)}")
+        record = object.__new__(cls)
+        record.template = template
+        record.open_values = open_values
+        return record
+
+    def line(self, seq: int, prev: bytes) -> bytes:
+        return self.template.line_format % (seq, prev, *self.open_values)
+
+    def __getitem__(self, key: str) -> Any:
+        template = self.template
+        i = template.open_index.get(key)
+        if i is None:
+            return template.fields[key]
+        return template.readers[i](self.open_values[i])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.template.fields)
+
+    def __len__(self) -> int:
+        return len(self.template.fields)
+
+    def __repr__(self) -> str:
+        return f"TemplateRecord({dict(self)!r})"
 
 
 def encode_frontier(nodes: list[bytes]) -> list[str]:

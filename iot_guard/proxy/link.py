@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +106,7 @@ class Link:
                 return
         to_agent: list[bytes] = []
         to_broker: list[bytes] = []
-        audits: list[dict[str, Any]] = []
+        audits: list[Mapping[str, Any]] = []
         try:
             for command in commands:
                 kind = type(command)
@@ -158,7 +159,7 @@ class Link:
             self.upstream.write(data)
 
     def _flush(
-        self, audits: list[dict[str, Any]], to_agent: list[bytes], to_broker: list[bytes]
+        self, audits: list[Mapping[str, Any]], to_agent: list[bytes], to_broker: list[bytes]
     ) -> None:
         """Audit first (one write for the batch), then send; raises AuditError unsent."""
         if audits:

@@ -10,8 +10,10 @@ per record), so nothing decides twice and the counts match the audit log.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from ..audit.records import LineTemplate, TemplateRecord
 
 # Seconds. The session decides a read of bytes in microseconds; the audit write is one
 # os.write (tens of microseconds, more on a slow disk).
@@ -63,9 +65,23 @@ class GuardStats:
         self.audit_latency = Histogram(AUDIT_BUCKETS)
         self.audit_failures = 0
 
-    def count_records(self, records: Iterable[dict[str, Any]]) -> None:
+    def count_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         counts = self.records
+        # Records made from one template (a session's messages on one topic: most of a
+        # batch) share every field counted here: read once per run, counted as a run.
+        last: LineTemplate | None = None
+        key: RecordKey = (None, None, None, None, None)
+        run = 0
         for r in records:
+            template = r.template if r.__class__ is TemplateRecord else None
+            if template is not None and template is last:
+                run += 1
+                continue
+            if run:
+                counts[key] = counts.get(key, 0) + run
             key = (r.get("packet"), r.get("decision"), r.get("tool_name"), r.get("reason_code"),
                    r.get("result_status"))
-            counts[key] = counts.get(key, 0) + 1
+            last = template
+            run = 1
+        if run:
+            counts[key] = counts.get(key, 0) + run

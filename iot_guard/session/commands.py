@@ -7,6 +7,7 @@ stops the forward (fail closed).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ class OpenUpstream:
 
 @dataclass(slots=True)
 class WriteAudit:
-    record: dict[str, Any]
+    # A dict, or a session message's audit.records.TemplateRecord (read-only).
+    record: Mapping[str, Any]
 
 
 @dataclass(slots=True)

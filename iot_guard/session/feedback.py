@@ -9,11 +9,21 @@ JSON) are all built from it. The audit log keeps its documented names for two fi
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ..audit import utc_iso
+from ..audit.records import (
+    OPEN_BOOL,
+    OPEN_INT,
+    OPEN_PLAIN_STR,
+    LineTemplate,
+    TemplateRecord,
+    line_template,
+)
 from ..policy.decision import Decision, Verdict
 
 # The guard's own topic: agents subscribe to it for refusal events; it never reaches
@@ -114,7 +124,9 @@ def audit_record(
     retain: bool | None = None,
     note: str | None = None,
     status: str | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
+    """A decision's audit record (README "Audit log"); ``mode`` (enforce, dry-run) last."""
     allowed = decision.verdict is Verdict.ALLOW
     record: dict[str, Any] = {
         "timestamp": utc_iso(now),
@@ -138,4 +150,83 @@ def audit_record(
         record["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     if note:
         record["note"] = note
+    if mode is not None:
+        record["mode"] = mode
     return record
+
+
+# What varies between the records of one session's messages on one topic with one
+# decision; every other field is the template's, and so is the line around them.
+_MESSAGE_OPEN = {"timestamp": OPEN_PLAIN_STR, "qos": OPEN_INT, "retain": OPEN_BOOL,
+                 "payload_bytes": OPEN_INT, "payload_sha256": OPEN_PLAIN_STR}
+_TEMPLATES_MAX = 16  # topics per session (~2 KB each); a session past it starts over
+_sha256 = hashlib.sha256
+_hexlify = binascii.hexlify
+_new = object.__new__
+
+
+class AuditRecorder:
+    """The audit records of one session's messages (publish, receive), the same as
+    ``audit_record`` makes, at a fraction of the cost: per topic the record is made once
+    as a template (``records.line_template``) and each message is a ``TemplateRecord``
+    of it with its own timestamp, QoS, retain flag, payload size and digest.
+
+    ``ident`` is what the session was when this was made (agent, client id, token id,
+    mode): a session whose ident changed needs a new recorder. Anything out of the
+    ordinary (a QoS or retain flag of another type, a field the template cannot hold)
+    gets ``audit_record``'s dict.
+    """
+
+    __slots__ = ("ident", "session_id", "_templates", "_now", "_stamp")
+
+    def __init__(
+        self, agent_id: str | None, session_id: str, client_id: str | None,
+        token_id: str | None, mode: str,
+    ) -> None:
+        self.ident = (agent_id, client_id, token_id, mode)
+        self.session_id = session_id
+        # (packet, topic) -> (the decision it was made for, its template or None)
+        self._templates: dict[tuple[str, str], tuple[Decision, LineTemplate | None]] = {}
+        self._now: float | None = None
+        self._stamp = b""
+
+    def message(
+        self, now: float, decision: Decision, packet: str, scope: str, payload: bytes,
+        qos: int | None, retain: bool | None,
+    ) -> Mapping[str, Any]:
+        key = (packet, scope)
+        entry = self._templates.get(key)
+        if entry is None or entry[0] is not decision:
+            entry = self._template(key, decision)
+        template = entry[1]
+        if template is None or qos.__class__ is not int or retain.__class__ is not bool:
+            agent_id, client_id, token_id, mode = self.ident
+            return audit_record(now=now, agent_id=agent_id, session_id=self.session_id,
+                                client_id=client_id, token_id=token_id, decision=decision,
+                                packet=packet, scope=scope, payload=payload, qos=qos,
+                                retain=retain, mode=mode)
+        if now != self._now:  # the messages of one read share their ``now``
+            self._stamp = utc_iso(now).encode()
+            self._now = now
+        record = _new(TemplateRecord)
+        record.template = template
+        # Never the payload itself: its size and digest are enough to match it later.
+        record.open_values = (self._stamp, qos, b"true" if retain else b"false",
+                              len(payload), _hexlify(_sha256(payload).digest()))
+        return record
+
+    def _template(
+        self, key: tuple[str, str], decision: Decision
+    ) -> tuple[Decision, LineTemplate | None]:
+        agent_id, client_id, token_id, mode = self.ident
+        # The open fields hold stand-ins; each record has its own.
+        record = audit_record(now=0.0, agent_id=agent_id, session_id=self.session_id,
+                              client_id=client_id, token_id=token_id, decision=decision,
+                              packet=key[0], scope=key[1], payload=b"", qos=0, retain=False,
+                              mode=mode)
+        entry = (decision, line_template(record, _MESSAGE_OPEN))
+        templates = self._templates
+        if len(templates) >= _TEMPLATES_MAX:
+            templates.clear()  # an agent roaming over many topics: bounded memory
+        templates[key] = entry
+        return entry

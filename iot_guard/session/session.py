@@ -75,7 +75,7 @@ from .events import (
     PolicySwapped,
     TimerFired,
 )
-from .feedback import EVENTS_TOPIC, audit_record, event_payload, guard_refusal
+from .feedback import EVENTS_TOPIC, AuditRecorder, audit_record, event_payload, guard_refusal
 from .state import State, Trigger, next_state
 
 # Client ids an agent may choose; the upstream id is namespaced anyway, this only keeps
@@ -144,7 +144,7 @@ class GuardSession:
         "_client_max", "_connect_expiry", "_guard_filters", "_events_subscribed",
         "_held_agent_qos2", "_dropped_broker_qos2", "_pending_subscribes",
         "_pending_unsubscribes", "_holds", "_dry_run", "_mode", "_wants_publish",
-        "_wants_receive",
+        "_wants_receive", "_recorder",
     )
 
     def __init__(
@@ -188,6 +188,7 @@ class GuardSession:
         self._mode = "dry-run" if settings.dry_run else "enforce"
         self._wants_publish = self.pipeline.wants("publish")
         self._wants_receive = self.pipeline.wants("receive")
+        self._recorder: AuditRecorder | None = None  # made at the first message audited
 
     @property
     def state(self) -> State:
@@ -860,12 +861,22 @@ class GuardSession:
         *, payload: bytes | None = None, qos: int | None = None, retain: bool | None = None,
         note: str | None = None, status: str | None = None,
     ) -> None:
-        record = audit_record(
-            now=now, agent_id=self.agent_id, session_id=self.session_id,
-            client_id=self.client_id, token_id=self.token_id, decision=decision, packet=packet,
-            scope=scope, payload=payload, qos=qos, retain=retain, note=note, status=status,
-        )
-        record["mode"] = self._mode  # every record says whether it was enforced
+        # Every record says whether it was enforced (mode).
+        if payload is not None and note is None and status is None:
+            # A message: the same record, from the session's template for its topic.
+            recorder = self._recorder
+            if recorder is None or recorder.ident != (self.agent_id, self.client_id,
+                                                      self.token_id, self._mode):
+                recorder = self._recorder = AuditRecorder(
+                    self.agent_id, self.session_id, self.client_id, self.token_id, self._mode)
+            record = recorder.message(now, decision, packet, scope, payload, qos, retain)
+        else:
+            record = audit_record(
+                now=now, agent_id=self.agent_id, session_id=self.session_id,
+                client_id=self.client_id, token_id=self.token_id, decision=decision,
+                packet=packet, scope=scope, payload=payload, qos=qos, retain=retain, note=note,
+                status=status, mode=self._mode,
+            )
         actions.append(WriteAudit(record))
 
     def _observe_policy(
