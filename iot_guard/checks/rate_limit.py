@@ -193,14 +193,14 @@ class RateLimitCheck:
             if rate is None:
                 return None
             grant = self._limiter.try_take("c|" + request.agent_id, rate, now)
-            if grant.ok:
+            if grant.granted:  # ``Grant.ok`` without the property call, per take
                 return None
             assert limits.connections_refusal is not None
             return self._refuse(request, decision, now, limits.connections_refusal,
                                 _when(grant.retry_after))
         if kind == "subscribe" and limits.subscriptions is not None:
             grant = self._limiter.try_take("s|" + request.session_id, limits.subscriptions, now)
-            if not grant.ok:
+            if not grant.granted:
                 assert limits.subscriptions_refusal is not None
                 return self._refuse(request, decision, now, limits.subscriptions_refusal,
                                     _when(grant.retry_after))
@@ -221,14 +221,14 @@ class RateLimitCheck:
             if rate is not None:
                 grant = self._limiter.try_take(
                     f"s|{request.session_id}|{scope.scope}", rate, now)
-                if not grant.ok:
+                if not grant.granted:
                     assert scope.per_session_refusal is not None
                     return self._refuse(request, decision, now, scope.per_session_refusal,
                                         _when(grant.retry_after))
             rate = scope.per_agent
             if rate is not None:
                 grant = self._limiter.try_take(f"a|{request.agent_id}|{scope.scope}", rate, now)
-                if not grant.ok:
+                if not grant.granted:
                     assert scope.per_agent_refusal is not None
                     return self._refuse(request, decision, now, scope.per_agent_refusal,
                                         _when(grant.retry_after))
