@@ -50,13 +50,15 @@ class Pipeline:
             kind: tuple(c for c in self.checks if kind in c.kinds) for kind in KINDS
         }
         # id(decision) -> Judgement(decision): what most packets get (the checks had nothing
-        # to say). The judgement holds its decision, so the id is not reused while cached.
+        # to say about the decision they were given). The judgement holds its decision,
+        # so the id is not reused while it is in the table.
         self._judged: dict[int, Judgement] = {}
 
     def wants(self, kind: str) -> bool:
         return bool(self._by_kind[kind])
 
     def run(self, request: Request, decision: Decision, now: float) -> Judgement:
+        given = decision
         observed: list[Objection] | None = None
         for check in self._by_kind[request.kind]:
             objection = check.check(request, decision, now)
@@ -70,6 +72,8 @@ class Pipeline:
                 decision = objection
         if observed is not None:
             return Judgement(decision, tuple(observed))
+        if decision is not given:  # a check's own refusal: new per packet, not kept
+            return Judgement(decision)
         judged = self._judged.get(id(decision))
         if judged is None:
             if len(self._judged) >= JUDGED_CACHE:

@@ -105,10 +105,13 @@ def test_nothing_to_say_is_one_shared_judgement_per_decision() -> None:
     # An equal decision that is another object gets its own (it is what is audited).
     twin = Decision(Verdict.ALLOW, "ok", 0, "write")
     assert pipeline.run(request, twin, NOW).decision is twin
-    # An objection is never hidden by the shared answer, nor kept in it.
+    # An objection is never hidden by the shared answer, nor kept in it (a flood of
+    # refusals, each a new decision, leaves the table as it was).
     check.verdict = Verdict.DENY
+    kept = dict(pipeline._judged)
     refused = pipeline.run(request, allow, NOW)
     assert refused.decision.verdict is Verdict.DENY and refused.decision.reason == "objection"
+    assert pipeline.run(request, allow, NOW) is not refused and pipeline._judged == kept
     check.enforce = False  # observe mode, switched while running: read per packet
     observed = pipeline.run(request, allow, NOW)
     assert observed.decision is allow and [o.check for o in observed.observed] == ["objects"]
