@@ -29,8 +29,9 @@ class ChainHeadSync:
         self.audit = audit
         self.store = store
         self._expect: int | None = None
-        self._pending: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
+        # The newest head not yet handed to the store, and the task storing heads.
+        self._latest: ChainHead | None = None
+        self._storing: asyncio.Task[None] | None = None
 
     async def check(self) -> None:
         """At start: the file must reach at least as far as the store says it did."""
@@ -68,26 +69,32 @@ class ChainHeadSync:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a script): nothing to keep in step
-        task = loop.create_task(self._put(head))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        # Latest wins: heads that come while the store is busy are replaced by newer
+        # ones, so a slow store (a busy disk, a far Redis) never builds a queue: it
+        # stores the newest head it can, one put at a time, in order.
+        self._latest = head
+        if self._storing is None or self._storing.done():
+            self._storing = loop.create_task(self._store_latest())
+
+    async def _store_latest(self) -> None:
+        while self._latest is not None:
+            head, self._latest = self._latest, None
+            await self._put(head)
 
     async def _put(self, head: ChainHead) -> None:
-        async with self._lock:  # in order: each put expects the seq of the one before
-            try:
-                stored = await self.store.put_head(self.audit.origin, head,
-                                                   expect_seq=self._expect)
-            except Exception as exc:  # the store is down: the log itself is unaffected
-                log.error("cannot store the audit chain head of %s: %s", self.audit.origin, exc)
-                return
-            if stored:
-                self._expect = head.seq
-            else:
-                log.error("the audit chain head of %s moved under this guard: another guard "
-                          "writes the same origin (give each instance its own key)",
-                          self.audit.origin)
+        try:
+            stored = await self.store.put_head(self.audit.origin, head, expect_seq=self._expect)
+        except Exception as exc:  # the store is down: the log itself is unaffected
+            log.error("cannot store the audit chain head of %s: %s", self.audit.origin, exc)
+            return
+        if stored:
+            self._expect = head.seq
+        else:
+            log.error("the audit chain head of %s moved under this guard: another guard "
+                      "writes the same origin (give each instance its own key)",
+                      self.audit.origin)
 
     async def flush(self) -> None:
         """Wait for the heads still being stored (before the store closes)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._storing is not None:
+            await asyncio.gather(self._storing, return_exceptions=True)
