@@ -351,3 +351,17 @@ def test_check_pipeline_stream_exercises_every_rule_of_the_example_policy() -> N
         "rate_limit", "repeated_denials", "outside_tenants", "repeated_action", "first_use"}
     assert answers[-1], "no counts for the baselines"
     assert digest(answers, policy_dir) == digest(replay(policy, steps, decisions)[1], policy_dir)
+
+
+def test_audit_path_bench_writes_every_record_and_times_a_checkpoint(tmp_path: Path) -> None:
+    import asyncio
+
+    from bench.audit_path import audit_cost, checkpoint_cost
+
+    build, write, count = audit_cost(3, 35, tmp_path)
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    decisions = [line for line in lines if b'"packet":"publish"' in line]
+    assert len(decisions) == 105 and all(b'"result_status":"success"' in d for d in decisions)
+    assert min(build, write, count) > 0
+    sign, store = asyncio.run(checkpoint_cost(tmp_path, 3))
+    assert sign > 0 and store > 0
