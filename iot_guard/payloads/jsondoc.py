@@ -15,10 +15,16 @@ every refusal keeps its reason. What orjson reads differently, and how it is cau
 
 - duplicate keys (orjson keeps the last): every object member has one colon outside
   string literals (RFC 8259 section 4), and a duplicate shrinks a dict but not the text,
-  so the members of the dicts must add up to those colons (``members_match``);
+  so the members of the dicts must add up to those colons (``members_match``); or, in
+  C: orjson writing the value back has as many colons as the payload (a duplicate
+  drops a member, its colon and its strings' colons; without a \\u escape a string's
+  colons are the same read or written);
 - an integer literal beyond 64 bits (orjson reads it as a float): such a float is at
-  least 2**63 in magnitude, and any float that large is doubted;
-- nesting (orjson allows 1024 levels): counted in the same walk.
+  least 2**63 in magnitude, and any float that large is doubted; or, in C: no run of
+  19 digits in the payload (2**63 has 19);
+- nesting (orjson allows 1024 levels): counted in the walk; or, in C: the brackets, or
+  the indentation of orjson's indented writing (a value inside n containers is
+  indented 2n spaces).
 
 orjson itself refuses NaN/Infinity, numbers that overflow a double, invalid UTF-8, a
 byte order mark and lone surrogates (it builds strings from UTF-8, which cannot hold
@@ -144,6 +150,12 @@ def _has_surrogate(text: str) -> bool:
 
 
 _loads = orjson.loads
+_dumps = orjson.dumps
+# An integer literal beyond 64 bits has at least 19 digits (2**63 has 19).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+# Up to this size a payload is proven by a walk first (measured: cheaper below it).
+_SMALL = 256
 # orjson reads an integer literal beyond 64 bits as a float of at least this magnitude.
 _BIG_FLOAT = 2.0**63
 # A JSON string literal in a text orjson accepted (so every quote outside one opens one).
@@ -219,13 +231,35 @@ def proven(payload: bytes, value: Any, max_depth: int) -> bool:
     ``strict_parse_json`` returns for it: no duplicate key, no float read from a
     too-big integer, no deeper than ``max_depth``."""
     kind = type(value)
-    if kind is dict or kind is list:
+    if kind is not dict and kind is not list:
+        return kind is not float or -_BIG_FLOAT < value < _BIG_FLOAT
+    if len(payload) <= _SMALL:
+        # A few values: walking them costs less than writing the value back.
         try:
             members = _members(value, 0, max_depth)
-        except RecursionError:  # a max_depth above Python's own limit: strict decides
+        except RecursionError:
             return False
         return members >= 0 and members_match(payload, members)
-    return kind is not float or -_BIG_FLOAT < value < _BIG_FLOAT
+    if max_depth >= 1 and b"\\u" not in payload and _NINETEEN_DIGITS not in payload.translate(
+        _DIGITS_AS_ZERO
+    ):
+        # In C, without a walk (see the module's docstring): no 19-digit integer, the same
+        # colons written back (no duplicate key), nesting from brackets or indentation.
+        shallow = payload.count(b"{") + payload.count(b"[") <= max_depth
+        try:
+            text = _dumps(value) if shallow else _dumps(value, option=orjson.OPT_INDENT_2)
+        except TypeError:  # orjson.JSONEncodeError: nests deeper than orjson writes
+            text = b""
+        if text:
+            if text.count(b":") != payload.count(b":"):
+                return False  # a duplicate key
+            if shallow or b"\n" + b" " * (2 * max_depth) not in text:
+                return True
+    try:
+        members = _members(value, 0, max_depth)
+    except RecursionError:  # a max_depth above Python's own limit: strict decides
+        return False
+    return members >= 0 and members_match(payload, members)
 
 
 def parse_json(

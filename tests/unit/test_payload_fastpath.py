@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+import iot_guard.payloads.jsondoc as jsondoc
 import iot_guard.payloads.validators as validators_module
 from iot_guard.payloads import (
     FreeFormValidator,
@@ -32,7 +33,6 @@ from iot_guard.payloads import (
 from iot_guard.payloads.fields import FieldSet, sure_value, value_type
 from iot_guard.payloads.jsondoc import (
     MAX_DEPTH,
-    UNREAD,
     members_match,
     parse_json,
     strict_parse_json,
@@ -105,10 +105,16 @@ HOSTILE: list[bytes] = [
 ]
 
 
-def strict_object(payload: bytes) -> tuple[object, str]:
-    return strict_parse_object(payload)
+@pytest.fixture(params=["walk first up to 256 bytes", "C first", "walk first"])
+def proof(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with each way ``proven`` has of proving orjson's reading: the walk
+    (the dict sizes against the colons outside strings) and the C-only proof (orjson's
+    writing back, digit runs, indentation), whatever the payload's size."""
+    small = {"walk first up to 256 bytes": 256, "C first": -1, "walk first": 10**9}
+    monkeypatch.setattr(jsondoc, "_SMALL", small[request.param])
 
 
+@pytest.mark.usefixtures("proof")
 @pytest.mark.parametrize("payload", HOSTILE)
 @pytest.mark.parametrize("max_depth", [MAX_DEPTH, 1, 0, 32, 2000])
 def test_parse_json_answers_as_the_strict_parser(payload: bytes, max_depth: int) -> None:
@@ -119,6 +125,7 @@ def test_parse_json_answers_as_the_strict_parser(payload: bytes, max_depth: int)
         assert same(fast[0], strict[0]), payload
 
 
+@pytest.mark.usefixtures("proof")
 def test_every_byte_around_a_document_is_read_alike() -> None:
     # JSON whitespace is only space, tab, LF and CR (RFC 8259 section 2).
     for byte in range(256):
@@ -129,6 +136,7 @@ def test_every_byte_around_a_document_is_read_alike() -> None:
             assert fast[1] == strict[1] and same(fast[0], strict[0]), payload
 
 
+@pytest.mark.usefixtures("proof")
 def test_every_escape_is_read_alike() -> None:
     for code in list(range(0, 0x80)) + [0xE9, 0x2028, 0xD7FF, 0xD800, 0xDBFF, 0xDC00, 0xDFFF,
                                          0xE000, 0xFFFD, 0xFFFF]:
@@ -142,6 +150,7 @@ def test_every_escape_is_read_alike() -> None:
         assert fast[1] == strict[1] and same(fast[0], strict[0]), payload
 
 
+@pytest.mark.usefixtures("proof")
 def test_numbers_are_read_alike() -> None:
     rng = random.Random(8259)
     texts = ["0", "-0", "0.0", "-0.0", "1e-400", "5e-324", "2.2250738585072011e-308",
@@ -226,6 +235,7 @@ def generated(seed: int, count: int) -> Iterator[bytes]:
             ])
 
 
+@pytest.mark.usefixtures("proof")
 def test_generated_documents_are_read_alike() -> None:
     duplicates = fast_ones = 0
     for payload in generated(6962, 6000):
@@ -250,6 +260,7 @@ def test_members_match_counts_members_not_colons_in_strings() -> None:
     assert not members_match(b'{"a":1,"\\u0061":":"}', 1)
 
 
+@pytest.mark.usefixtures("proof")
 def test_json_kinds_answer_as_before() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer", "maximum": 3}}}
     kinds = [FreeFormValidator("json"), FreeFormValidator("json", max_depth=2, max_bytes=64),
@@ -275,7 +286,10 @@ def strict_answer(
 ) -> PayloadVerdict:
     """The verdict with every fast path off: strict parse, pydantic on every field."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(validators_module, "loads_unproven", lambda payload: UNREAD)
+        def refuse(payload: bytes) -> object:
+            raise ValueError("the strict path only")
+
+        mp.setattr(validators_module, "_loads", refuse)
         mp.setattr(validators_module, "parse_object", strict_parse_object)
         mp.setattr(FieldSet, "sure_rank", lambda self, obj: -1)
         return v.for_types(kind, types, payload, command)
@@ -399,6 +413,7 @@ def test_config_patches_and_commands_answer_as_the_strict_path(policy: PolicyDoc
     assert accepted > 400
 
 
+@pytest.mark.usefixtures("proof")
 def test_groups_and_odd_kinds_answer_as_the_strict_path(policy: PolicyDocument) -> None:
     doc = policy.model_copy(deep=True)
     doc.device_types["boiler"] = PolicyDocument.model_validate(
