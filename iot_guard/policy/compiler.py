@@ -116,7 +116,10 @@ class _Shared:
 class _Toolset:
     """One ordered tool list compiled: two tries, two shape indexes, subscribe facts."""
 
-    __slots__ = ("publish", "subscribe", "pub_shapes", "recv_shapes", "sub_orders", "any_shared")
+    __slots__ = (
+        "publish", "subscribe", "pub_shapes", "recv_shapes", "sub_orders", "any_shared",
+        "publishes",
+    )
 
     def __init__(self, tools: list[tuple[str, Tool]], shared: _Shared):
         self.publish = Node()
@@ -150,6 +153,7 @@ class _Toolset:
                 self.sub_orders.append(order)
                 if cond.shared_subscription:
                     self.any_shared = True
+        self.publishes = bool(templates["publish"])
         # Shape indexes answer for concrete topics when no template has a wildcard
         # (publish templates never do); otherwise the trie walks.
         self.pub_shapes = (
@@ -263,7 +267,7 @@ class AgentPolicy:
         "_recv_exact", "_pub_exact", "_recv_cache", "_pub_cache", "_sub_cache",
         "agent_id", "tools", "tenants", "_registry", "_validators", "_scope", "_unknown",
         "_publish", "_subscribe", "_pub_shapes", "_recv_shapes", "_sub_orders",
-        "_any_shared",
+        "_any_shared", "_publishes",
     )
 
     def __init__(
@@ -287,6 +291,7 @@ class AgentPolicy:
         self._recv_shapes = compiled.recv_shapes
         self._sub_orders = compiled.sub_orders
         self._any_shared = compiled.any_shared
+        self._publishes = compiled.publishes
         # Decided on demand (bounded by CACHE_LIMIT): refusals name the agent.
         self._pub_cache: dict[str, _PubTopic | Decision] = {}
         self._sub_cache: dict[str, Decision] = {}
@@ -372,6 +377,9 @@ class AgentPolicy:
             return deny(self._unknown, WRITE)
         if topic[0] == "$":  # not empty: topic_name_problem refused that
             return deny(wording.reserved(self.agent_id, "publish", topic), WRITE)
+        if not self._publishes:
+            # No publish tool (an observer): no template matches, none to say why.
+            return self._no_tool("publish", topic, None, WRITE)
         found, refused = self._concrete(self._publish, self._pub_shapes, topic.split("/"), False)
         if not found:
             return self._no_tool("publish", topic, refused, WRITE)

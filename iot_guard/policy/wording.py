@@ -52,9 +52,9 @@ VERB_TEXT = {"publish": "publishing to", "receive": "reading"}
 
 
 def no_tool(agent_id: str, verb: str, topic: str, detail: str) -> str:
-    return f"agent {agent_id} has no tool that allows {VERB_TEXT[verb]} {topic}" + (
-        f": {detail}" if detail else ""
-    )
+    # One f-string: a refused first packet builds this once.
+    sep = ": " if detail else ""
+    return f"agent {agent_id} has no tool that allows {VERB_TEXT[verb]} {topic}{sep}{detail}"
 
 
 def reserved(agent_id: str, verb: str, topic: str) -> str:

@@ -157,7 +157,7 @@ def test_an_empty_publish_answered_in_advance_is_what_the_checks_answer(
     agents = {agent_id: fast.for_agent(agent_id) for agent_id in fast.document.agents}
     _without_quick(monkeypatch)  # the maps are built at for_agent: fast's are built
     slow = CompiledPolicy.load(directory)
-    quick_seen = set()
+    quick_seen: set[tuple[str, str | None]] = set()
     for agent_id, a in agents.items():
         b = slow.for_agent(agent_id)
         assert a is not None and b is not None
@@ -237,3 +237,23 @@ def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
         assert list(ops._recv_cache) == [f"junk/{i}"]
     assert ops._recv_exact == exact
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
+
+
+def test_an_agent_without_publish_tools_is_refused_as_the_index_would(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(QUICK_POLICY.replace(
+        "  three: {tenants: [a, b], tools: [also, ping]}",
+        "  three: {tenants: [a, b], tools: [also, ping]}\n  four: {tenants: [a], tools: [look]}",
+    ).replace(
+        "tools:\n", "tools:\n  look: {verb: subscribe, topic: 'p/{tenant}/{device}/ping'}\n", 1
+    ))
+    policy = CompiledPolicy.load(tmp_path)
+    four = policy.for_agent("four")
+    assert four is not None and not four._publishes and not four._pub_exact
+    for topic in itertools.chain(["p/a/d1/ping", "p/b/d1/ping"], topics(count=300), HOSTILE):
+        short = four._publish_entry(topic)
+        four._publishes = True  # the shape index's way, for comparison
+        try:
+            assert short == four._publish_entry(topic), topic
+        finally:
+            four._publishes = False
+    assert four.decide_receive("p/a/d1/ping").allowed
