@@ -261,13 +261,11 @@ class AgentPolicy:
     """
 
     # Slots: the per-packet calls read a few attributes; no instance dict to go through.
-    # The maps the per-packet calls read come first: they share a cache line with the
-    # object's header, which calling a method reads anyway.
     __slots__ = (
-        "_recv_exact", "_pub_exact", "_recv_cache", "_pub_cache", "_sub_cache",
-        "agent_id", "tools", "tenants", "_registry", "_validators", "_scope", "_unknown",
-        "_publish", "_subscribe", "_pub_shapes", "_recv_shapes", "_sub_orders",
-        "_any_shared", "_publishes",
+        "_recv_exact", "_pub_exact", "_recv_cache", "_pub_cache", "_unknown", "_scope",
+        "_recv_shapes", "_pub_shapes", "_publishes", "agent_id", "_registry", "_sub_cache",
+        "tools", "tenants", "_validators", "_publish", "_subscribe", "_sub_orders",
+        "_any_shared",
     )
 
     def __init__(
