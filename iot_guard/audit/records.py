@@ -132,12 +132,17 @@ class LineTemplate:
 
     __slots__ = ("fields", "line_format", "open_index", "readers")
 
-    def __init__(self, fields: dict[str, Any], line_format: bytes, open_keys: list[str],
-                 readers: list[Callable[[Any], Any]]) -> None:
+    def __init__(self, fields: dict[str, Any], line_format: bytes,
+                 open_index: dict[str, int], readers: list[Callable[[Any], Any]]) -> None:
         self.fields = fields
         self.line_format = line_format
-        self.open_index = {key: i for i, key in enumerate(open_keys)}
+        self.open_index = open_index
         self.readers = readers
+
+
+# The open keys' places and readers, shared by the templates of one layout (a few).
+_Layout = tuple[dict[str, int], list[Callable[[Any], Any]]]
+_layouts: dict[tuple[tuple[str, bytes], ...], _Layout] = {}
 
 
 def line_template(record: dict[str, Any], open_keys: dict[str, bytes]) -> LineTemplate | None:
@@ -147,30 +152,37 @@ def line_template(record: dict[str, Any], open_keys: dict[str, bytes]) -> LineTe
     only ``dumps`` encodes): those records are encoded one by one, as always.
 
     A JSON object's members are written one after another: the runs of fixed members
-    are encoded once (by orjson, as ``record_body`` does), the open ones go between."""
+    are encoded once (by orjson, as ``record_body`` does), the open ones go between.
+    The template keeps ``record`` (its stand-in values are never read): leave it be."""
     if not RESERVED.isdisjoint(record):
         return None
+    items = list(record.items())
     parts = [b'{"seq":%d,"prev":"%s"']
-    run: dict[str, Any] = {}
-    opened: list[str] = []
+    opened: list[tuple[str, bytes]] = []
+    start = 0
     try:
-        for key, value in record.items():
+        for i, (key, _) in enumerate(items):
             kind = open_keys.get(key)
             if kind is None:
-                run[key] = value
                 continue
-            if run:
-                parts.append(b"," + _orjson_dumps(run)[1:-1].replace(b"%", b"%%"))
-                run = {}
+            if i > start:
+                parts.append(b"," + _orjson_dumps(dict(items[start:i]))[1:-1].replace(b"%", b"%%"))
             parts.append(b"," + _orjson_dumps(key).replace(b"%", b"%%") + b":" + kind)
-            opened.append(key)
-        if run:
-            parts.append(b"," + _orjson_dumps(run)[1:-1].replace(b"%", b"%%"))
+            opened.append((key, kind))
+            start = i + 1
+        if start < len(items):
+            parts.append(b"," + _orjson_dumps(dict(items[start:]))[1:-1].replace(b"%", b"%%"))
     except TypeError:
         return None
     parts.append(b"}")
-    return LineTemplate(dict(record), b"".join(parts), opened,
-                        [_READ_OPEN[open_keys[key]] for key in opened])
+    layout = _layouts.get(tuple(opened))
+    if layout is None:
+        if len(_layouts) >= 64:
+            _layouts.clear()
+        layout = _layouts[tuple(opened)] = (
+            {key: i for i, (key, _) in enumerate(opened)},
+            [_READ_OPEN[kind] for _, kind in opened])
+    return LineTemplate(record, b"".join(parts), *layout)
 
 
 class TemplateRecord(Mapping[str, Any]):

@@ -159,7 +159,9 @@ def audit_record(
 # decision; every other field is the template's, and so is the line around them.
 _MESSAGE_OPEN = {"timestamp": OPEN_PLAIN_STR, "qos": OPEN_INT, "retain": OPEN_BOOL,
                  "payload_bytes": OPEN_INT, "payload_sha256": OPEN_PLAIN_STR}
-_TEMPLATES_MAX = 16  # topics per session (~2 KB each); a session past it starts over
+# Topics per session with a template (~2 KB each) or a first sighting; a session past it
+# starts over. An agent going round more topics than this gets dict records, as before.
+_TEMPLATES_MAX = 32
 _sha256 = hashlib.sha256
 _hexlify = binascii.hexlify
 _new = object.__new__
@@ -167,14 +169,15 @@ _new = object.__new__
 
 class AuditRecorder:
     """The audit records of one session's messages (publish, receive), the same as
-    ``audit_record`` makes, at a fraction of the cost: per topic the record is made once
-    as a template (``records.line_template``) and each message is a ``TemplateRecord``
-    of it with its own timestamp, QoS, retain flag, payload size and digest.
+    ``audit_record`` makes, at a fraction of the cost: for a topic (and decision) seen
+    again, the record is made once as a template (``records.line_template``) and each
+    message is a ``TemplateRecord`` of it with its own timestamp, QoS, retain flag,
+    payload size and digest. A template costs a few records' worth to make, so the
+    first message of a topic, and anything out of the ordinary (a QoS or retain flag of
+    another type, a field the template cannot hold), gets ``audit_record``'s dict.
 
     ``ident`` is what the session was when this was made (agent, client id, token id,
-    mode): a session whose ident changed needs a new recorder. Anything out of the
-    ordinary (a QoS or retain flag of another type, a field the template cannot hold)
-    gets ``audit_record``'s dict.
+    mode): a session whose ident changed needs a new recorder.
     """
 
     __slots__ = ("ident", "session_id", "_templates", "_now", "_stamp")
@@ -185,8 +188,10 @@ class AuditRecorder:
     ) -> None:
         self.ident = (agent_id, client_id, token_id, mode)
         self.session_id = session_id
-        # (packet, topic) -> (the decision it was made for, its template or None)
-        self._templates: dict[tuple[str, str], tuple[Decision, LineTemplate | None]] = {}
+        # (packet, topic, decision id) -> (the decision, its template or None, whether that
+        # template was made: a first sighting has none yet; None made: it cannot have one)
+        self._templates: dict[
+            tuple[str, str, int], tuple[Decision, LineTemplate | None, bool]] = {}
         self._now: float | None = None
         self._stamp = b""
 
@@ -194,11 +199,21 @@ class AuditRecorder:
         self, now: float, decision: Decision, packet: str, scope: str, payload: bytes,
         qos: int | None, retain: bool | None,
     ) -> Mapping[str, Any]:
-        key = (packet, scope)
-        entry = self._templates.get(key)
+        # The decision is part of the key: a topic's decision may differ by QoS or retain
+        # flag. The entry holds the decision, so its id is not reused while it lives.
+        key = (packet, scope, id(decision))
+        templates = self._templates
+        entry = templates.get(key)
+        template = None
         if entry is None or entry[0] is not decision:
-            entry = self._template(key, decision)
-        template = entry[1]
+            if len(templates) >= _TEMPLATES_MAX:
+                templates.clear()  # an agent roaming over many topics: bounded memory
+            templates[key] = (decision, None, False)  # seen once
+        elif entry[2]:
+            template = entry[1]
+        else:  # seen again: worth a template
+            template = self._template(key, decision)
+            templates[key] = (decision, template, True)
         if template is None or qos.__class__ is not int or retain.__class__ is not bool:
             agent_id, client_id, token_id, mode = self.ident
             return audit_record(now=now, agent_id=agent_id, session_id=self.session_id,
@@ -216,17 +231,12 @@ class AuditRecorder:
         return record
 
     def _template(
-        self, key: tuple[str, str], decision: Decision
-    ) -> tuple[Decision, LineTemplate | None]:
+        self, key: tuple[str, str, int], decision: Decision
+    ) -> LineTemplate | None:
         agent_id, client_id, token_id, mode = self.ident
         # The open fields hold stand-ins; each record has its own.
         record = audit_record(now=0.0, agent_id=agent_id, session_id=self.session_id,
                               client_id=client_id, token_id=token_id, decision=decision,
                               packet=key[0], scope=key[1], payload=b"", qos=0, retain=False,
                               mode=mode)
-        entry = (decision, line_template(record, _MESSAGE_OPEN))
-        templates = self._templates
-        if len(templates) >= _TEMPLATES_MAX:
-            templates.clear()  # an agent roaming over many topics: bounded memory
-        templates[key] = entry
-        return entry
+        return line_template(record, _MESSAGE_OPEN)

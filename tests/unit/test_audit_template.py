@@ -95,6 +95,11 @@ def _connected(level: int, password: bytes, will: Will | None = None) -> list[tu
             (BrokerData(encode(Connack(), level)), NOW)]
 
 
+def twice(event: Event) -> list[tuple[Event, float]]:
+    """A message seen again gets a template (the first of a topic gets a dict)."""
+    return [(event, NOW), (event, NOW + 0.5)]
+
+
 def _scenarios(level: int, password: bytes) -> dict[str, tuple[SessionSettings,
                                                                 Callable[[], Pipeline] | None,
                                                                 list[tuple[Event, float]]]]:
@@ -108,17 +113,17 @@ def _scenarios(level: int, password: bytes) -> dict[str, tuple[SessionSettings,
             *start, (AgentData(batch), NOW + 0.25), (AgentData(batch), NOW + 0.5000005),
             (AgentData(_publish(SHADOW_UPDATE, GOOD_SHADOW, level)), NOW + 1.0)]),
         "denied (policy, payload, odd topic) and empty payloads": (SETTINGS, None, [
-            *start, (AgentData(_publish(FOREIGN_UPDATE, GOOD_SHADOW, level)), NOW),
-            (AgentData(_publish(SHADOW_UPDATE, b'{"state":{"desired":{"target_temp_c":45}}}',
-                                level)), NOW),
-            (AgentData(_publish(ODD_TOPIC, b"", level)), NOW),
-            (AgentData(_publish(SHADOW_UPDATE, b"", level)), NOW)]),
+            *start, *twice(AgentData(_publish(FOREIGN_UPDATE, GOOD_SHADOW, level))),
+            *twice(AgentData(_publish(
+                SHADOW_UPDATE, b'{"state":{"desired":{"target_temp_c":45}}}', level))),
+            *twice(AgentData(_publish(ODD_TOPIC, b"", level))),
+            *twice(AgentData(_publish(SHADOW_UPDATE, b"", level)))]),
         "held, refused for want of an approvals service": (SETTINGS, None, [
-            *start, (AgentData(group), NOW)]),
+            *start, *twice(AgentData(group))]),
         "held and parked": (HOLDING, None, [*start, (AgentData(group), NOW)]),
         "dry run": (DRY, None, [
-            *start, (AgentData(_publish(FOREIGN_UPDATE, GOOD_SHADOW, level)), NOW),
-            (AgentData(_publish(SHADOW_UPDATE, GOOD_SHADOW, level)), NOW)]),
+            *start, *twice(AgentData(_publish(FOREIGN_UPDATE, GOOD_SHADOW, level))),
+            *twice(AgentData(_publish(SHADOW_UPDATE, GOOD_SHADOW, level)))]),
         "observe-mode check": (SETTINGS, lambda: Pipeline([Refuse({"publish"}, enforce=False)]),
                                [*start, (AgentData(batch), NOW)]),
         "enforcing check": (SETTINGS, lambda: Pipeline([Refuse({"publish", "receive"})]),
@@ -126,8 +131,8 @@ def _scenarios(level: int, password: bytes) -> dict[str, tuple[SessionSettings,
         "receive and subscribe (no payload)": (SETTINGS, None, [
             *start,
             (AgentData(encode(Subscribe(1, [Subscription(TELEMETRY, 1)]), level)), NOW),
-            (BrokerData(_publish(TELEMETRY, b'{"t":21.5}', level, packet_id=4)), NOW),
-            (BrokerData(_publish(FOREIGN_UPDATE, b"{}", level, packet_id=5)), NOW)]),
+            *twice(BrokerData(_publish(TELEMETRY, b'{"t":21.5}', level, packet_id=4))),
+            *twice(BrokerData(_publish(FOREIGN_UPDATE, b"{}", level, packet_id=5)))]),
         "will at connect": (SETTINGS, None, _connected(
             level, password, Will(topic=SHADOW_UPDATE, payload=GOOD_SHADOW, qos=1))),
     }
@@ -153,7 +158,7 @@ def test_template_records_write_the_bytes_the_dict_records_wrote(
         # What readers see is the same too, key order included.
         assert [list(dict(r).items()) for r in fast] == [list(r.items()) for r in reference]
         # Records with a note or a status of their own (held, will, observed, dry run)
-        # are dicts, made as before; every other message is a template's.
+        # are dicts, made as before, and so is the first message of a topic.
         templated = any(type(r) is TemplateRecord for r in fast)
         assert templated is (name not in {"held and parked", "will at connect"}), name
 
@@ -260,15 +265,20 @@ def test_the_recorder_falls_back_to_the_dict_record_on_anything_unusual() -> Non
 
 def test_the_recorder_follows_the_decision_and_bounds_its_templates() -> None:
     recorder = AuditRecorder("ops-agent", "s-1", "agent-1", "tok", "enforce")
-    first = recorder.message(NOW, ALLOW, "publish", SHADOW_UPDATE, b"{}", 1, False)
     deny = Decision(Verdict.DENY, "no", 0x87, "write")
-    second = recorder.message(NOW, deny, "publish", SHADOW_UPDATE, b"{}", 1, False)
-    assert (first["decision"], second["decision"]) == ("allow", "deny")  # a new policy's
-    received = recorder.message(NOW, ALLOW, "receive", SHADOW_UPDATE, b"{}", 1, False)
-    assert received["packet"] == "receive"
-    for k in range(100):  # an agent roaming over many topics
-        recorder.message(NOW, deny, "publish", f"t/{k}", b"", 0, False)
-    assert len(recorder._templates) <= 16
+    made = [recorder.message(NOW, d, packet, SHADOW_UPDATE, b"{}", 1, False)
+            for d, packet in [(ALLOW, "publish")] * 3 + [(deny, "publish")] * 2
+            + [(ALLOW, "receive")] * 2 + [(ALLOW, "publish")]]
+    # The first of each (packet, topic, decision) is a dict, the next ones a template's.
+    assert [type(r) is TemplateRecord for r in made] == [False, True, True, False, True,
+                                                          False, True, True]
+    assert [(r["packet"], r["decision"]) for r in made] == (
+        [("publish", "allow")] * 3 + [("publish", "deny")] * 2 + [("receive", "allow")] * 2
+        + [("publish", "allow")])
+    for k in range(100):  # an agent roaming over many topics: bounded, and dicts
+        assert type(recorder.message(NOW, deny, "publish", f"t/{k % 50}", b"", 0,
+                                     False)) is dict
+    assert len(recorder._templates) <= 32
 
 
 def test_a_session_whose_identity_changed_gets_a_new_recorder() -> None:
