@@ -307,6 +307,12 @@ class AgentPolicy:
     def __repr__(self) -> str:
         return f"AgentPolicy({self.agent_id!r}, tools={list(self.tools)})"
 
+    def clear_cache(self) -> None:
+        """Forget every answer decided on demand (the maps decided at CONNECT stay)."""
+        self._pub_cache.clear()
+        self._sub_cache.clear()
+        self._recv_cache.clear()
+
     def _concrete(
         self, root: Node, shapes: ShapeIndex | None, levels: list[str], first_only: bool
     ) -> tuple[list[tuple[End, Bindings]], Miss | None]:

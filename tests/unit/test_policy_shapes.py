@@ -237,6 +237,12 @@ def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
         assert list(ops._recv_cache) == [f"junk/{i}"]
     assert ops._recv_exact == exact
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
+    assert not ops.decide_publish("junk/p", b"").allowed and ops._pub_cache
+    assert not ops.decide_subscribe("junk/#").allowed and ops._sub_cache
+    ops.clear_cache()
+    assert not ops._recv_cache and not ops._pub_cache and not ops._sub_cache
+    assert ops._recv_exact == exact and ops._pub_exact
+    assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
 
 
 def test_an_agent_without_publish_tools_is_refused_as_the_index_would(tmp_path: Path) -> None:
