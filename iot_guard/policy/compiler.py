@@ -4,8 +4,11 @@ Compilation happens once (principle 5). Each agent gets two tries (``trie.py``),
 for its publish tools and one for its subscribe tools, built from those tools' topic
 templates only, and, for templates without wildcards, an index by topic shape
 (``shapes.py``), so the first packet on a topic is a lookup and a few checks.
-Topic-level results are cached per topic (bounded); the payload check still runs for
-every publish (``checks.py``). Subscription filters are judged by ``coverage.py``;
+At CONNECT every topic the agent may publish to or receive on is decided in advance
+(``_TopicMaps``, shared by agents with the same tools and tenants): such a packet is
+one dict lookup however large the fleet. Other topics are decided on demand and
+cached per agent (bounded); the payload check still runs for every publish that
+carries one (``checks.py``). Subscription filters are judged by ``coverage.py``;
 every refusal is worded by ``wording.py``.
 
 Deny by default: a topic no tool matches is denied, and every decision says why.
