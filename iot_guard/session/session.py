@@ -457,14 +457,12 @@ class GuardSession:
             )
             return
         if self.pipeline.wants("connect"):
-            judged = self.pipeline.run(Request(
+            decision = self._judge(actions, now, _CONNECT_ALLOWED, Request(
                 "connect", claims.agent_id, self.session_id, claims.token_id, self.peer,
                 issued_at=claims.issued_at,
-            ), _CONNECT_ALLOWED, now)
-            self._audit_observed(actions, now, judged, "connect", self.peer)
-            if judged.decision.verdict is not Verdict.ALLOW:
-                self._refuse_connect(actions, now, judged.decision.reason_code,
-                                     judged.decision.reason)
+            ), "connect", self.peer)
+            if decision.verdict is not Verdict.ALLOW:
+                self._refuse_connect(actions, now, decision.reason_code, decision.reason)
                 return
         if connect.will is not None:
             # The will is a publish the broker makes later on the agent's behalf:
@@ -473,8 +471,7 @@ class GuardSession:
             decision = self._check_response_topic(will.properties) or agent.decide_publish(
                 will.topic, will.payload, will.qos, will.retain
             )
-            if self._dry_run and decision.verdict is not Verdict.ALLOW:
-                decision = self._observe_policy(actions, now, decision, "publish", will.topic)
+            decision = self._judge(actions, now, decision, None, "publish", will.topic)
             self._audit(actions, now, decision, "publish", will.topic, payload=will.payload,
                         qos=will.qos, retain=will.retain, note="will message")
             if decision.verdict is not Verdict.ALLOW:
@@ -594,13 +591,11 @@ class GuardSession:
         if decision is None:
             decision = agent.decide_publish(publish.topic, publish.payload, publish.qos,
                                             publish.retain)
-        if self._dry_run and decision.verdict is not Verdict.ALLOW:
-            decision = self._observe_policy(actions, now, decision, "publish", publish.topic)
-        if self._wants_publish:
-            judged = self.pipeline.run(self._request("publish", publish), decision, now)
-            decision = judged.decision
-            if judged.observed:
-                self._audit_observed(actions, now, judged, "publish", publish.topic)
+        decision = self._judge(
+            actions, now, decision,
+            self._request("publish", publish) if self._wants_publish else None,
+            "publish", publish.topic,
+        )
         verdict = decision.verdict
         if verdict is Verdict.ALLOW:
             self._audit(actions, now, decision, "publish", publish.topic,
@@ -684,13 +679,12 @@ class GuardSession:
         agent = self._agent
         assert agent is not None
         decision = agent.decide_receive(publish.topic)
-        if self._dry_run and decision.verdict is not Verdict.ALLOW:
-            decision = self._observe_policy(actions, now, decision, "receive", publish.topic)
-        if self._wants_receive:
-            judged = self.pipeline.run(self._request("receive", publish), decision, now)
-            decision = judged.decision
-            if judged.observed:
-                self._audit_observed(actions, now, judged, "receive", publish.topic)
+        if self._dry_run or self._wants_receive:
+            decision = self._judge(
+                actions, now, decision,
+                self._request("receive", publish) if self._wants_receive else None,
+                "receive", publish.topic,
+            )
         if decision.verdict is Verdict.ALLOW:
             return True
         # The agent may not see this message: acknowledge it to the broker ourselves.
@@ -728,16 +722,10 @@ class GuardSession:
                                            f"({EVENTS_TOPIC}, {APPROVALS_PREFIX}+)")
                 continue
             decision = agent.decide_subscribe(topic_filter, subscription.qos)
-            if self._dry_run and decision.verdict is not Verdict.ALLOW:
-                decision = self._observe_policy(actions, now, decision, "subscribe",
-                                                topic_filter)
-            if self.pipeline.wants("subscribe"):
-                judged = self.pipeline.run(Request(
-                    "subscribe", self.agent_id, self.session_id, self.token_id, topic_filter,
-                    subscription.qos,
-                ), decision, now)
-                decision = judged.decision
-                self._audit_observed(actions, now, judged, "subscribe", topic_filter)
+            decision = self._judge(actions, now, decision, Request(
+                "subscribe", self.agent_id, self.session_id, self.token_id, topic_filter,
+                subscription.qos,
+            ) if self.pipeline.wants("subscribe") else None, "subscribe", topic_filter)
             self._audit(actions, now, decision, "subscribe", topic_filter, qos=subscription.qos)
             if decision.verdict is Verdict.ALLOW:
                 cap = decision.max_qos if decision.max_qos is not None else 2
@@ -878,6 +866,21 @@ class GuardSession:
                 status=status, mode=self._mode,
             )
         actions.append(WriteAudit(record))
+
+    def _judge(
+        self, actions: list[Command], now: float, decision: Decision, request: Request | None,
+        packet: str, scope: str,
+    ) -> Decision:
+        """The policy's decision after the dry run and the check pipeline (``request`` None:
+        no check asks about this kind of action). What either only observed is audited."""
+        if self._dry_run and decision.verdict is not Verdict.ALLOW:
+            decision = self._observe_policy(actions, now, decision, packet, scope)
+        if request is not None:
+            judged = self.pipeline.run(request, decision, now)
+            if judged.observed:
+                self._audit_observed(actions, now, judged, packet, scope)
+            decision = judged.decision
+        return decision
 
     def _observe_policy(
         self, actions: list[Command], now: float, decision: Decision, packet: str, scope: str
