@@ -1,8 +1,9 @@
 """Keep the state store's chain head in step with the log (issue 8 §1; issue 11).
 
 The file alone cannot show a cut made exactly after a checkpoint: what is left verifies.
-So at each checkpoint the guard also stores where its chain ends (last seq and hash, the
-checkpoint's size and root) in the state store, off the packet path; at start, a stored
+So at checkpoints (at most once a second, and at a clean stop) the guard also stores where
+its chain ends (last seq and hash, the checkpoint's size and root) in the state store, off
+the packet path; at start, a stored
 head beyond the end of the file means lines were removed while the guard was down, and
 the guard refuses to start. The store is compare-and-set on the seq this guard stored
 last, so a second writer of the same origin (one chain, one writer) is noticed. Only
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 
@@ -23,6 +25,11 @@ from .log import AuditError, AuditLog
 
 log = logging.getLogger("iot_guard.audit")
 
+# The newest head is stored at most this often (seconds), and at a clean stop. A cut
+# of the log's last second is the window this leaves; the checkpoints themselves are
+# signed as often as before (every N records or T seconds).
+HEAD_INTERVAL = 1.0
+
 
 class ChainHeadSync:
     def __init__(self, audit: AuditLog, store: ChainHeadStore) -> None:
@@ -32,6 +39,8 @@ class ChainHeadSync:
         # The newest head not yet handed to the store, and the task storing heads.
         self._latest: ChainHead | None = None
         self._storing: asyncio.Task[None] | None = None
+        self._stored_at = -HEAD_INTERVAL  # monotonic time of the last put
+        self._hurry = asyncio.Event()  # set by flush(): store the last head now
 
     async def check(self) -> None:
         """At start: the file must reach at least as far as the store says it did."""
@@ -78,7 +87,14 @@ class ChainHeadSync:
 
     async def _store_latest(self) -> None:
         while self._latest is not None:
+            # At most one put per HEAD_INTERVAL: a busy guard signs dozens of checkpoints
+            # a second, and each put is a synced store write.
+            wait = self._stored_at + HEAD_INTERVAL - time.monotonic()
+            if wait > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), wait)
             head, self._latest = self._latest, None
+            self._stored_at = time.monotonic()
             await self._put(head)
 
     async def _put(self, head: ChainHead) -> None:
@@ -95,6 +111,7 @@ class ChainHeadSync:
                       self.audit.origin)
 
     async def flush(self) -> None:
-        """Wait for the heads still being stored (before the store closes)."""
+        """Store the newest head now and wait for it (before the store closes)."""
+        self._hurry.set()
         if self._storing is not None:
             await asyncio.gather(self._storing, return_exceptions=True)

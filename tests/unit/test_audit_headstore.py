@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from iot_guard.audit import AuditLog
 from iot_guard.audit.headstore import ChainHeadSync
 from iot_guard.audit.signer import NoteSigner
@@ -64,6 +66,54 @@ def test_a_busy_store_gets_the_newest_head_not_a_queue(tmp_path: Path) -> None:
             await asyncio.wait_for(sync.flush(), 5)
             stored = await stores.chain.head(ORIGIN)
             assert stored is not None and stored.seq == log.state.seq - 1
+            log.close()
+        finally:
+            await stores.close()
+
+    asyncio.run(main())
+
+
+def test_heads_are_stored_at_most_once_an_interval_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy guard signs many checkpoints a second: the store gets the first at once,
+    then only the newest once the interval has passed (each put is a synced write)."""
+    import time
+
+    from iot_guard.audit import headstore
+
+    monkeypatch.setattr(headstore, "HEAD_INTERVAL", 0.3)
+
+    async def main() -> None:
+        stores = await open_state(tmp_path / "state")
+        try:
+            held = HeldBack(stores.chain)
+            held.release.set()  # a quick store: only the interval holds puts back
+            log = AuditLog(tmp_path / "audit.jsonl", signer=NoteSigner.generate(ORIGIN),
+                           checkpoint_records=1000)
+            sync = ChainHeadSync(log, held)  # type: ignore[arg-type]
+            await sync.check()
+            log.on_checkpoint = sync.on_checkpoint
+            started = time.monotonic()
+            for n in range(10):  # ten checkpoints in a burst
+                log.write({"n": n})
+                log.checkpoint()
+                await asyncio.sleep(0)  # the loop runs the storing task in between
+            assert len(held.puts) == 1  # the first at once, the rest wait for the interval
+            last = log.state.seq - 1
+            deadline = time.monotonic() + 5
+            while len(held.puts) < 2:
+                assert time.monotonic() < deadline, "the newest head was never stored"
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - started >= 0.3
+            assert held.puts == [held.puts[0], last]
+            stored = await stores.chain.head(ORIGIN)
+            assert stored is not None and stored.seq == last
+            # flush() at a stop does not wait for the interval.
+            log.write({"n": 10})
+            log.checkpoint()
+            await asyncio.wait_for(sync.flush(), 0.25)
+            assert held.puts[-1] == log.state.seq - 1
             log.close()
         finally:
             await stores.close()
