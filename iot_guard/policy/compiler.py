@@ -33,10 +33,10 @@ from ..policy_models import (
     risk_max,
 )
 from . import wording
-from .checks import PubMatch, check_payload
 from .coverage import first_granting
 from .decision import READ, WRITE, Decision, Verdict, decision, deny
 from .loader import PolicyError, PolicySource, dotted, load_policy_source
+from .pubmatch import PubMatch, check_payload
 from .registry import Bindings, Registry, Scope, resource_of
 from .schemas import free_form_checkers
 from .shapes import Miss, ShapeIndex

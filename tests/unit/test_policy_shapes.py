@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from iot_guard.policy import compiler
-from iot_guard.policy.checks import PubMatch
 from iot_guard.policy.compiler import CompiledPolicy
 from iot_guard.policy.decision import Decision
+from iot_guard.policy.pubmatch import PubMatch
 from iot_guard.policy.trie import match
 
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
