@@ -46,19 +46,44 @@ class Decision:
         return self.verdict is Verdict.ALLOW
 
 
-_new = object.__new__
 _DENY = Verdict.DENY
-(
-    _set_verdict,
-    _set_reason,
-    _set_code,
-    _set_action,
-    _set_tool,
-    _set_rule,
-    _set_resource,
-    _set_risk,
-    _set_max_qos,
-) = (getattr(Decision, name).__set__ for name in Decision.__slots__)
+
+
+class _Draft:
+    """A Decision being filled: the same slots (so the same layout) without the frozen
+    ``__setattr__``, so each field is one plain slot store; then it becomes a Decision.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``
+    (about 1.4 us for nine fields here), setting them through the slot descriptors
+    costs a call each (0.65 us); this costs 0.44 us. Python allows ``__class__`` to
+    change between classes of the same layout; the object is then a Decision like any
+    other (equal, hashable, frozen), which tests/unit/test_policy_decision.py checks.
+    """
+
+    __slots__ = Decision.__slots__
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        reason: str,
+        reason_code: int,
+        action_type: str,
+        tool: str | None,
+        rule: str | None,
+        resource: str | None,
+        risk: str | None,
+        max_qos: int | None,
+    ) -> None:
+        self.verdict = verdict
+        self.reason = reason
+        self.reason_code = reason_code
+        self.action_type = action_type
+        self.tool = tool
+        self.rule = rule
+        self.resource = resource
+        self.risk = risk
+        self.max_qos = max_qos
+        self.__class__ = Decision  # type: ignore[assignment]  # from here on, frozen
 
 
 def decision(
@@ -72,22 +97,10 @@ def decision(
     risk: str | None = None,
     max_qos: int | None = None,
 ) -> Decision:
-    """``Decision(...)`` for the per-topic decisions of a first packet, at half the cost.
-
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``;
-    the slot descriptors set the same slots directly. Same object, same immutability.
-    """
-    d = _new(Decision)
-    _set_verdict(d, verdict)
-    _set_reason(d, reason)
-    _set_code(d, reason_code)
-    _set_action(d, action_type)
-    _set_tool(d, tool)
-    _set_rule(d, rule)
-    _set_resource(d, resource)
-    _set_risk(d, risk)
-    _set_max_qos(d, max_qos)
-    return d
+    """``Decision(...)`` for the per-topic decisions of a first packet, at a third of
+    the cost (see ``_Draft``). Same object, same immutability."""
+    made = _Draft(verdict, reason, reason_code, action_type, tool, rule, resource, risk, max_qos)
+    return made  # type: ignore[return-value]  # a Decision now
 
 
 def deny(
@@ -99,4 +112,5 @@ def deny(
     resource: str | None = None,
     risk: str | None = None,
 ) -> Decision:
-    return decision(_DENY, reason, reason_code, action_type, tool, rule, resource, risk)
+    made = _Draft(_DENY, reason, reason_code, action_type, tool, rule, resource, risk, None)
+    return made  # type: ignore[return-value]  # a Decision now
