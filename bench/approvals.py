@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from simulator.agent import AgentClient
 from simulator.broker import MosquittoBroker
 from simulator.fleet import Fleet
@@ -54,6 +56,13 @@ def bench_policy(source: Path, target: Path, max_per_minute: float) -> Path:
     tools.write_text(text)
     approvals = target / "approvals.yaml"
     approvals.write_text(re.sub(r"timeout_s: \d+", "timeout_s: 3600", approvals.read_text()))
+    # The example's push limits (5 a minute, 20 a session) would refuse the timing's tenth
+    # push: this bench times approvals and rollouts, bench.brakes times the limits.
+    limits = target / "limits.yaml"
+    if limits.exists():
+        document = yaml.safe_load(limits.read_text()) or {}
+        (document.get("limits") or {}).get("tools", {}).pop("group_config_push", None)
+        limits.write_text(yaml.safe_dump(document, sort_keys=False))
     return target
 
 

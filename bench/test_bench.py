@@ -298,6 +298,9 @@ def test_approvals_bench_policy_loads_with_a_ten_device_group_and_the_pace(
     assert rollout is not None
     assert (rollout.max_per_minute, rollout.canary, rollout.bake_s) == (600.0, 0, 0)
     assert {lv.timeout_s for c in doc.approvals.chains.values() for lv in c.levels} == {3600}
+    # The timing pushes ten times in a minute: the example's push limit is lifted, no other.
+    assert "group_config_push" not in doc.limits.tools
+    assert "identify_device" in doc.limits.tools
 
 
 def test_the_crowd_benches_get_a_policy_that_admits_their_sessions(tmp_path: Path) -> None:
