@@ -102,11 +102,15 @@ def machine() -> str:
     )
 
 
-def policy_for_crowds(source: Path, workdir: Path, sessions: int) -> Path:
+def policy_for_benches(source: Path, workdir: Path, sessions: int) -> Path:
     """A copy of the policy whose per-agent connection limit lets ``sessions`` CONNECTs of
-    one agent through at once (every other rule as it is)."""
+    one agent through at once and whose group pushes are not rate-limited (the approvals
+    bench parks 1,000 of them); every other rule as it is."""
+    from .approvals import lift_push_limits
+
     target = workdir / "policy"
     shutil.copytree(source, target)
+    lift_push_limits(target)
     for path in target.glob("*.yaml"):
         document = yaml.safe_load(path.read_text()) or {}
         connections = (document.get("limits") or {}).get("connections")
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"logs and audit log in {workdir} (removed at exit)")
             # Hundreds (load) to thousands (idle) of one agent's sessions connect at once:
             # the example policy's reconnect-storm limit would refuse them (0x9F).
-            policy = policy_for_crowds(args.policy, workdir,
+            policy = policy_for_benches(args.policy, workdir,
                                        max(args.load_sessions, args.idle_sessions))
             with bench_broker(workdir) as broker:
                 guard = GuardProcess(policy, broker.port, workdir, args.profile_guard)

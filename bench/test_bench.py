@@ -303,14 +303,18 @@ def test_approvals_bench_policy_loads_with_a_ten_device_group_and_the_pace(
     assert "identify_device" in doc.limits.tools
 
 
-def test_the_crowd_benches_get_a_policy_that_admits_their_sessions(tmp_path: Path) -> None:
-    from bench.__main__ import policy_for_crowds
+def test_the_benches_get_a_policy_that_admits_their_sessions_and_pushes(
+    tmp_path: Path,
+) -> None:
+    from bench.__main__ import policy_for_benches
     from iot_guard.policy.loader import load_policy
 
     source = Path(__file__).parents[1] / "device_policies"
-    copy = policy_for_crowds(source, tmp_path, 5000)
+    copy = policy_for_benches(source, tmp_path, 5000)
     limits = load_policy(copy).limits
     assert limits.connections is not None and limits.connections.burst >= 5000
+    assert "group_config_push" not in limits.tools  # 1,000 pushes are parked
+    assert "identify_device" in limits.tools
     # Everything else is the example policy as it is.
     assert load_policy(copy).tools.keys() == load_policy(source).tools.keys()
 
