@@ -14,6 +14,7 @@ import math
 import random
 import struct
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from iot_guard.payloads.jsondoc import (
 )
 from iot_guard.policy.loader import load_policy
 from iot_guard.policy_models import FieldSpec, PolicyDocument
+
+from .strategies import field_specs as shared_field_specs
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 T = "thermostat"
@@ -461,24 +464,9 @@ bounds = st.none() | st.integers(-60, 60) | st.floats(-60, 60, allow_nan=False) 
     | st.sampled_from([2.0**53, -(2.0**53), 2.0**63, 1e300, 0.5])
 
 
-@st.composite
-def field_specs(draw: st.DrawFn) -> FieldSpec:
-    kind = draw(st.sampled_from(["number", "integer", "string", "boolean"]))
-    data: dict[str, object] = {"type": kind}
-    if kind in ("number", "integer"):
-        low, high = draw(bounds), draw(bounds)
-        if low is not None and high is not None and low > high:
-            low, high = high, low
-        data["minimum"], data["maximum"] = low, high
-        if draw(st.booleans()):
-            data["enum"] = draw(st.lists(st.integers(-5, 5) | st.just(2**53 + 1), min_size=1,
-                                         max_size=3))
-    elif kind == "string":
-        if draw(st.booleans()):
-            data["enum"] = draw(st.lists(st.sampled_from(["a", "bb", "ccc", "é"]), min_size=1))
-        if draw(st.booleans()):
-            data["max_length"] = draw(st.integers(0, 3))
-    return FieldSpec.model_validate(data)
+field_specs = partial(
+    shared_field_specs, bounds, st.integers(-5, 5) | st.just(2**53 + 1), ["a", "bb", "ccc", "é"]
+)
 
 
 values = (

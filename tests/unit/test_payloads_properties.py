@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from iot_guard.payloads import PayloadValidators, merge_patch
 from iot_guard.payloads.fields import field_problem
 from iot_guard.policy.loader import load_policy
 from iot_guard.policy_models import RISK_ORDER, FieldSpec, PolicyDocument
+
+from .strategies import field_specs as shared_field_specs
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 T = "thermostat"
@@ -116,23 +119,7 @@ def test_arbitrary_json_never_raises(v: PayloadValidators, value: object, kind: 
 bounds = st.none() | st.integers(-50, 50) | st.floats(-50, 50, allow_nan=False)
 
 
-@st.composite
-def field_specs(draw: st.DrawFn) -> FieldSpec:
-    kind = draw(st.sampled_from(["number", "integer", "string", "boolean"]))
-    data: dict[str, object] = {"type": kind}
-    if kind in ("number", "integer"):
-        low, high = draw(bounds), draw(bounds)
-        if low is not None and high is not None and low > high:
-            low, high = high, low
-        data["minimum"], data["maximum"] = low, high
-        if draw(st.booleans()):
-            data["enum"] = draw(st.lists(st.integers(-5, 5), min_size=1, max_size=3))
-    elif kind == "string":
-        if draw(st.booleans()):
-            data["enum"] = draw(st.lists(st.sampled_from(["a", "bb", "ccc"]), min_size=1))
-        if draw(st.booleans()):
-            data["max_length"] = draw(st.integers(0, 3))
-    return FieldSpec.model_validate(data)
+field_specs = partial(shared_field_specs, bounds, st.integers(-5, 5), ["a", "bb", "ccc"])
 
 
 @settings(max_examples=200, deadline=None)
