@@ -99,7 +99,6 @@ class CompiledAnomaly:
     counts_tools: bool  # first_use or rate_spike: count actions per agent+tool
     active: bool
     where: dict[str, str]  # rule name -> "file:line (anomaly.<rule>)"
-    on: frozenset[str]  # the rules not off
     # What the packet path reads, as plain fields (no model attribute chains, no set
     # lookups per packet): each rule's switch, and the numbers of the counting rules.
     denials_on: bool
@@ -132,7 +131,6 @@ def compile_anomaly(policy: CompiledPolicy) -> CompiledAnomaly:
         on["first_use"] or on["rate_spike"],
         any(on.values()),
         where,
-        frozenset(name for name, active in on.items() if active),
         on["repeated_denials"], on["outside_tenants"], on["repeated_action"],
         on["first_use"], on["rate_spike"],
         rules.repeated_action.count,
@@ -196,10 +194,6 @@ class AnomalyCheck:
 
     def config(self) -> CompiledAnomaly:
         return self._cfg.get()
-
-    @property
-    def window_s(self) -> float:
-        return self.config().rules.rate_spike.window_s
 
     @property
     def alpha(self) -> float:
