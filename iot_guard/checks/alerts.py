@@ -70,13 +70,10 @@ class Alerts:
     def raise_alert(self, alert: Alert, cooldown_s: float | None = None) -> bool:
         """Queue ``alert`` unless one of the same key went out within the cooldown;
         returns whether it was queued. Never blocks, never raises."""
+        if self.cooling(alert.rule, alert.agent_id, alert.subject, alert.at, cooldown_s):
+            return False
         key = (alert.rule, alert.agent_id, alert.subject)
         cooldown = self.cooldown_s if cooldown_s is None else cooldown_s
-        last = self._last.get(key)
-        if last is not None and alert.at - last < cooldown:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            self.suppressed += 1
-            return False
         if len(self._queue) >= QUEUE_SIZE:
             self.dropped += 1
             return False
