@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,17 +73,28 @@ def secret() -> bytes:
     return secrets.token_hex(32).encode()  # text: a guard process reads it from a file
 
 
-@pytest.fixture
-def two_guards(mosquitto: MosquittoBroker, redis_server: RedisServer, tmp_path: Path,
-               secret: bytes) -> Iterator[tuple[Guard, Guard]]:
-    url = redis_server.fresh_url()
-    a = Guard(mosquitto, url, tmp_path / "a.jsonl", secret)
-    b = Guard(mosquitto, url, tmp_path / "b.jsonl", secret)
+@contextmanager
+def guard_pair(mosquitto: MosquittoBroker, url: str, tmp_path: Path, secret: bytes,
+               policy: Path = POLICY) -> Iterator[tuple[Guard, Guard]]:
+    """Guards A and B on one store, auditing to a.jsonl and b.jsonl; both stopped after."""
+    a = Guard(mosquitto, url, tmp_path / "a.jsonl", secret, policy)
+    try:
+        b = Guard(mosquitto, url, tmp_path / "b.jsonl", secret, policy)
+    except BaseException:
+        a.stop()
+        raise
     try:
         yield a, b
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.fixture
+def two_guards(mosquitto: MosquittoBroker, redis_server: RedisServer, tmp_path: Path,
+               secret: bytes) -> Iterator[tuple[Guard, Guard]]:
+    with guard_pair(mosquitto, redis_server.fresh_url(), tmp_path, secret) as pair:
+        yield pair
 
 
 def agent(port: int, secret: bytes, protocol: int = 5) -> AgentClient:
@@ -157,15 +169,40 @@ def status_of(guard: Guard, request_id: str) -> str | None:
     return view["status"] if view else None
 
 
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of one guard's audit log (JSON lines), in order."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def executions(*audits: Path) -> list[tuple[str, str]]:
     """(guard's executor client id, device) of every publish a guard carried out."""
-    out = []
-    for path in audits:
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "approval_execute":
-                out.append((record["client_id"], record["resource_id"]))
-    return out
+    return [(record["client_id"], record["resource_id"])
+            for path in audits for record in audit_records(path)
+            if record.get("event") == "approval_execute"]
+
+
+def hold_on(guard: Guard, secret: bytes, seen_by: Guard | None = None) -> str:
+    """The ops agent's floor-1 push through ``guard``, held: its request id (once
+    ``seen_by``, the other guard, sees it pending)."""
+    with agent(guard.thread.port, secret) as ops:
+        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+    if seen_by is not None:
+        eventually(lambda: status_of(seen_by, request_id) == "pending", 3, "B sees the request")
+    return request_id
+
+
+def rollout_of(guard: Guard, request_id: str) -> dict[str, str]:
+    """Each device's rollout status (device name without tenant), as the store has it."""
+    store = guard.thread.server.state
+    assert store is not None
+    states = guard.run(lambda: store.approvals.rollout(request_id)) or []
+    return {s.device.split("/")[1]: s.status for s in states}
+
+
+def await_rollout_under_way(guard: Guard, request_id: str) -> None:
+    """Until the canary is done and at least two devices are still to go."""
+    eventually(lambda: (r := rollout_of(guard, request_id)) and r.get("therm-001") == "succeeded"
+               and list(r.values()).count("queued") >= 2, 15, "rollout under way")
 
 
 def patches_received(fleet: Fleet, name: str) -> int:
@@ -217,7 +254,7 @@ def test_held_on_a_approved_through_b_is_carried_out_once_and_a_tells_its_agent(
         assert fleet.device("acme", name).state.reported["firmware_channel"] == "beta"
     # The decision is audited once, by the guard that took it.
     approvals_in = {
-        path.name: [r["action"] for r in map(json.loads, path.read_text().splitlines())
+        path.name: [r["action"] for r in audit_records(path)
                     if r.get("event") == "approval" and r.get("approval_id") == request_id]
         for path in (a.audit, b.audit)
     }
@@ -229,9 +266,7 @@ def test_both_guards_see_the_approval_at_once_and_one_carries_it_out(
     two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes, redis_server: RedisServer
 ) -> None:
     a, b = two_guards
-    with agent(a.thread.port, secret) as ops:
-        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    request_id = hold_on(a, secret, seen_by=b)
     # A third party (an approver on a guard that then went away) writes the approval to the
     # store: both guards learn of it from the doorbell at the same moment and both try.
     store_url = a.thread.server.state.location  # type: ignore[union-attr]
@@ -269,22 +304,13 @@ def test_a_request_held_on_a_escalates_on_b_after_a_is_gone(
     shutil.copytree(POLICY, policy)
     chains = policy / "approvals.yaml"
     chains.write_text(chains.read_text().replace("timeout_s: 300", "timeout_s: 1"))
-    url = redis_server.fresh_url()
-    a = Guard(mosquitto, url, tmp_path / "a.jsonl", secret, policy)
-    b = Guard(mosquitto, url, tmp_path / "b.jsonl", secret, policy)
-    try:
-        with agent(a.thread.port, secret) as ops:
-            request_id = held_id(
-                ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-        eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    with guard_pair(mosquitto, redis_server.fresh_url(), tmp_path, secret, policy) as (a, b):
+        request_id = hold_on(a, secret, seen_by=b)
         a.stop()  # A's timers are gone with it; B's run the deadlines
         view = eventually(lambda: (v := b.run(lambda: b.service.get(request_id)))
                           and v["status"] == "expired" and v, 8, "expired through B")
         actions = [h["action"] for h in view["history"]]
         assert actions.count("escalated") == 2, actions
-    finally:
-        a.stop()
-        b.stop()
     assert fleet.device("acme", "therm-001").config["firmware_channel"] == "stable"
 
 
@@ -318,24 +344,18 @@ def test_a_rollout_survives_the_death_of_the_guard_running_it(
         survivor = Guard(mosquitto, url, tmp_path / "survivor.jsonl", secret)
         store = survivor.thread.server.state
         assert store is not None
-
-        def rollout() -> dict[str, str]:
-            states = survivor.run(lambda: store.approvals.rollout(request_id)) or []
-            return {s.device.split("/")[1]: s.status for s in states}
-
         # Kill it once the canary is done and the rest is still to go.
-        eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
-                   and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+        await_rollout_under_way(survivor, request_id)
         record = survivor.run(lambda: store.approvals.get(request_id))
         assert record.status == "executing" and record.owner.startswith(EXECUTOR_PREFIX)
         assert record.owner != survivor.service.instance  # the victim runs it
         victim.kill()
-        at_death = rollout()
+        at_death = rollout_of(survivor, request_id)
         killed_at = time.monotonic()
         eventually(lambda: status_of(survivor, request_id) in ("done", "failed", "aborted"),
                    30, "the survivor finishes the rollout")
         took = time.monotonic() - killed_at
-        final = rollout()
+        final = rollout_of(survivor, request_id)
         view = survivor.run(lambda: survivor.service.get(request_id))
         assert view["status"] == "done", view
         record = survivor.run(lambda: store.approvals.get(request_id))
@@ -404,7 +424,7 @@ def test_a_hold_while_redis_is_down_fails_closed_and_the_agent_is_told(
                 eventually(lambda: status_of(a, second) == "pending", 10, "parked after recovery")
         finally:
             a.stop()
-    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    records = audit_records(tmp_path / "a.jsonl")
     failed = [r for r in records if r.get("approval_id") == request_id]
     assert [r["action"] for r in failed] == ["failed"] and failed[0]["alert"] is True
     assert not [r for r in records if r.get("event") == "approval_execute"]
@@ -417,20 +437,10 @@ def test_a_rollout_paused_by_redis_going_away_resumes_when_it_is_back(
     with RedisServer() as own:
         a = Guard(mosquitto, own.url(prefix="pause"), tmp_path / "a.jsonl", secret)
         try:
-            with agent(a.thread.port, secret) as ops:
-                request_id = held_id(
-                    ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
+            request_id = hold_on(a, secret)
             eventually(lambda: status_of(a, request_id) == "pending", 5, "parked")
             a.run(lambda: a.service.approve(request_id, "alice", "go"))
-            store = a.thread.server.state
-            assert store is not None
-
-            def rollout() -> dict[str, str]:
-                states = a.run(lambda: store.approvals.rollout(request_id)) or []
-                return {s.device.split("/")[1]: s.status for s in states}
-
-            eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
-                       and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+            await_rollout_under_way(a, request_id)
             own.stop()
             # Nothing is sent while the state is unreachable: no device gets a patch the
             # store does not know it was sent.
@@ -441,7 +451,7 @@ def test_a_rollout_paused_by_redis_going_away_resumes_when_it_is_back(
             eventually(lambda: status_of(a, request_id) in ("done", "failed", "aborted"),
                        30, "the rollout finishes after Redis is back")
             assert status_of(a, request_id) == "done", a.run(lambda: a.service.get(request_id))
-            final = rollout()
+            final = rollout_of(a, request_id)
         finally:
             a.stop()
     for name in DEVICES:
@@ -457,25 +467,17 @@ def test_a_kill_on_one_guard_aborts_the_rollout_the_other_is_running(
     two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes
 ) -> None:
     a, b = two_guards
-    with agent(a.thread.port, secret) as ops:
-        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    request_id = hold_on(a, secret, seen_by=b)
     b.run(lambda: b.service.approve(request_id, "alice", "go"))  # B claims and runs it
     state = a.thread.server.state
     assert state is not None
-
-    def rollout() -> dict[str, str]:
-        states = a.run(lambda: state.approvals.rollout(request_id)) or []
-        return {s.device.split("/")[1]: s.status for s in states}
-
-    eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
-               and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+    await_rollout_under_way(a, request_id)
     a.run(lambda: state.flags.kill("ops-agent", "runaway", "secops"))  # pulled on A
     view = eventually(lambda: (v := a.run(lambda: a.service.get(request_id)))
                       and v["status"] in ("aborted", "done", "failed") and v, 10,
                       "the rollout on B stops")
     assert view["status"] == "aborted" and "kill switch" in view["outcome"], view
-    final = rollout()
+    final = rollout_of(a, request_id)
     assert "queued" not in final.values() and "cancelled" in final.values(), final
     for name, status in final.items():
         assert patches_received(fleet, name) == (0 if status == "cancelled" else 1), name
@@ -485,19 +487,11 @@ def test_a_guard_stopped_for_an_upgrade_hands_its_rollout_over_at_once(
     two_guards: tuple[Guard, Guard], fleet: Fleet, secret: bytes
 ) -> None:
     a, b = two_guards
-    with agent(a.thread.port, secret) as ops:
-        request_id = held_id(ops.publish(FLOOR_1, {"firmware_channel": "beta"}).reason_string)
-    eventually(lambda: status_of(b, request_id) == "pending", 3, "B sees the request")
+    request_id = hold_on(a, secret, seen_by=b)
     b.run(lambda: b.service.approve(request_id, "alice", "go"))
     state = a.thread.server.state
     assert state is not None
-
-    def rollout() -> dict[str, str]:
-        states = a.run(lambda: state.approvals.rollout(request_id)) or []
-        return {s.device.split("/")[1]: s.status for s in states}
-
-    eventually(lambda: (r := rollout()) and r.get("therm-001") == "succeeded"
-               and list(r.values()).count("queued") >= 2, 15, "rollout under way")
+    await_rollout_under_way(a, request_id)
     b.stop()  # a clean stop (rolling upgrade): B releases its claim instead of aborting
     record = a.run(lambda: state.approvals.get(request_id))
     assert record.status == "executing"  # not aborted by the stop
