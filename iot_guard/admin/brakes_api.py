@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from ..state import ALL_AGENTS, Stores
-from ..tokens import ROLE_ADMIN
+from ..tokens import DEFAULT_MAX_TTL_S, ROLE_ADMIN
 from .server import AdminServer, json_error, json_response
 
 ADMINS = frozenset({ROLE_ADMIN})
@@ -60,7 +60,7 @@ class BrakesApi:
         who = self.admin.principal(request, ADMINS)
         body = await _body(request)
         agent = _agent(body)
-        reason = _reason(body, required=True)
+        reason = _reason(body)
         kill = await self.state.flags.kill(agent, reason, who.id)
         return json_response({"kill": asdict(kill)})
 
@@ -73,14 +73,14 @@ class BrakesApi:
     async def revoke(self, request: web.Request) -> web.Response:
         who = self.admin.principal(request, ADMINS)
         body = await _body(request)
-        reason = f"{_reason(body, required=True)} (by {who.id})"
+        reason = f"{_reason(body)} (by {who.id})"
         if "jti" in body:
             jti, expires_at = body.get("jti"), body.get("expires_at")
             if not isinstance(jti, str) or not jti:
                 return json_error(400, "jti must be a token id (the token's jti claim)")
             if not isinstance(expires_at, int | float):
-                # Unknown expiry: keep it for the longest a token may live (24 h default).
-                expires_at = time.time() + 24 * 3600
+                # Unknown expiry: keep it for the longest a token may live by default.
+                expires_at = time.time() + DEFAULT_MAX_TTL_S
             added = await self.state.flags.revoke(jti, expires_at=float(expires_at),
                                                   reason=reason, agent=body.get("agent"))
             return json_response({"revoked": jti, "new": added})
@@ -108,10 +108,8 @@ def _agent(body: dict[str, Any]) -> str:
     return agent
 
 
-def _reason(body: dict[str, Any], *, required: bool) -> str:
+def _reason(body: dict[str, Any]) -> str:
     reason = body.get("reason")
-    if reason is None and not required:
-        return ""
     if not isinstance(reason, str) or not reason.strip():
         raise web.HTTPBadRequest(text="give a reason: it goes to the audit log and the agent")
     if len(reason) > MAX_REASON:

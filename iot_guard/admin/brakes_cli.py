@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from ..state import ALL_AGENTS, StateError, open_state
+from ..tokens import DEFAULT_MAX_TTL_S
 from .cli import EXIT_OK, UsageError, add_connection_options, client_from, run
 
 
@@ -96,7 +97,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     spec = _local(args)
     if spec:
         if args.jti:
-            expires = args.expires_at or time.time() + 24 * 3600
+            expires = args.expires_at or time.time() + DEFAULT_MAX_TTL_S
             _offline(spec, lambda s: s.flags.revoke(args.jti, expires_at=expires,
                                                     reason=args.reason, agent=None))
         else:
