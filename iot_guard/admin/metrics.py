@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from ..proxy.stats import Histogram
+from .server import bound_port, http_url
 
 if TYPE_CHECKING:
     from ..proxy.server import GuardServer
@@ -253,15 +254,11 @@ class MetricsServer:
 
     @property
     def port(self) -> int:
-        assert self._runner is not None, "start() first"
-        for address in self._runner.addresses:
-            return int(address[1])
-        raise RuntimeError("metrics server has no listening socket")
+        return bound_port(self._runner, "metrics server")
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -60,6 +60,19 @@ def json_error(status: int, detail: str, error: str | None = None) -> web.Respon
 ADMIN_SERVER: web.AppKey[AdminServer] = web.AppKey("admin_server")
 
 
+def bound_port(runner: web.AppRunner | None, what: str) -> int:
+    """The port a started runner listens on (the one the OS chose when asked for 0)."""
+    assert runner is not None, "start() first"
+    for address in runner.addresses:
+        return int(address[1])
+    raise RuntimeError(f"{what} has no listening socket")
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 host in brackets (RFC 3986 §3.2.2)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class AdminServer:
     """The admin HTTP server. ``add_routes`` before ``start``; ``principal`` in a handler."""
 
@@ -151,15 +164,11 @@ class AdminServer:
 
     @property
     def port(self) -> int:
-        assert self._runner is not None, "start() first"
-        for address in self._runner.addresses:
-            return int(address[1])
-        raise RuntimeError("admin server has no listening socket")
+        return bound_port(self._runner, "admin server")
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     async def stop(self) -> None:
         for hook in self.on_stop:
