@@ -17,7 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import itemgetter
 
-from .registry import COMMAND, DEVICE, GROUP, NO_BINDINGS, TENANT, Bindings, Registry, Scope
+from .registry import (
+    COMMAND,
+    DEVICE,
+    GROUP,
+    NO_BINDINGS,
+    TENANT,
+    Bindings,
+    Registry,
+    Scope,
+    bind,
+)
 from .trie import End, end_ok
 
 Miss = tuple[End, int, str, Bindings]
@@ -104,7 +114,7 @@ class ShapeIndex:
                     for value in _domain(scope, registry, slot, b):
                         named = levels.copy()
                         named[i] = value
-                        grown.append((named, _with(b, slot, value)))
+                        grown.append((named, bind(b, slot, value)))
                         if len(grown) > limit:
                             return None
                 partial = grown
@@ -202,9 +212,3 @@ def _domain(scope: Scope, registry: Registry, slot: int, b: Bindings) -> Iterabl
     if slot == GROUP:
         return index.groups
     return registry.commands_under(b) if b[DEVICE] is not None else ()
-
-
-def _with(b: Bindings, slot: int, value: str) -> Bindings:
-    as_list = list(b)
-    as_list[slot] = value
-    return (as_list[0], as_list[1], as_list[2], as_list[3])
