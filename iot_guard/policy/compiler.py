@@ -8,7 +8,7 @@ At CONNECT every topic the agent may publish to or receive on is decided in adva
 (``_TopicMaps``, shared by agents with the same tools and tenants): such a packet is
 one dict lookup however large the fleet. Other topics are decided on demand and
 cached per agent (bounded); the payload check still runs for every publish that
-carries one (``checks.py``). Subscription filters are judged by ``coverage.py``;
+carries one (``pubmatch.check_payload``). Subscription filters are judged by ``coverage.py``;
 every refusal is worded by ``wording.py``.
 
 Deny by default: a topic no tool matches is denied, and every decision says why.
