@@ -42,15 +42,21 @@ def _utc_iso_slow(timestamp: float) -> str:
 
 
 # Every record is stamped, and a busy guard stamps thousands a second: the date and time
-# up to the second are formatted once per second, the microseconds appended.
-_second: list[Any] = [None, ""]
-_last: list[Any] = [None, ""]  # the last timestamp formatted, and its text (NaN never equals)
+# up to the second are formatted once per second, the microseconds appended. Each cache
+# is one (key, text) tuple, read once and replaced whole: utc_iso is a shared helper any
+# thread may call (the console's JSON formatter runs in the logging thread), and a pair of
+# list slots written one after the other could be read half old, half new: a stamp with
+# another second's date.
+_second: tuple[float | None, str] = (None, "")
+_last: tuple[float | None, str] = (None, "")  # the last timestamp formatted (NaN never equals)
 
 
 def utc_iso(timestamp: float) -> str:
     """``2026-11-30T23:50:44.123456Z``: exactly what datetime gives (same rounding)."""
-    if timestamp == _last[0]:
-        return _last[1]  # the packets of one read share their ``now``
+    global _second, _last
+    last = _last
+    if timestamp == last[0]:
+        return last[1]  # the packets of one read share their ``now``
     frac, whole = math.modf(timestamp)
     # datetime.fromtimestamp rounds the fraction half-even to microseconds, carrying a
     # full second into the seconds (CPython _PyTime_ObjectToTimeval, ROUND_HALF_EVEN).
@@ -61,13 +67,13 @@ def utc_iso(timestamp: float) -> str:
     elif micros < 0:
         micros += 1_000_000
         whole -= 1.0
-    if whole != _second[0]:
+    second = _second
+    if whole != second[0]:
         if not -62135596800.0 <= whole < 253402300799.0:  # outside years 1..9999
             return _utc_iso_slow(timestamp)
-        _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = whole
-    stamp = f"{_second[1]}.{micros:06d}Z"
-    _last[0], _last[1] = timestamp, stamp
+        second = _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    stamp = f"{second[1]}.{micros:06d}Z"
+    _last = (timestamp, stamp)
     return stamp
 
 
