@@ -34,7 +34,6 @@ OPEN, CHECKPOINT = "open", "checkpoint"
 FORMAT = 1  # in the open record: the line format version a verifier must understand
 
 
-
 def _utc_iso_slow(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds").replace(
         "+00:00", "Z"

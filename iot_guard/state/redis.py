@@ -108,12 +108,6 @@ return {granted, string.format('%.17g', retry), string.format('%.17g', new_tat o
 """
 
 
-
-
-
-
-
-
 # Writing an approval record is one Lua script (atomic on the server): it applies only if
 # the record is still at the revision the caller read (KEYS[1] the record, KEYS[2] the
 # revs index, KEYS[3] the creation index; ARGV[1] the expected rev, '' = must not exist;

@@ -99,14 +99,8 @@ CREATE TABLE IF NOT EXISTS chain_heads (
 """
 
 
-
-
-
-
 def _in(n: int) -> str:
     return ",".join("?" * n)
-
-
 
 
 # ----------------------------------------------------------------------------- the database
