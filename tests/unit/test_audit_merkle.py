@@ -82,6 +82,26 @@ def test_a_frontier_restored_from_its_nodes_continues_the_same_tree() -> None:
         Frontier(23, first.nodes[:-1])  # 23 = 0b10111 needs four subtree roots
 
 
+def test_append_lines_is_append_of_each_leaf_hash() -> None:
+    # append_lines inlines leaf_hash and node_hash for speed: it must build the same tree,
+    # in batches of any size from any starting size (the reference vectors pin the size 8).
+    lines = [b"line %d" % i for i in range(70)]
+    one_by_one = Frontier()
+    batched = Frontier()
+    start = 0
+    for size in (0, 1, 2, 3, 5, 8, 13, 21, 17):
+        batch = lines[start:start + size]
+        for line in batch:
+            one_by_one.append(leaf_hash(line))
+        batched.append_lines(batch)
+        start += size
+        assert batched == one_by_one, f"after {start} lines"
+        assert batched.root() == tree_root([leaf_hash(line) for line in lines[:start]])
+    data = Frontier()
+    data.append_lines(CT_LEAVES)
+    assert data.root() == CT_ROOTS[len(CT_LEAVES)]
+
+
 @pytest.mark.parametrize(("index", "size"), sorted(CT_PROOFS))
 def test_inclusion_proofs_match_the_reference(index: int, size: int) -> None:
     leaves = [leaf_hash(d) for d in CT_LEAVES]
