@@ -7,7 +7,6 @@ temp dir), and stock MQTT clients as agents.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from iot_guard.tokens import issue_token
 from simulator.agent import AgentClient
 from simulator.broker import MosquittoBroker
 from simulator.fleet import Fleet
+
+from .admin_harness import held_id
 
 POLICY = Path(__file__).resolve().parents[2] / "device_policies"
 FLOOR_1 = "tenants/acme/groups/floor-1/config/push"
@@ -45,12 +46,6 @@ def agent(guard: GuardThread, secret: bytes, protocol: int = 5) -> AgentClient:
     token = issue_token(secret, "ops-agent", ttl_s=300)
     return AgentClient("127.0.0.1", guard.port, username="ops-agent", password=token,
                        protocol=protocol).connect()
-
-
-def held_id(reason: str | None) -> str:
-    match = re.match(r"held for approval (\S+): ", reason or "")
-    assert match, reason
-    return match.group(1)
 
 
 def hold_firmware_push(

@@ -9,7 +9,6 @@ and, where one must die without cleaning up, as a process killed with SIGKILL.""
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import shutil
 import socket
@@ -34,6 +33,8 @@ from simulator.agent import AgentClient
 from simulator.broker import MosquittoBroker, free_port
 from simulator.fleet import Fleet
 from simulator.redis_server import RedisServer
+
+from .admin_harness import held_id
 
 POLICY = Path(__file__).resolve().parents[2] / "device_policies"
 FLOOR_1 = "tenants/acme/groups/floor-1/config/push"
@@ -101,12 +102,6 @@ def agent(port: int, secret: bytes, protocol: int = 5) -> AgentClient:
     return AgentClient("127.0.0.1", port, username="ops-agent",
                        password=issue_token(secret, "ops-agent", ttl_s=300),
                        protocol=protocol).connect()
-
-
-def held_id(reason: str | None) -> str:
-    match = re.match(r"held for approval (\S+): ", reason or "")
-    assert match, reason
-    return match.group(1)
 
 
 def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
