@@ -405,27 +405,22 @@ class ApprovalService:
         ``failed``) and as the hold's outcome, and the audit log says why."""
         now = self._clock()
         detail = f"not parked for approval: {why}; nothing was sent, ask again later"
+        digest = _sha256(bytes(held.payload))
         self._write_audit({
             "timestamp": utc_iso(now), "event": "approval", "approval_id": held.hold_id,
             "action": "failed", "who": "guard", "reason": detail, "status": "failed",
             "level": None, "agent_id": held.agent_id, "session_id": held.session_id,
             "token_id": held.token_id, "tool_name": held.tool or held.decision.tool,
             "requested_scope": held.topic, "risk": held.decision.risk,
-            "payload_sha256": _sha256(bytes(held.payload)), "alert": True,
+            "payload_sha256": digest, "alert": True,
         })
-        if self._notify is not None:
-            notice = {
-                "id": held.hold_id, "status": "failed", "tool": held.tool,
-                "topic": held.topic, "payload_sha256": _sha256(bytes(held.payload)),
-                "reason": held.decision.reason, "outcome": detail,
-                "last": {"at": now, "action": "failed", "reason": detail},
-                "rollout": None, "timestamp": utc_iso(time.time()),
-            }
-            try:
-                self._notify(held.agent_id, NOTICE_PREFIX + held.hold_id,
-                             json.dumps(notice, separators=(",", ":")).encode())
-            except Exception:
-                log.exception("approval notice to %s failed", held.agent_id)
+        self._send_notice(held.agent_id, held.hold_id, {
+            "id": held.hold_id, "status": "failed", "tool": held.tool,
+            "topic": held.topic, "payload_sha256": digest,
+            "reason": held.decision.reason, "outcome": detail,
+            "last": {"at": now, "action": "failed", "reason": detail},
+            "rollout": None, "timestamp": utc_iso(time.time()),
+        })
         if self._hold_resolved is not None:
             self._hold_resolved(held.session_id, held.hold_id, "failed", detail)
 
@@ -513,13 +508,17 @@ class ApprovalService:
         self._tell_agent(request)
 
     def _tell_agent(self, request: ApprovalRequest) -> None:
+        self._send_notice(request.binding.agent_id, request.id, agent_view(request))
+
+    def _send_notice(self, agent_id: str, request_id: str, notice: dict[str, Any]) -> None:
+        """``notice`` to the agent's sessions on ``$guard/approvals/<id>`` (compact JSON)."""
         if self._notify is None:
             return
-        payload = json.dumps(agent_view(request), separators=(",", ":")).encode()
+        payload = json.dumps(notice, separators=(",", ":")).encode()
         try:
-            self._notify(request.binding.agent_id, NOTICE_PREFIX + request.id, payload)
+            self._notify(agent_id, NOTICE_PREFIX + request_id, payload)
         except Exception:
-            log.exception("approval notice to %s failed", request.binding.agent_id)
+            log.exception("approval notice to %s failed", agent_id)
 
     def on_guard_subscribe(self, agent_id: str, session_id: str, topic_filter: str) -> None:
         """An agent subscribed to ``$guard/approvals/...``: send the state of its requests."""
