@@ -87,6 +87,12 @@ class Harness:
         self.views = views
         self.changed = asyncio.Event()
 
+    async def hold_approved(self, request_id: str, topic: str) -> None:
+        """The ops agent's beta push to ``topic`` held as ``request_id``, approved by alice."""
+        policy = self.policy_box[0]  # type: ignore[attr-defined]
+        await self.service.hold(held(policy, request_id, topic))
+        await self.service.approve(request_id, "alice")
+
     async def wait_for(self, request_id: str, *statuses: str, timeout: float = 20) -> dict:
         async with asyncio.timeout(timeout):
             while True:
@@ -177,9 +183,7 @@ async def test_rollout_aborts_when_devices_reject(
     for name in FLOOR_1:
         assert fleet.set_fault("reject_config", True, target=name) == 1
     async with harness(mosquitto, tmp_path / "state") as h:
-        policy = h.policy_box[0]  # type: ignore[attr-defined]
-        await h.service.hold(held(policy, "apr-abort", "tenants/acme/groups/floor-1/config/push"))
-        await h.service.approve("apr-abort", "alice")
+        await h.hold_approved("apr-abort", "tenants/acme/groups/floor-1/config/push")
         view = await h.wait_for("apr-abort", "done", "failed", "aborted")
     assert view["status"] == "aborted"
     assert "canary acme/therm-001 rejected" in view["outcome"]
@@ -197,9 +201,7 @@ async def test_rollout_aborts_at_the_failure_percentage_after_min_executed(
     fleet.set_fault("reject_config", True, target="acme/therm-002")
     fleet.set_fault("crash_on_apply", True, target="acme/therm-003")
     async with harness(mosquitto, tmp_path / "state") as h:
-        policy = h.policy_box[0]  # type: ignore[attr-defined]
-        await h.service.hold(held(policy, "apr-pct", "tenants/acme/groups/floor-1/config/push"))
-        await h.service.approve("apr-pct", "alice")
+        await h.hold_approved("apr-pct", "tenants/acme/groups/floor-1/config/push")
         view = await h.wait_for("apr-pct", "done", "failed", "aborted")
     assert view["status"] == "aborted"
     assert "1 of 2 executed devices failed (50% >= 40%)" in view["outcome"]
@@ -382,9 +384,7 @@ async def test_a_rollout_cut_by_a_restart_resumes_and_no_device_gets_it_twice(
 ) -> None:
     state_dir = tmp_path / "state"
     async with harness(mosquitto, state_dir) as h:
-        policy = h.policy_box[0]  # type: ignore[attr-defined]
-        await h.service.hold(held(policy, "apr-rs", "tenants/acme/groups/floor-1/config/push"))
-        await h.service.approve("apr-rs", "alice")
+        await h.hold_approved("apr-rs", "tenants/acme/groups/floor-1/config/push")
         async with asyncio.timeout(20):
             while not any(v["rollout"] and v["rollout"]["counts"]["succeeded"] >= 2
                           for v in h.views):
@@ -407,10 +407,7 @@ async def test_a_second_guard_on_the_same_store_leaves_a_claimed_rollout_alone(
 ) -> None:
     state_dir = tmp_path / "state"
     async with harness(mosquitto, state_dir) as first:
-        policy = first.policy_box[0]  # type: ignore[attr-defined]
-        await first.service.hold(
-            held(policy, "apr-two", "tenants/acme/groups/floor-1/config/push"))
-        await first.service.approve("apr-two", "alice")
+        await first.hold_approved("apr-two", "tenants/acme/groups/floor-1/config/push")
         await first.wait_for("apr-two", "executing")
         # Another guard starts on the same store while the first is carrying it out.
         async with harness(mosquitto, state_dir) as second:
