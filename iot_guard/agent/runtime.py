@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub
-
+from iot_guard.mqtt import topic_matches
 from iot_guard.policy_models import NAME_PATTERN
 
 from .calls import CallError, Message, read_topic, to_message
@@ -282,7 +281,7 @@ class AgentRuntime:
         matching = [
             (topic, entry)
             for topic, entry in self._latest.items()
-            if topic_matches_sub(topic_filter, topic)
+            if topic_matches(topic_filter, topic)
         ]
         return max(matching, key=lambda te: te[1].at) if matching else None
 
