@@ -150,11 +150,9 @@ class Scope:
     def shown(self) -> str:
         """The agent's tenants as a refusal names them (sorted once, on first refusal)."""
         if self._shown is None:
-            ordered = sorted(self.tenants)
-            text = ", ".join(ordered[:5])
-            if len(ordered) > 5:
-                text += f" and {len(ordered) - 5} more"
-            self._shown = text
+            from .wording import names  # (wording imports this module)
+
+            self._shown = names(self.tenants)
         return self._shown
 
     def accepts(self, slot: int, value: str, b: Bindings) -> bool:
