@@ -233,15 +233,13 @@ def proven(payload: bytes, value: Any, max_depth: int) -> bool:
     kind = type(value)
     if kind is not dict and kind is not list:
         return kind is not float or -_BIG_FLOAT < value < _BIG_FLOAT
-    if len(payload) <= _SMALL:
-        # A few values: walking them costs less than writing the value back.
-        try:
-            members = _members(value, 0, max_depth)
-        except RecursionError:
-            return False
-        return members >= 0 and members_match(payload, members)
-    if max_depth >= 1 and b"\\u" not in payload and _NINETEEN_DIGITS not in payload.translate(
-        _DIGITS_AS_ZERO
+    # Up to _SMALL bytes (a few values) walking them costs less than writing the value
+    # back, so only a bigger payload tries C first.
+    if (
+        len(payload) > _SMALL
+        and max_depth >= 1
+        and b"\\u" not in payload
+        and _NINETEEN_DIGITS not in payload.translate(_DIGITS_AS_ZERO)
     ):
         # In C, without a walk (see the module's docstring): no 19-digit integer, the same
         # colons written back (no duplicate key), nesting from brackets or indentation.
