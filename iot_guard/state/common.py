@@ -1,4 +1,4 @@
-"""What every backend does the same way: strict JSON bodies, status lists, watchers."""
+"""What every backend does the same way: strict JSON bodies, status lists, claims, watchers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+
+from .records import Record
 
 log = logging.getLogger("iot_guard.state")
 T = TypeVar("T")
@@ -19,6 +21,18 @@ def strict_json(body: Mapping[str, Any]) -> str:
 
 def expected_statuses(expect: str | Collection[str]) -> tuple[str, ...]:
     return (expect,) if isinstance(expect, str) else tuple(expect)
+
+
+def holds_claim(rec: Record, owner: str, now: float) -> bool:
+    """``owner``'s claim on ``rec`` is in force: its lease has not run out."""
+    return rec.owner == owner and rec.lease_until is not None and rec.lease_until > now
+
+
+def may_claim(rec: Record, owner: str, now: float) -> bool:
+    """``owner`` may claim ``rec``: it is free (no owner, or its lease ran out) or already
+    ``owner``'s (a claim again renews the lease)."""
+    free = rec.owner is None or rec.lease_until is None or rec.lease_until <= now
+    return free or rec.owner == owner
 
 
 def notify(callbacks: list[Callable[[T], None]], items: Sequence[T]) -> None:

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import baseline as baseline_math
-from .common import expected_statuses, notify, strict_json
+from .common import expected_statuses, holds_claim, may_claim, notify, strict_json
 from .flags import FlagView, diff_flags
 from .protocols import Unsubscribe
 from .ratelimit import LocalRateLimiter
@@ -302,9 +302,7 @@ class RedisApprovalStore:
         def make(rec: Record, rev: int) -> Record | None:
             if rec.status not in wanted:
                 return None
-            if owner is not None and not (
-                rec.owner == owner and rec.lease_until is not None and rec.lease_until > now
-            ):
+            if owner is not None and not holds_claim(rec, owner, now):
                 return None
             return Record(rec.id, status if status is not None else rec.status,
                           {**rec.body, **delta}, rec.created_at, now, rev, rec.owner,
@@ -328,8 +326,7 @@ class RedisApprovalStore:
         def make(rec: Record, rev: int) -> Record | None:
             if wanted is not None and rec.status not in wanted:
                 return None
-            free = rec.owner is None or rec.lease_until is None or rec.lease_until <= now
-            if not (free or rec.owner == owner):
+            if not may_claim(rec, owner, now):
                 return None
             return Record(rec.id, rec.status, rec.body, rec.created_at, now, rev, owner,
                           now + lease_s)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import baseline as baseline_math
-from .common import expected_statuses, notify, strict_json
+from .common import expected_statuses, holds_claim, may_claim, notify, strict_json
 from .flags import FlagView, diff_flags
 from .protocols import Unsubscribe
 from .ratelimit import LocalRateLimiter
@@ -215,10 +215,6 @@ def _write(conn: sqlite3.Connection, rec: Record) -> None:
     )
 
 
-def _holds_claim(rec: Record, owner: str, now: float) -> bool:
-    return rec.owner == owner and rec.lease_until is not None and rec.lease_until > now
-
-
 class SqliteApprovalStore:
     """``ApprovalStore`` on SQLite; see ``protocols.ApprovalStore`` for the contract."""
 
@@ -288,7 +284,7 @@ class SqliteApprovalStore:
                 rec = _get(conn, record_id)
                 if rec is None or rec.status not in wanted:
                     return None
-                if owner is not None and not _holds_claim(rec, owner, now):
+                if owner is not None and not holds_claim(rec, owner, now):
                     return None
                 new = Record(
                     rec.id, status if status is not None else rec.status, {**rec.body, **delta},
@@ -317,8 +313,7 @@ class SqliteApprovalStore:
                 rec = _get(conn, record_id)
                 if rec is None or (wanted is not None and rec.status not in wanted):
                     return None
-                free = rec.owner is None or rec.lease_until is None or rec.lease_until <= now
-                if not (free or rec.owner == owner):
+                if not may_claim(rec, owner, now):
                     return None
                 new = Record(rec.id, rec.status, rec.body, rec.created_at, now, _next_rev(conn),
                              owner, now + lease_s)
