@@ -87,7 +87,7 @@ _set_ok, _set_reason, _set_risk, _set_fields, _set_document, _set_rule = (
 def _accepted(risk: str, fields: tuple[str, ...], document: object) -> PayloadVerdict:
     """``PayloadVerdict(ok=True, ...)`` per accepted payload, at half the cost: the slot
     descriptors set the slots the frozen dataclass's ``__init__`` sets through
-    ``object.__setattr__`` (as policy.decision.decision does)."""
+    ``object.__setattr__`` (the way policy.decision.decision did before its ``_Draft``)."""
     v = _new(PayloadVerdict)
     _set_ok(v, True)
     _set_reason(v, "")
