@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..approvals.lookup import approval_service_of
 from ..audit import AuditError, utc_iso
@@ -21,12 +21,13 @@ from ..state import ALL_AGENTS, FlagEvent
 
 if TYPE_CHECKING:
     from .control import ControlPlane
+    from .server import GuardServer
 
 log = logging.getLogger("iot_guard.flags")
 
 
 class FlagWatch:
-    def __init__(self, control: ControlPlane, server: Any = None) -> None:
+    def __init__(self, control: ControlPlane, server: GuardServer | None = None) -> None:
         self._control = control
         self._server = server
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,17 +62,15 @@ class FlagWatch:
 
     def _alert(self, event: FlagEvent, reason: str) -> None:
         """A kill is an alert too: the console, the webhooks and anything on ``on_alert``."""
-        hooks = getattr(self._server, "hooks", None)
-        if hooks is not None:
-            hooks.call("on_alert", Alert(
+        if self._server is not None:
+            self._server.hooks.call("on_alert", Alert(
                 rule="kill_switch", agent_id=event.agent or ALL_AGENTS, session_id=None,
                 mode="block", reason=reason, at=event.at, subject=event.by or "",
             ))
 
     def _record(self, event: FlagEvent) -> None:
         """Every flag change this guard enforces is on its audit record (and in its log)."""
-        audit = getattr(self._server, "audit", None)
-        if audit is None:
+        if self._server is None:
             return
         record = {
             "timestamp": utc_iso(time.time()), "packet": "guard",
@@ -81,7 +80,7 @@ class FlagWatch:
         if event.jti is not None:
             record["token_id"] = event.jti
         try:
-            audit.write(record)
+            self._server.audit.write(record)
         except AuditError as exc:  # the brake still acts; the failure is said loudly
             log.error("flag change not audited: %s", exc)
 
