@@ -220,6 +220,9 @@ class RedisApprovalStore:
         self._watchers: builtins.list[Callable[[Record], None]] = []
         self._write_script: Any = redis.r.register_script(_WRITE_RECORD)
         self._seen: dict[str, int] = {}  # the last rev announced per record
+        # The doorbells in flight: the loop keeps only weak references to tasks, and one
+        # collected mid-flight would never ring (asyncio.create_task's documentation).
+        self._ringing: set[asyncio.Task[None]] = set()
         self.last_rev = 0
 
     def _key(self, record_id: str) -> str:
@@ -443,7 +446,9 @@ class RedisApprovalStore:
         if rec is not None and self._seen.get(rec.id, -1) < rec.rev:
             self._seen[rec.id] = rec.rev
             notify(self._watchers, [rec])
-            asyncio.get_running_loop().create_task(self._ring(rec))
+            task = asyncio.get_running_loop().create_task(self._ring(rec))
+            self._ringing.add(task)
+            task.add_done_callback(self._ringing.discard)
         return rec
 
     async def _ring(self, rec: Record) -> None:
