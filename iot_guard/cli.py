@@ -427,7 +427,7 @@ def _host_port_arg(text: str) -> str:
 def _host_port(text: str) -> tuple[str, int]:
     """argparse type: ``HOST:PORT`` as (host, port) (also used by other commands' flags)."""
     try:
-        return tuple(parse_host_port(text))  # type: ignore[return-value]
+        return parse_host_port(text)  # a HostPort: a (host, port) tuple
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
