@@ -73,6 +73,7 @@ class AdminApp:
     ) -> None:
         self._approvals = approvals
         self.policy_directory: PolicyDirectory | None = None
+        self._guard: Any = None  # the GuardServer, once started as its addon
         self.server = AdminServer(host, port, secret, _Lazy(self, directory), clock=clock)
         self.events = EventHub(clock)
         self.server.on_stop.append(self.events.close)
@@ -84,7 +85,6 @@ class AdminApp:
             *health.routes(self._metered_guard),
         ])
         self.approvals = ApprovalsApi(self.server, self.approvals_service, self.events)
-        self._guard: Any = None
         self.brakes = BrakesApi(self.server, lambda: getattr(self._guard, "state", None))
 
     def approvals_service(self) -> Approvals | None:
@@ -105,8 +105,7 @@ class AdminApp:
         return await self.events.stream(request, until=who.expires_at)
 
     def _metered_guard(self) -> Any:
-        guard = getattr(self, "_guard", None)
-        return guard if getattr(guard, "stats", None) is not None else None
+        return self._guard if getattr(self._guard, "stats", None) is not None else None
 
     def on_alert(self, alert: Any) -> None:
         """A guard addon hook: alerts (limits, anomalies) reach the live event stream."""
