@@ -78,7 +78,8 @@ def judge_connack(connack: Connack | None, level: int, account: str) -> Upstream
         return UpstreamStatus(False, "the broker does not speak MQTT 5", retry_v311=True)
     hint = ""
     if code in (ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_AUTHORIZED) or (
-        level == MQTT_311 and code in (4, 5)
+        level == MQTT_311
+        and code in (ConnackV3.BAD_USERNAME_OR_PASSWORD, ConnackV3.NOT_AUTHORIZED)
     ):
         hint = " (check upstream_username / upstream_password_file and the broker's accounts)"
     return UpstreamStatus(
