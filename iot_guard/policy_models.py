@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .mqtt.topics import topic_filter_problem, topic_name_problem
+from .tokens import DEFAULT_MAX_TTL_S
 
 RiskClass = Literal["low", "medium", "high", "critical"]
 # The risk classes from lowest to highest; a class's rank is its index.
@@ -354,7 +355,7 @@ class Agent(StrictModel):
         description="Allowlisted tools, in order: when several match a topic, the first wins.",
     )
     max_token_ttl_s: int = Field(
-        default=86400,
+        default=DEFAULT_MAX_TTL_S,
         gt=0,
         description="Longest token lifetime (seconds) the guard accepts for this agent, at "
         "issue and at CONNECT (default 24 h).",
