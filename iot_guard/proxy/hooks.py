@@ -5,7 +5,7 @@ An addon is any object with some of these methods (mitmproxy's addon model):
 ``on_hold(held)``                       a publish was held for a human (must not block)
 ``on_guard_subscribe(agent_id, session_id, topic_filter)``  an agent subscribed to a
                                         ``$guard/...`` topic the guard answers itself
-``on_session_opened(info)`` / ``on_session_closed(info)``   a session began / ended
+``on_session_closed(info)``             a session ended (its per-session state can go)
 ``on_policy_swapped(policy)``           a new policy is in force
 ``on_alert(alert)``                     a check raised an alert (``checks.alerts.Alert``)
 ``async start(server)`` / ``async stop()``  addons that run services (approvals, admin)
@@ -23,7 +23,7 @@ from typing import Any
 log = logging.getLogger("iot_guard.hooks")
 
 HOOKS = frozenset({
-    "on_hold", "on_guard_subscribe", "on_session_opened", "on_session_closed",
+    "on_hold", "on_guard_subscribe", "on_session_closed",
     "on_policy_swapped", "on_alert",
 })
 
