@@ -2,11 +2,12 @@
 
 A concrete topic can only match templates with as many levels as it has, and (for a
 template whose last level is a literal, e.g. ``.../telemetry``) the same last level. So
-each agent's wildcard-free templates are indexed once, at CONNECT, by (level count,
-last level): a decision about a topic the session has not seen before is a split, one
-dict lookup and a check of the one or two templates found (their literal levels, then
-each variable against the registry), instead of a walk over trie nodes. A refusal
-knows which variable refused without a second walk.
+each agent's wildcard-free templates are indexed once, at CONNECT, by last level (a
+str key: cheaper to look up than a (count, last) tuple), each template then comparing
+its level count: a decision about a topic the session has not seen before is a split,
+one dict lookup and a check of the one or two templates found (their level count and
+literal levels, then each variable against the registry), instead of a walk over trie
+nodes. A refusal knows which variable refused without a second walk.
 
 The answers are the trie's (``trie.match``, which stays the engine for templates with
 '+' or '#'): the same templates, in tool order, with the same variable rules.
@@ -37,12 +38,14 @@ class Shape:
     """One template: its literal levels to compare and its variables to look up."""
 
     __slots__ = (
-        "end", "levels", "literals", "variables", "check_end", "lit_get", "lit_want", "td"
+        "end", "levels", "count", "literals", "variables", "check_end", "lit_get", "lit_want",
+        "td",
     )
 
     def __init__(self, end: End, levels: list[str], skip_last: bool):
         self.end = end
         self.levels = levels
+        self.count = len(levels)
         # Only a tool with a command list has a condition beyond the variables.
         self.check_end = end.uses_command and end.commands is not None
         last = len(levels) - 1
@@ -73,7 +76,7 @@ class ShapeIndex:
     __slots__ = ("_by_last", "_by_count", "_all")
 
     def __init__(self, templates: list[tuple[list[str], End]]):
-        by_last: dict[tuple[int, str], list[Shape]] = {}
+        by_last: dict[tuple[int, str], list[Shape]] = {}  # merged by last level below
         by_count: dict[int, list[Shape]] = {}  # templates ending in a variable
         everything: list[Shape] = []
         for levels, end in templates:
@@ -87,14 +90,19 @@ class ShapeIndex:
             everything.append(shape)
         everything.sort(key=lambda s: s.end.order)
         self._all = tuple(everything)
-        # A topic's candidates: its (count, last) templates and the count's variable-last
-        # ones, merged once here in tool order (a stable sort keeps template order).
-        for (n, _), shapes in by_last.items():
-            shapes.extend(by_count.get(n, ()))
+        # A topic's candidates: the templates ending in its last level and those ending
+        # in a variable, merged once here in tool order (a stable sort keeps template
+        # order); ``match`` skips those of another level count.
+        ending_in_variable = [shape for n in by_count for shape in by_count[n]]
+        merged: dict[str, list[Shape]] = {}
+        for (_, last), shapes in by_last.items():
+            merged.setdefault(last, []).extend(shapes)
+        for shapes in merged.values():
+            shapes.extend(ending_in_variable)
             shapes.sort(key=lambda s: s.end.order)
         for shapes in by_count.values():
             shapes.sort(key=lambda s: s.end.order)
-        self._by_last = {key: tuple(shapes) for key, shapes in by_last.items()}
+        self._by_last = {key: tuple(shapes) for key, shapes in merged.items()}
         self._by_count = {key: tuple(shapes) for key, shapes in by_count.items()}
 
     def enumerate(
@@ -132,11 +140,15 @@ class ShapeIndex:
         """The templates ``levels`` matches in tool order, and when none does, the first
         refusal (template, variable slot or -1 for a command list, value, bindings)."""
         n = len(levels)
-        shapes = self._by_last.get((n, levels[-1])) or self._by_count.get(n, ())
+        shapes = self._by_last.get(levels[-1])
+        if shapes is None:
+            shapes = self._by_count.get(n, ())
         found: list[tuple[End, Bindings]] = []
         refused: Miss | None = None
         own = scope.own
         for shape in shapes:
+            if shape.count != n:
+                continue
             get = shape.lit_get
             if get is not None and get(levels) != shape.lit_want:
                 continue

@@ -7,9 +7,13 @@ then cached with the decision.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .registry import DEVICE, GROUP, TENANT, Bindings
 from .trie import End
+
+if TYPE_CHECKING:
+    from .registry import Scope
 
 
 def names(items: Iterable[str], limit: int = 5) -> str:
@@ -55,6 +59,28 @@ def no_tool(agent_id: str, verb: str, topic: str, detail: str) -> str:
     # One f-string: a refused first packet builds this once.
     sep = ": " if detail else ""
     return f"agent {agent_id} has no tool that allows {VERB_TEXT[verb]} {topic}{sep}{detail}"
+
+
+def no_tool_miss(
+    agent_id: str, verb: str, topic: str, scope: Scope, miss: tuple[End, int, str, Bindings]
+) -> str:
+    """``no_tool(agent_id, verb, topic, miss_detail(agent_id, scope.shown(), miss))`` in
+    one call: the two refusals of a first packet that happen most (a device or a tenant
+    not the agent's) as one f-string each, with the same words as ``why_not`` (a test
+    compares them), the tenants named only when the refusal names them."""
+    end, slot, value, b = miss
+    if slot == DEVICE:
+        return (
+            f"agent {agent_id} has no tool that allows {VERB_TEXT[verb]} {topic}: "
+            f"{value!r} is not a registered device of tenant {b[TENANT]!r}"
+        )
+    tenants = scope.shown()
+    if slot == TENANT:
+        return (
+            f"agent {agent_id} has no tool that allows {VERB_TEXT[verb]} {topic}: "
+            f"{value!r} is not a tenant of agent {agent_id} (its tenants: {tenants or 'none'})"
+        )
+    return no_tool(agent_id, verb, topic, miss_detail(agent_id, tenants, miss))
 
 
 def reserved(agent_id: str, verb: str, topic: str) -> str:

@@ -476,7 +476,7 @@ def test_receive_cache_is_bounded(ops: AgentPolicy, monkeypatch: pytest.MonkeyPa
     for i in range(200):
         assert not agent.decide_receive(f"junk/{i}").allowed
         # The bound is on what was decided on demand; the topics decided at CONNECT stay.
-        assert len(agent._recv_cache) <= 50 and agent._recv_exact
+        assert len(agent._demand_recv) <= 50 and agent._decided_recv
     assert agent.decide_receive(f"{DEV}/telemetry").allowed
 
 

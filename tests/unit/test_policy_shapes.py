@@ -75,11 +75,11 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
     policy = CompiledPolicy.load(POLICY_DIR)
     for agent_id in policy.document.agents:
         agent = policy.for_agent(agent_id)
-        assert agent is not None and agent._recv_exact
-        for topic, decided in agent._recv_exact.items():
-            agent._recv_cache.clear()
+        assert agent is not None and agent._decided_recv
+        for topic, decided in agent._decided_recv.items():
+            agent._demand_recv.clear()
             assert agent._receive_decision(topic) == decided, topic
-        for topic, entry in agent._pub_exact.items():
+        for topic, entry in agent._decided_pub.items():
             again = agent._publish_entry(topic)
             assert not isinstance(again, Decision)
             assert [(m.end.tool, m.bindings) for m in again.matches] == [
@@ -88,15 +88,15 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
     ops = policy.for_agent("ops-agent")
     assert ops is not None
     # 10 devices x (telemetry, status, 6 shadow/result topics) for acme's agent.
-    assert len(ops._recv_exact) == 80
-    assert "tenants/acme/groups/floor-1/config/push" in ops._pub_exact
+    assert len(ops._decided_recv) == 80
+    assert "tenants/acme/groups/floor-1/config/push" in ops._decided_pub
 
 
 def test_an_agent_past_the_limit_decides_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiler, "EXACT_LIMIT", 5)
     policy = CompiledPolicy.load(POLICY_DIR)
     ops = policy.for_agent("ops-agent")
-    assert ops is not None and not ops._recv_exact and not ops._pub_exact
+    assert ops is not None and not ops._decided_recv and not ops._decided_pub
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
     assert not ops.decide_receive("tenants/globex/devices/therm-101/telemetry").allowed
 
@@ -161,11 +161,11 @@ def test_an_empty_publish_answered_in_advance_is_what_the_checks_answer(
     for agent_id, a in agents.items():
         b = slow.for_agent(agent_id)
         assert a is not None and b is not None
-        assert all(e.quick is None for e in b._pub_exact.values())
+        assert all(e.quick is None for e in b._decided_pub.values())
         quick_seen.update(
-            (e.quick.verdict, e.quick.risk) for e in a._pub_exact.values() if e.quick
+            (e.quick.verdict, e.quick.risk) for e in a._decided_pub.values() if e.quick
         )
-        for topic in itertools.chain(a._pub_exact, topics(count=300), HOSTILE):
+        for topic in itertools.chain(a._decided_pub, topics(count=300), HOSTILE):
             for qos, retain, payload in itertools.product(
                 (0, 1, 2, 3), (False, True), (b"", b"{}", b"x")
             ):
@@ -197,15 +197,15 @@ def test_the_topic_maps_are_complete_and_agree_with_the_trie_on_hostile_topics()
         for topic in itertools.chain(topics(seed=11), HOSTILE):
             levels = topic.split("/")
             for exact, root, verb in (
-                (agent._pub_exact, agent._publish, "publish"),
-                (agent._recv_exact, agent._subscribe, "receive"),
+                (agent._decided_pub, agent._publish, "publish"),
+                (agent._decided_recv, agent._subscribe, "receive"),
             ):
                 valid = topic and not set("+#\x00") & set(topic) and len(topic) < 65536
                 trie = match(root, levels, agent._scope) if valid and topic[0] != "$" else []
                 assert (topic in exact) == bool(trie), (agent_id, verb, topic)
             received = agent.decide_receive(topic)
-            assert received.allowed == (topic in agent._recv_exact), topic
-            if topic not in agent._recv_exact:
+            assert received.allowed == (topic in agent._decided_recv), topic
+            if topic not in agent._decided_recv:
                 assert received == agent._receive_decision(topic)
 
 
@@ -214,8 +214,8 @@ def test_agents_with_the_same_tools_and_tenants_share_their_topic_maps(tmp_path:
     policy = CompiledPolicy.load(tmp_path)
     one, two, three = (policy.for_agent(a) for a in ("one", "two", "three"))
     assert one is not None and two is not None and three is not None
-    assert one._pub_exact is two._pub_exact and one._pub_exact
-    assert three._pub_exact is not one._pub_exact
+    assert one._decided_pub is two._decided_pub and one._decided_pub
+    assert three._decided_pub is not one._decided_pub
     # Shared answers name no agent; refusals (decided on demand) name the one asking.
     assert one.decide_publish("p/a/d1/ping", b"") is two.decide_publish("p/a/d1/ping", b"")
     assert "agent one " in one.decide_publish("p/b/d1/ping", b"").reason
@@ -230,18 +230,18 @@ def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
     policy = CompiledPolicy.load(POLICY_DIR)
     ops = policy.for_agent("ops-agent")
     assert ops is not None
-    exact = dict(ops._recv_exact)
+    exact = dict(ops._decided_recv)
     for i in range(5):
         assert not ops.decide_receive(f"junk/{i}").allowed
         # A limit of 0 keeps only the last topic decided on demand.
-        assert list(ops._recv_cache) == [f"junk/{i}"]
-    assert ops._recv_exact == exact
+        assert list(ops._demand_recv) == [f"junk/{i}"]
+    assert ops._decided_recv == exact
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
-    assert not ops.decide_publish("junk/p", b"").allowed and ops._pub_cache
-    assert not ops.decide_subscribe("junk/#").allowed and ops._sub_cache
+    assert not ops.decide_publish("junk/p", b"").allowed and ops._demand_pub
+    assert not ops.decide_subscribe("junk/#").allowed and ops._demand_sub
     ops.clear_cache()
-    assert not ops._recv_cache and not ops._pub_cache and not ops._sub_cache
-    assert ops._recv_exact == exact and ops._pub_exact
+    assert not ops._demand_recv and not ops._demand_pub and not ops._demand_sub
+    assert ops._decided_recv == exact and ops._decided_pub
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
 
 
@@ -254,7 +254,7 @@ def test_an_agent_without_publish_tools_is_refused_as_the_index_would(tmp_path: 
     ))
     policy = CompiledPolicy.load(tmp_path)
     four = policy.for_agent("four")
-    assert four is not None and not four._publishes and not four._pub_exact
+    assert four is not None and not four._publishes and not four._decided_pub
     for topic in itertools.chain(["p/a/d1/ping", "p/b/d1/ping"], topics(count=300), HOSTILE):
         short = four._publish_entry(topic)
         four._publishes = True  # the shape index's way, for comparison
