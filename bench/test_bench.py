@@ -146,7 +146,7 @@ def test_uncached_timing_computes_every_decision(
     # Uncached: each request is decided on demand, or answered from the agent's topic map
     # precomputed at CONNECT (for_agent above), never from the per-topic cache.
     in_map = sum(
-        r.topic in (h._recv_exact if r.verb == "receive" else h._pub_exact)
+        r.topic in (h._decided_recv if r.verb == "receive" else h._decided_pub)
         for r in reqs
         if (h := handles[r.agent]) is not None
     )
