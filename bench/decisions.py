@@ -30,6 +30,17 @@ Both engines are timed in CPU time with GC off, the same calls in the same order
 pass; each chunk of 250 calls is timed on its own and the figure is the sum of each
 chunk's fastest time over the passes (timeit's rule, that noise only adds time, per
 chunk: on a shared 2-core machine a whole pass is rarely left alone).
+
+Two informational rows put the cached figure in context (no goal; the goal rows above
+are unchanged). The floor: the same requests, each a bare ``dict.get`` on a dict of the
+agent's own (its topics, the very answer objects the cached guard returns), timed the
+same way: what one lookup per packet costs when every call goes to a random agent of
+the fleet, so its handle, dict, key string and answer are rarely in the CPU cache (at
+10,000 tenants this grows several-fold by itself). And the cached guard with a fixed
+working set: requests from 100 agents spread over the fleet (all of them below 100
+tenants), so the policy grows from 10 to 10,000 tenants while the number of agents
+active at once does not: the issue's variable (tenants in the policy) apart from the
+number of concurrently active agents.
 """
 
 from __future__ import annotations
@@ -144,14 +155,17 @@ TOPIC_OF_TOOL = {"read_telemetry": "telemetry", "read_status": "status",
                  "shadow_get": "shadow/get"}
 
 
-def requests(n_tenants: int, count: int, seed: int = 7) -> list[Request]:
-    """A mix of allowed and denied requests over random agents of the fleet."""
+def requests(
+    n_tenants: int, count: int, seed: int = 7, agents: list[int] | None = None
+) -> list[Request]:
+    """A mix of allowed and denied requests over random agents of the fleet (or of
+    ``agents`` only: the same mix from a fixed working set)."""
     rng = random.Random(seed)
     out: list[Request] = []
     last_topic: dict[tuple[int, str], str] = {}
     last_denied: dict[tuple[int, str], str] = {}
     while len(out) < count:
-        i = rng.randrange(n_tenants)
+        i = rng.randrange(n_tenants) if agents is None else agents[rng.randrange(len(agents))]
         tenant = tenant_name(i)
         device = device_name(rng.randrange(DEVICES_PER_TENANT))
         roll = rng.random()
@@ -289,6 +303,55 @@ def time_compiled(
     return best / len(reqs), [d.allowed for d in results]
 
 
+def active_agents(n_tenants: int, count: int = 100) -> list[int]:
+    """``count`` agents spread evenly over the fleet (all of them if fewer): not the
+    first ones, whose handles were built first and so sit together in memory. Every
+    other one is odd, as half the fleet is (odd agents hold no publish tool)."""
+    k = min(count, n_tenants)
+    step = n_tenants // k
+    return [i * step + (i % 2 if step > 1 else 0) for i in range(k)]
+
+
+def floor_tables(handles: list[AgentPolicy], reqs: list[Request]) -> list[dict[str, Any]]:
+    """Per agent, a plain dict of its topics: every topic decided at CONNECT, and each
+    requested topic mapped to the answer the cached guard returns for it (the same
+    object, so the lookup returns what the guard returns)."""
+    asked = {r.agent for r in reqs}
+    # Built in agent order, as the handles were at CONNECT (in request order, the dicts
+    # of consecutive requests would sit together in memory, which no guard gets).
+    tables: list[dict[str, Any]] = [
+        {**h._decided_pub, **h._decided_recv} if i in asked else {}
+        for i, h in enumerate(handles)
+    ]
+    for r in reqs:
+        h = handles[r.agent]
+        # An existing key keeps its str (the one built at CONNECT), as in the guard's map.
+        tables[r.agent][r.topic] = (
+            h.decide_publish(r.topic, b"", 0, False) if r.verb == "publish"
+            else h.decide_receive(r.topic)
+        )
+    return tables
+
+
+def time_floor(
+    handles: list[AgentPolicy], reqs: list[Request], passes: int
+) -> tuple[float, list[bool]]:
+    """Best seconds per bare ``dict.get`` on the agent's floor table (``floor_tables``),
+    the same requests, topic strings and chunks as ``time_compiled``; and each answer's
+    allowed flag (the guard's own answers, so they must agree with it)."""
+    tables = floor_tables(handles, reqs)
+    results: list[Any] = []
+
+    def run() -> list[float]:
+        calls: list[Callable[[], Any]] = [
+            partial(tables[r.agent].get, packet_topic(r.topic)) for r in reqs
+        ]
+        return _run_chunks(calls, results)
+
+    best = _best(passes, run)
+    return best / len(reqs), [d.allowed for d in results]
+
+
 def cedar_requests(reqs: list[Request]) -> list[dict[str, dict[str, str]]]:
     return [
         {
@@ -350,8 +413,11 @@ def run_decisions(
 
     rows_cold: list[Row] = []
     rows_warm: list[Row] = []
+    rows_info: list[Row] = []
     colds: list[float] = []
     warms: list[float] = []
+    floors: list[float] = []
+    fixed: list[float] = []
     policies = cedarpy.PolicySet.from_str(CEDAR_POLICY)
     for n in sizes:
         t0 = time.perf_counter()
@@ -390,6 +456,10 @@ def run_decisions(
         reqs = requests(n, max(compiled_n, cedar_n))
         cold_s, cold = time_compiled(handles, reqs[:compiled_n], cached=False, passes=passes)
         warm_s, warm = time_compiled(handles, reqs[:compiled_n], cached=True, passes=passes)
+        floor_s, floor = time_floor(handles, reqs[:compiled_n], passes)
+        active = active_agents(n)
+        reqs_fixed = requests(n, compiled_n, agents=active)
+        fixed_s, fixed_ok = time_compiled(handles, reqs_fixed, cached=True, passes=passes)
         cedar_s, ced = time_cedar(policies, entities, reqs[:cedar_n], passes)
         batch_s = time_cedar_batch(policies, entities, reqs[:cedar_n], 1000, passes)
         truth = [expected(r, n) for r in reqs]
@@ -398,10 +468,16 @@ def run_decisions(
             + sum(a != b for a, b in zip(warm, truth, strict=False)),
             "cedar": sum(a != b for a, b in zip(ced, truth, strict=False)),
         }
+        info_wrong = sum(a != b for a, b in zip(floor, truth, strict=False)) + sum(
+            a != expected(r, n) for a, r in zip(fixed_ok, reqs_fixed, strict=True)
+        )
         cold_us, warm_us = cold_s * 1e6, warm_s * 1e6
         cedar_us, batch_us = cedar_s * 1e6, batch_s * 1e6
+        floor_us, fixed_us = floor_s * 1e6, fixed_s * 1e6
         colds.append(cold_us)
         warms.append(warm_us)
+        floors.append(floor_us)
+        fixed.append(fixed_us)
         allowed = sum(truth[:cedar_n])
         log(f"  {n:>6,} tenants ({n * DEVICES_PER_TENANT:,} devices, {n:,} agents): compiled "
             f"{cold_us:.2f} us uncached / {warm_us:.2f} us cached ({compiled_n:,} decisions); "
@@ -411,6 +487,9 @@ def run_decisions(
             f"at CONNECT {connect_ms:.3f} ms CPU, {connect_kb:.1f} KB), cedar entities "
             f"{t2 - t1:.2f} s; "
             f"a full gc.collect() {gc_ms:.0f} ms")
+        log(f"  {'':>6}  (info) bare per-agent dict.get on the same requests {floor_us:.2f} us "
+            f"(cached guard / floor {warm_us / floor_us:.1f}x); cached guard with "
+            f"{len(active)} agents active {fixed_us:.2f} us; wrong answers {info_wrong}")
         ok = not any(wrong.values())
         tag = "" if ok else " [WRONG]"
         label = f"{n:,} tenants"
@@ -423,6 +502,15 @@ def run_decisions(
             f"decision, uncached (new topic), {label} (us){tag}", f"{cedar_us:.2f}",
             f"{cold_us:.2f}", f"{cold_x:.0f}x", ">= 20x", ok and cold_x >= 20,
         ))
+        info_tag = "" if not info_wrong else " [WRONG]"
+        rows_info.append(Row(
+            f"decision floor: bare per-agent dict.get, same requests, {label} (us){info_tag}",
+            "", f"{floor_us:.2f}", f"cached {warm_us / floor_us:.1f}x floor", "(info)", None,
+        ))
+        rows_info.append(Row(
+            f"decision, cached, {len(active)} agents active, {label} (us){info_tag}",
+            f"{cedar_us:.2f}", f"{fixed_us:.2f}", f"{cedar_us / fixed_us:.0f}x", "(info)", None,
+        ))
         del policy, handles, entities
     flat = [
         Row(f"decision flatness {sizes[0]:,}..{sizes[-1]:,} tenants ({kind} max/min)", "", "",
@@ -432,4 +520,13 @@ def run_decisions(
             ("uncached", max(colds) / min(colds) if colds else 0.0),
         )
     ]
-    return [*rows_warm, *rows_cold, *flat]
+    spans = f"{sizes[0]:,}..{sizes[-1]:,} tenants"
+    info_flat = [
+        Row(f"decision flatness {spans} ({kind} max/min)", "", "", f"{spread:.1f}x", "(info)",
+            None)
+        for kind, spread in (
+            ("bare dict.get floor", max(floors) / min(floors) if floors else 0.0),
+            ("cached, 100 agents active", max(fixed) / min(fixed) if fixed else 0.0),
+        )
+    ]
+    return [*rows_warm, *rows_cold, *flat, *rows_info, *info_flat]

@@ -15,14 +15,17 @@ import pytest
 from bench import rawmqtt as mq
 from bench.decisions import (
     CEDAR_POLICY,
+    active_agents,
     agent_name,
     cedar_entities,
     cedar_requests,
     compiled_calls,
     expected,
+    floor_tables,
     policy_document,
     requests,
     time_compiled,
+    time_floor,
 )
 from bench.procs import REPO
 from bench.report import Row, table
@@ -371,3 +374,37 @@ def test_audit_path_bench_writes_every_record_and_times_a_checkpoint(tmp_path: P
     assert min(build, write, count) > 0
     sign, store = asyncio.run(checkpoint_cost(tmp_path, 3))
     assert sign > 0 and store > 0
+
+
+def test_a_fixed_working_set_draws_the_same_mix_from_its_agents_only() -> None:
+    assert active_agents(10) == list(range(10))
+    spread = active_agents(10_000)
+    assert len(spread) == len(set(spread)) == 100 and spread[0] == 0 and spread[-1] == 9_901
+    assert sum(i % 2 for i in spread) == 50 and max(active_agents(150)) < 150
+    reqs = requests(2_000, 3_000, agents=active_agents(2_000))
+    assert {r.agent for r in reqs} == set(active_agents(2_000))
+    truth = [expected(r, 2_000) for r in reqs]
+    assert 0.4 < sum(truth) / len(truth) < 0.8  # allowed and refused, as the main stream
+    assert {r.tool for r in reqs} == {"read_telemetry", "read_status", "shadow_get"}
+    # The goal rows' stream is what it was without the parameter.
+    assert requests(50, 500) == requests(50, 500, agents=None)
+
+
+def test_the_floor_looks_up_the_guards_own_answers() -> None:
+    from iot_guard.policy.compiler import CompiledPolicy
+
+    n = 40
+    policy = CompiledPolicy(policy_document(n))
+    handles = [policy.for_agent(agent_name(i)) for i in range(n)]
+    reqs = requests(n, 800)
+    tables = floor_tables(handles, reqs)  # type: ignore[arg-type]
+    for r in reqs:
+        h = handles[r.agent]
+        assert h is not None
+        answer = (h.decide_publish(r.topic, b"", 0, False) if r.verb == "publish"
+                  else h.decide_receive(r.topic))
+        assert tables[r.agent][r.topic] is answer
+        # Every topic decided at CONNECT is in the agent's table (same size of dict).
+        assert h._decided_recv.keys() <= tables[r.agent].keys()
+    seconds, allowed = time_floor(handles, reqs, passes=2)  # type: ignore[arg-type]
+    assert seconds > 0 and allowed == [expected(r, n) for r in reqs]
