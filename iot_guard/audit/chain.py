@@ -6,12 +6,13 @@ these one set of rules, so what the guard writes is exactly what verify accepts.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .checkpoint import Checkpoint, format_note
-from .merkle import Frontier, leaf_hash
+from .merkle import Frontier
 from .records import (
     GENESIS,
     Link,
@@ -24,6 +25,7 @@ from .records import (
 from .signer import NoteSigner
 
 _sha256 = hashlib.sha256
+_hexlify = binascii.hexlify  # bytes of the hex digest, as the line holds it
 
 
 class ChainError(Exception):
@@ -66,9 +68,17 @@ class ChainState:
         return self.seq - self.signed - 1
 
     def append(self, line: bytes) -> None:
-        self.prev = _sha256(line).hexdigest().encode()
-        self.tree.append(leaf_hash(line))
+        """Advance past ``line`` (written): the one-line ``seal`` and ``commit``."""
+        self.prev = _hexlify(_sha256(line).digest())
+        self.tree.append_line(line)
         self.seq += 1
+
+    def line(self, record: Mapping[str, Any]) -> bytes:
+        """The next line: ``record``'s, sealed alone (``append`` it once it is written).
+        Raises ValueError/TypeError for a record that cannot be a line."""
+        if record.__class__ is TemplateRecord:  # record_line's first case, inline
+            return record.template.line_format % (self.seq, self.prev, *record.open_values)
+        return record_line(self.seq, self.prev, record)
 
     # ------------------------------------------------------------------ writing
 
@@ -84,7 +94,7 @@ class ChainState:
                 line = record.template.line_format % (seq, prev, *record.open_values)
             else:
                 line = record_line(seq, prev, record)
-            prev = _sha256(line).hexdigest().encode()
+            prev = _hexlify(_sha256(line).digest())
             seq += 1
             add(line)
         return lines, prev

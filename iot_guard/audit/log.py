@@ -163,23 +163,39 @@ class AuditLog:
         """All records in one write: what one read from a peer decided, before forwarding."""
         with self._lock:
             state = self.state
-            try:
-                head = b""
-                if self._pending_open is not None:  # the first write of this file or run
-                    state = state.copy()
-                    head = self._open_line(state)
-                lines, prev = state.seal(records)
-            except (TypeError, ValueError) as exc:
-                raise AuditError(f"cannot encode audit record: {exc}") from exc
-            lines.append(b"")
-            self._write(head + b"\n".join(lines))
-            lines.pop()
-            # Only once written: a failed write leaves the chain where the file ends.
-            state.commit(lines, prev)
-            self._commit(state)
-            due = self.signer is not None and state.unsigned >= self.checkpoint_records
+            if len(records) == 1 and self._pending_open is None:
+                # One record, what one read decides at low load: the batch path without
+                # its lists (the same line, the same chain).
+                try:
+                    line = state.line(records[0])
+                except (TypeError, ValueError) as exc:
+                    raise AuditError(f"cannot encode audit record: {exc}") from exc
+                self._write(line + b"\n")
+                state.append(line)  # only once written, as below
+                due = self.signer is not None and state.unsigned >= self.checkpoint_records
+            else:
+                due = self._write_batch(state, records)
         if due:
             self._checkpoint_due()
+
+    def _write_batch(self, state: ChainState, records: Sequence[Mapping[str, Any]]) -> bool:
+        """``write_many`` of any number of records, under the lock; True if a checkpoint
+        is due."""
+        try:
+            head = b""
+            if self._pending_open is not None:  # the first write of this file or run
+                state = state.copy()
+                head = self._open_line(state)
+            lines, prev = state.seal(records)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"cannot encode audit record: {exc}") from exc
+        lines.append(b"")
+        self._write(head + b"\n".join(lines))
+        lines.pop()
+        # Only once written: a failed write leaves the chain where the file ends.
+        state.commit(lines, prev)
+        self._commit(state)
+        return self.signer is not None and state.unsigned >= self.checkpoint_records
 
     def _open_line(self, state: ChainState) -> bytes:
         if self._pending_open is None:

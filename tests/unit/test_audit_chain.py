@@ -11,6 +11,7 @@ import base64
 import gzip
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ import pytest
 from iot_guard.audit import AuditError, AuditLog
 from iot_guard.audit.chain import ChainState
 from iot_guard.audit.checkpoint import format_note, parse_note
-from iot_guard.audit.records import checkpoint_line, read_link, record_line
+from iot_guard.audit.records import (
+    OPEN_INT,
+    OPEN_PLAIN_STR,
+    TemplateRecord,
+    checkpoint_line,
+    line_template,
+    read_link,
+    record_line,
+)
 from iot_guard.audit.signer import NoteSigner
 from iot_guard.audit.verifier import ChainReport, verify_logs
 
@@ -323,6 +332,50 @@ def test_a_failed_write_forwards_nothing_and_does_not_advance_the_chain() -> Non
     with pytest.raises(AuditError, match="reserved keys"):
         log.write({"seq": 1})
     log.close()
+
+
+def test_one_record_per_write_is_the_batch_path_byte_for_byte(tmp_path: Path) -> None:
+    # write_many of one record (the common read) has its own path: the same file as the
+    # same records written in batches, template records and dicts alike.
+    template = line_template({"timestamp": "x", "agent_id": "ops-agent", "n": 0, "qos": 0},
+                             {"timestamp": OPEN_PLAIN_STR, "qos": OPEN_INT})
+    assert template is not None
+    records: list[Mapping[str, Any]] = [
+        TemplateRecord.of(template, (b"2026-01-01T00:00:%02dZ" % i, i % 3)) if i % 3
+        else record(i) for i in range(40)]
+    single = AuditLog(tmp_path / "single.jsonl", clock=lambda: 1.5)
+    batched = AuditLog(tmp_path / "batched.jsonl", clock=lambda: 1.5)
+    for i, r in enumerate(records):
+        single.write_many([r])
+        assert single.state.seq == i + 2  # the open record, then one line per write
+    for start, size in ((0, 1), (1, 7), (8, 1), (9, 31)):
+        batched.write_many(records[start:start + size])
+    assert (tmp_path / "single.jsonl").read_bytes() == (tmp_path / "batched.jsonl").read_bytes()
+    assert single.state.prev == batched.state.prev and single.state.tree == batched.state.tree
+    single.close()
+    batched.close()
+
+
+def test_a_failed_single_write_leaves_the_chain_where_the_file_ends(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.write_many([record(0)])  # the open record and one line: the one-record path next
+    seq, prev, tree = log.state.seq, log.state.prev, log.state.tree.copy()
+    with pytest.raises(AuditError, match="reserved keys"):
+        log.write_many([{"seq": 1}])
+    with pytest.raises(AuditError, match="cannot encode"):
+        log.write_many([{"bad": "\ud800", "n": 2**70}])
+    full = os.open("/dev/full", os.O_WRONLY)
+    fd, log._fd = log._fd, full  # the disk fills up
+    try:
+        with pytest.raises(AuditError, match="cannot write audit log"):
+            log.write_many([record(1)])
+    finally:
+        log._fd = fd
+        os.close(full)
+    assert (log.state.seq, log.state.prev, log.state.tree) == (seq, prev, tree)
+    log.write_many([record(1)])  # the chain goes on from the file's last line
+    log.close()
+    assert len(lines_of(tmp_path / "audit.jsonl")) == 3
 
 
 # ----------------------------------------------------------------------------- timing

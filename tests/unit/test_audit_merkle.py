@@ -102,6 +102,22 @@ def test_append_lines_is_append_of_each_leaf_hash() -> None:
     assert data.root() == CT_ROOTS[len(CT_LEAVES)]
 
 
+def test_append_line_is_append_of_its_leaf_hash() -> None:
+    # The one-line form (a read of one record) from every starting size up to 70: every
+    # carry pattern of the frontier's low bits.
+    one_by_one, single = Frontier(), Frontier()
+    for i in range(70):
+        line = b"line %d" % i
+        one_by_one.append(leaf_hash(line))
+        single.append_line(line)
+        assert single == one_by_one, f"after {i + 1} lines"
+    assert single.root() == tree_root([leaf_hash(b"line %d" % i) for i in range(70)])
+    data = Frontier()
+    for leaf in CT_LEAVES:
+        data.append_line(leaf)
+    assert data.root() == CT_ROOTS[len(CT_LEAVES)]
+
+
 @pytest.mark.parametrize(("index", "size"), sorted(CT_PROOFS))
 def test_inclusion_proofs_match_the_reference(index: int, size: int) -> None:
     leaves = [leaf_hash(d) for d in CT_LEAVES]
