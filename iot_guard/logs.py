@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from .audit import utc_iso
-from .audit.records import LineTemplate, TemplateRecord
+from .audit.records import TemplateRecord
 
 LOGGER = "iot_guard"
 _HANDLER_NAME = "iot-guard-console"
@@ -60,23 +60,40 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
 def log_session_records(records: Iterable[Mapping[str, Any]], refused: int) -> int:
     """Log a session's connect and disconnect from its audit records (already written);
     ``refused`` counts its refused requests so far; the new count is returned."""
-    last: LineTemplate | None = None
-    refusal = False
     for record in records:
-        template = record.template if record.__class__ is TemplateRecord else None
-        if template is not None and template is last:
-            # The same packet and status as the record before: made from one template.
-            refused += refusal
-            continue
+        if record.__class__ is TemplateRecord:
+            # A message's record: whether it is a refusal is the template's, read once.
+            refusal = record.template.memo.get(_MEMO)
+            if refusal is None:
+                refusal = _template_refusal(record)
+            if refusal is not _EACH:
+                refused += refusal
+                continue
         packet = record.get("packet")
         if packet == "connect" or packet == "disconnect":
-            last = None  # each one is logged
-            _log_session_event(record, refused)
+            _log_session_event(record, refused)  # each one is logged
         else:
-            last = template
-            refusal = record.get("result_status", "success") != "success"
-            refused += refusal
+            refused += record.get("result_status", "success") != "success"
     return refused
+
+
+_MEMO = "logs.refusal"
+_EACH = -1  # a template whose records are each read (a session event, an open field)
+
+
+def _template_refusal(record: TemplateRecord) -> int:
+    """1 if the records of ``record``'s template are refusals, 0 if not (kept in its
+    memo); _EACH when they must be read one by one."""
+    template = record.template
+    if template.fixed(("packet", "result_status")) is None:
+        return _EACH
+    packet = template.fields.get("packet")
+    if packet == "connect" or packet == "disconnect":
+        refusal = _EACH
+    else:
+        refusal = int(template.fields.get("result_status", "success") != "success")
+    template.memo[_MEMO] = refusal
+    return refusal
 
 
 def _log_session_event(record: Mapping[str, Any], refused: int) -> None:

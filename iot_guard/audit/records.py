@@ -133,9 +133,12 @@ class LineTemplate:
     """Records that differ only in the values of a few keys (``open``), as one record
     (``fields``, with stand-ins for those values) and the format of their lines:
     ``line_format % (seq, prev, *open_values)`` is ``record_line``'s line for the
-    record ``fields`` with ``open_values`` (as OPEN_* says) in the open keys."""
+    record ``fields`` with ``open_values`` (as OPEN_* says) in the open keys.
 
-    __slots__ = ("fields", "line_format", "open_index", "readers")
+    ``memo`` keeps what a reader derives from the fixed fields alone (the metrics' key,
+    the console's verdict), once per template instead of once per record: see ``fixed``."""
+
+    __slots__ = ("fields", "line_format", "open_index", "readers", "memo")
 
     def __init__(self, fields: dict[str, Any], line_format: bytes,
                  open_index: dict[str, int], readers: list[Callable[[Any], Any]]) -> None:
@@ -143,6 +146,15 @@ class LineTemplate:
         self.line_format = line_format
         self.open_index = open_index
         self.readers = readers
+        self.memo: dict[str, Any] = {}
+
+    def fixed(self, keys: tuple[str, ...]) -> tuple[Any, ...] | None:
+        """The values of ``keys`` (None for a missing one, as ``Mapping.get``) that every
+        record of this template shares; None when one of them is open (per record)."""
+        if not self.open_index.keys().isdisjoint(keys):
+            return None
+        fields = self.fields
+        return tuple([fields.get(key) for key in keys])
 
 
 # The open keys' places and readers, shared by the templates of one layout (a few).

@@ -68,20 +68,50 @@ class GuardStats:
     def count_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         counts = self.records
         # Records made from one template (a session's messages on one topic: most of a
-        # batch) share every field counted here: read once per run, counted as a run.
+        # batch) share every field counted here: their key is read once per template
+        # (kept in its memo) and a run of them is counted as a run.
         last: LineTemplate | None = None
-        key: RecordKey = (None, None, None, None, None)
+        key: RecordKey = _NO_KEY
         run = 0
         for r in records:
-            template = r.template if r.__class__ is TemplateRecord else None
-            if template is not None and template is last:
-                run += 1
-                continue
-            if run:
-                counts[key] = counts.get(key, 0) + run
-            key = (r.get("packet"), r.get("decision"), r.get("tool_name"), r.get("reason_code"),
-                   r.get("result_status"))
-            last = template
+            if r.__class__ is TemplateRecord:
+                template = r.template
+                if template is last:
+                    run += 1
+                    continue
+                if run:
+                    counts[key] = counts.get(key, 0) + run
+                memo = template.memo.get(_MEMO)
+                if memo is None:
+                    key = _template_key(template, r)
+                    # A key that is per record (an open field) is not shared by a run.
+                    last = template if _MEMO in template.memo else None
+                else:
+                    key = memo
+                    last = template
+            else:
+                if run:
+                    counts[key] = counts.get(key, 0) + run
+                key = (r.get("packet"), r.get("decision"), r.get("tool_name"),
+                       r.get("reason_code"), r.get("result_status"))
+                last = None
             run = 1
         if run:
             counts[key] = counts.get(key, 0) + run
+
+
+_COUNTED = ("packet", "decision", "tool_name", "reason_code", "result_status")
+_NO_KEY: RecordKey = (None, None, None, None, None)
+_MEMO = "stats.key"
+
+
+def _template_key(template: LineTemplate, record: Mapping[str, Any]) -> RecordKey:
+    """The key of ``record``, kept in its template's memo when every record of the
+    template has it (none of the counted fields is open: what the session makes)."""
+    fixed = template.fixed(_COUNTED)
+    if fixed is None:
+        return (record.get("packet"), record.get("decision"), record.get("tool_name"),
+                record.get("reason_code"), record.get("result_status"))
+    key: RecordKey = fixed
+    template.memo[_MEMO] = key
+    return key

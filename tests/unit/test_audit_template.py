@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from iot_guard.audit.records import (
     record_line,
 )
 from iot_guard.checks import Pipeline
-from iot_guard.logs import log_session_records
+from iot_guard.logs import log_session_records, sessions
 from iot_guard.mqtt import Connack, Connect, Publish, Subscribe, Subscription, Will, encode
 from iot_guard.policy.decision import Decision, Verdict
 from iot_guard.proxy.stats import GuardStats
@@ -309,3 +310,94 @@ def test_metrics_and_console_count_template_records_as_their_dicts() -> None:
     slow.count_records(as_dicts)
     assert fast.records == slow.records and sum(fast.records.values()) == len(records)
     assert log_session_records(records, 3) == log_session_records(as_dicts, 3) > 3
+
+
+def test_metrics_and_console_read_one_record_per_read_as_their_dicts() -> None:
+    # One record per call (one publish per read): the template's memo answers from the
+    # second call on, and must say what the dict says, call after call.
+    events = _scenarios(5, token())
+    records = [r for name in ("allowed, one read of 12 and reads at other times",
+                              "enforcing check", "denied (policy, payload, odd topic) and "
+                              "empty payloads", "receive and subscribe (no payload)")
+               for r in _run(*events[name])]
+    assert sum(type(r) is TemplateRecord for r in records) > 10
+    fast, slow = GuardStats(), GuardStats()
+    fast_refused = slow_refused = 0
+    for _ in range(2):
+        for record in records:
+            fast.count_records([record])
+            slow.count_records([dict(record)])
+            fast_refused = log_session_records([record], fast_refused)
+            slow_refused = log_session_records([dict(record)], slow_refused)
+    assert fast.records == slow.records and fast_refused == slow_refused > 0
+
+
+class _Lines(logging.Handler):
+    """The console's session lines (the ``iot_guard`` logger may not propagate to
+    caplog's root handler once ``configure_logging`` ran in this process)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self._level = sessions.level
+        sessions.addHandler(self)
+        sessions.setLevel(logging.INFO)
+        return self.lines
+
+    def __exit__(self, *exc: object) -> None:
+        sessions.removeHandler(self)
+        sessions.setLevel(self._level)
+
+
+def test_readers_read_each_record_of_a_template_whose_counted_fields_are_open() -> None:
+    # A template may leave open what the metrics and the console count (the session's do
+    # not): then no memo, and no run taken as alike, only what each record says.
+    base = {"timestamp": "x", "packet": "publish", "decision": "allow", "tool_name": "t",
+            "reason_code": 0, "result_status": "success"}
+    status_open = line_template(base, {"result_status": OPEN_PLAIN_STR, "reason_code": OPEN_INT})
+    packet_open = line_template(base, {"packet": OPEN_PLAIN_STR})
+    assert status_open is not None and packet_open is not None
+    records = [TemplateRecord.of(status_open, (0, b"success")),
+               TemplateRecord.of(status_open, (135, b"error")),
+               TemplateRecord.of(status_open, (135, b"error")),
+               TemplateRecord.of(status_open, (0, b"success")),
+               TemplateRecord.of(packet_open, (b"publish",)),
+               TemplateRecord.of(packet_open, (b"disconnect",)),
+               TemplateRecord.of(packet_open, (b"receive",))]
+    for batch in ([records], [[r] for r in records]):
+        fast, slow = GuardStats(), GuardStats()
+        fast_refused = slow_refused = 0
+        with _Lines() as fast_lines:
+            for part in batch:
+                fast.count_records(part)
+                fast_refused = log_session_records(part, fast_refused)
+        with _Lines() as slow_lines:
+            for part in batch:
+                dicts = [dict(r) for r in part]
+                slow.count_records(dicts)
+                slow_refused = log_session_records(dicts, slow_refused)
+        assert fast.records == slow.records
+        assert fast.records[("publish", "allow", "t", 135, "error")] == 2
+        assert fast_refused == slow_refused == 2
+        assert fast_lines == slow_lines and len(fast_lines) == 1  # the disconnect
+    assert not status_open.memo and not packet_open.memo
+
+
+def test_a_session_event_template_is_logged_every_time() -> None:
+    # connect and disconnect records are each logged, even made from one template.
+    template = line_template({"timestamp": "x", "packet": "disconnect", "agent_id": "a",
+                              "session_id": "s", "requested_scope": "peer", "reason": "bye",
+                              "result_status": "success"}, {"timestamp": OPEN_PLAIN_STR})
+    assert template is not None
+    with _Lines() as lines:
+        for k in range(3):
+            refused = log_session_records([TemplateRecord.of(template, (b"t%d" % k,))], 4)
+    assert refused == 4
+    assert lines == [
+        "agent a disconnected: bye; 4 request(s) refused in the session (the audit log has "
+        "each); session s from peer"] * 3
