@@ -175,6 +175,20 @@ class StreamParser:
         size = len(buf)
         limit = self.max_packet_size
         try:
+            if buf is data and self._ready and 2 <= size <= limit:
+                # The read is one whole packet and nothing is buffered (one ack, one
+                # message: most reads at low load): its length checked here, no loop.
+                second = data[1]
+                if second < 0x80:
+                    whole = second + 2 == size
+                else:
+                    whole = size > 2 and 0 < data[2] < 0x80 and \
+                        (second & 0x7F | data[2] << 7) + 3 == size
+                if whole:
+                    first = data[0]
+                    if first >> 4 == 3:
+                        return [self._publish(data, 2 if second < 0x80 else 3, first & 0x0F)]
+                    return [self._parse(data, 2 if second < 0x80 else 3)]
             if not self._ready and size:
                 # Judge the stream's first byte at once: a peer that opens with anything
                 # but CONNECT (or CONNACK) is refused before its length is believed.

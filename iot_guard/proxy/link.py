@@ -88,21 +88,43 @@ class Link:
         started = perf_counter()
         commands = self.session.handle(event, time.time())
         self.server.stats.decision_latency.observe(perf_counter() - started)
-        self.perform(commands)
+        if len(commands) == 1 and commands[0].__class__ is SendToAgent:
+            # A read of acks or deliveries relayed (most broker reads): perform's first case.
+            agent = self.agent
+            if agent is not None and not agent.is_closing():
+                agent.write(commands[0].data)
+        elif commands:
+            self.perform(commands)
 
     # ------------------------------------------------------------ carrying out commands
 
     def perform(self, commands: list[Command]) -> None:
         if not commands:
             return
-        # The common case, one read relayed: nothing but bytes for one side.
-        kind = type(commands[0])
+        first = commands[0]
+        kind = first.__class__
+        # The common cases, one read relayed: nothing but bytes for one side (a read of
+        # acks or deliveries), or one message's audit record and its bytes (a read of one
+        # publish). The same as the loop below does with them, without its lists.
         if kind is SendToAgent or kind is SendToBroker:
+            if len(commands) == 1:
+                self._send(kind, first.data)  # type: ignore[union-attr]
+                return
             for command in commands:
-                if type(command) is not kind:
+                if command.__class__ is not kind:
                     break
             else:
-                self._send(kind, commands)  # type: ignore[arg-type]
+                self._send(kind, b"".join([c.data for c in commands]))  # type: ignore[union-attr]
+                return
+        elif kind is WriteAudit and len(commands) == 2:
+            then = commands[1]
+            if then.__class__ is SendToBroker or then.__class__ is SendToAgent:
+                try:
+                    self._audit([first.record])  # type: ignore[union-attr]
+                except AuditError as exc:
+                    self._audit_failed(exc)
+                    return
+                self._send(then.__class__, then.data)
                 return
         to_agent: list[bytes] = []
         to_broker: list[bytes] = []
@@ -139,14 +161,15 @@ class Link:
                     raise UnknownCommand(f"the proxy cannot carry out {command!r}")
             self._flush(audits, to_agent, to_broker)
         except AuditError as exc:
-            # Fail closed: what was not audited is not forwarded, and the session ends.
-            log.error("audit failed, closing session %s: %s", self.session.session_id, exc)
-            self.close(str(exc))
+            self._audit_failed(exc)
 
-    def _send(self, kind: type, commands: list[SendToAgent] | list[SendToBroker]) -> None:
+    def _audit_failed(self, exc: AuditError) -> None:
+        # Fail closed: what was not audited is not forwarded, and the session ends.
+        log.error("audit failed, closing session %s: %s", self.session.session_id, exc)
+        self.close(str(exc))
+
+    def _send(self, kind: type, data: bytes) -> None:
         """Bytes only, no audit record: one write to one side."""
-        data = (b"".join([c.data for c in commands]) if len(commands) > 1
-                else commands[0].data)
         if kind is SendToAgent:
             agent = self.agent
             if agent is not None and not agent.is_closing():
@@ -158,21 +181,25 @@ class Link:
         elif not self.upstream.is_closing():
             self.upstream.write(data)
 
+    def _audit(self, audits: list[Mapping[str, Any]]) -> None:
+        """Write ``audits`` (one write), then count and log them; raises AuditError."""
+        stats = self.server.stats
+        started = perf_counter()
+        try:
+            self.server.audit.write_many(audits)
+        except AuditError:
+            stats.audit_failures += 1
+            raise
+        stats.audit_latency.observe(perf_counter() - started)
+        stats.count_records(audits)  # the metrics' decisions: what was audited
+        self.refused = log_session_records(audits, self.refused)
+
     def _flush(
         self, audits: list[Mapping[str, Any]], to_agent: list[bytes], to_broker: list[bytes]
     ) -> None:
         """Audit first (one write for the batch), then send; raises AuditError unsent."""
         if audits:
-            stats = self.server.stats
-            started = perf_counter()
-            try:
-                self.server.audit.write_many(audits)
-            except AuditError:
-                stats.audit_failures += 1
-                raise
-            stats.audit_latency.observe(perf_counter() - started)
-            stats.count_records(audits)  # the metrics' decisions: what was audited
-            self.refused = log_session_records(audits, self.refused)
+            self._audit(audits)
             audits.clear()
         if to_agent and self.agent is not None and not self.agent.is_closing():
             self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])

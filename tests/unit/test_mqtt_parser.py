@@ -780,3 +780,58 @@ def test_large_publish_parse_has_no_per_byte_work() -> None:
     for _ in range(50):
         parser.feed(data)
     assert (time.perf_counter() - start) / 50 < 0.005
+
+
+# -- one packet per read ----------------------------------------------------------------------
+
+_TOPIC = s("tenants/acme/devices/therm-001/telemetry")
+ONE_READ = [
+    ("client", encode(PubAck(7), 5)),  # the common ack, 4 bytes
+    ("client", frame(0x40, b"\x00\x07\x10")),  # with a reason code
+    ("client", frame(0x40, b"\x00\x07\x10\x00\x00")),  # trailing byte: malformed
+    ("client", frame(0x40, b"\x00\x00")),  # packet id 0
+    ("client", frame(0xD0, b"")),  # PINGRESP, remaining length 0
+    ("client", frame(0x30, _TOPIC + b"\x00" + b"x" * 40)),  # 1-byte remaining length
+    ("client", frame(0x30, _TOPIC + b"\x00" + b"x" * 300)),  # 2 bytes
+    ("client", frame(0x30, _TOPIC + b"\x00" + b"x" * 20000)),  # 3 bytes: the loop's
+    ("client", frame(0x36, _TOPIC + b"\x00\x01\x00{}")),  # QoS 3
+    ("client", frame(0x30, s("a/+") + b"\x00")),  # a wildcard in a topic name
+    ("client", frame(0x30, _TOPIC)),  # no properties length
+    ("client", b"\x40\x82\x00" + b"\x00" * 2),  # remaining length not in shortest form
+    ("client", b"\x00\x00"),  # reserved packet type 0
+    ("client", frame(0x80, b"\x00\x01" + s("a/b") + b"\x00")),  # SUBSCRIBE from a server
+    ("server", frame(0x32, _TOPIC + b"\x00\x05\x00" + b"y" * 200)),
+    ("server", encode(Connect("again", 5), 5)),  # a second CONNECT
+    ("server", frame(0x90, b"\x00\x01\x00")),  # SUBACK from a client
+]
+
+
+def _outcome(parser: StreamParser, chunks: list[bytes]) -> tuple[object, ...]:
+    try:
+        packets: object = [p for chunk in chunks for p in parser.feed(chunk)]
+    except ProtocolError as err:
+        packets = (err.reason_code, err.message, err.protocol_level)
+    after = encode(PubAck(9), 5)
+    try:
+        later: object = parser.feed(after)
+    except ProtocolError as err:
+        later = err.message
+    return packets, parser.dead, later
+
+
+@pytest.mark.parametrize(("side", "data"), ONE_READ)
+@pytest.mark.parametrize("limit", [None, 100])
+def test_a_read_of_one_whole_packet_parses_as_the_stream_does(
+    side: str, data: bytes, limit: int | None
+) -> None:
+    # One whole packet in a read has a short way; the same bytes in two reads go the
+    # loop's way: the same packets, the same error, the same state after (``limit``: a
+    # packet over the maximum size is refused the same either way).
+    def parser() -> StreamParser:
+        made = StreamParser(side=side, protocol_level=5,  # type: ignore[arg-type]
+                            max_packet_size=limit or 268_435_460)
+        if side == "client":
+            made.feed(encode(Connack(), 5))
+        return made
+
+    assert _outcome(parser(), [data]) == _outcome(parser(), [data[:1], data[1:]])

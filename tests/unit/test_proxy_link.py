@@ -116,6 +116,70 @@ def test_audit_is_written_before_the_bytes_it_speaks_for() -> None:
     assert run(go()) == [("audit", [1, 2]), ("agent", b"b"), ("broker", b"ac")]
 
 
+@pytest.mark.parametrize("commands", [
+    [WriteAudit({"n": 1}), SendToBroker(b"p")],  # a read of one publish
+    [WriteAudit({"n": 1}), SendToAgent(b"r")],  # a refused one, answered
+    [SendToAgent(b"a")], [SendToAgent(b"a"), SendToAgent(b"b")],  # acks, deliveries
+    [SendToBroker(b"a")], [SendToBroker(b"a"), SendToBroker(b"b")],
+])
+def test_the_shapes_of_one_read_are_carried_out_as_the_general_loop_does(
+    commands: list[Any],
+) -> None:
+    # perform has a short way for these shapes; the general loop (the same commands
+    # behind a timer command, which only it handles) must give the same journal, stats,
+    # refusal count, and backlog while the upstream is opening.
+    async def go(lead: list[Any], upstream: bool) -> tuple[Journal, Any, int, Any]:
+        link, journal = make_link()
+        if not upstream:
+            link.upstream = None
+        link.perform([*lead, *commands])
+        backlog = link._to_broker_backlog  # written as one, once the upstream is open
+        return (journal, link.server.stats.records, link.refused,
+                None if backlog is None else b"".join(backlog))
+
+    for upstream in (True, False):
+        fast = run(go([], upstream))
+        slow = run(go([CancelTimer("none")], upstream))
+        assert fast == slow
+    journal, records, _, _ = fast
+    assert sum(records.values()) == sum(isinstance(c, WriteAudit) for c in commands)
+    if isinstance(commands[0], WriteAudit):
+        assert journal[0] == ("audit", [1])  # before the bytes it speaks for
+
+
+def test_a_relayed_read_reaches_the_agent_unless_it_is_closing() -> None:
+    # feed's short way for a read of acks or deliveries: written as it came, and
+    # nothing written to a closing transport; every event timed once.
+    class Relay(Recorder):
+        def handle(self, event: object, now: float) -> list[object]:
+            super().handle(event, now)
+            return [SendToAgent(b"ack")]
+
+    async def go() -> tuple[Link, Journal]:
+        link, journal = make_link()
+        link.session = Relay()  # type: ignore[assignment]
+        link.feed(TimerFired("x"))
+        link.agent.closed = True  # type: ignore[union-attr]
+        link.feed(TimerFired("y"))
+        return link, journal
+
+    link, journal = run(go())
+    assert journal == [("agent", b"ack")]
+    assert link.server.stats.decision_latency.count == 2
+
+
+def test_a_failed_audit_of_one_message_forwards_nothing_and_ends_the_session() -> None:
+    async def go(then: Any) -> tuple[Link, Journal]:
+        link, journal = make_link(fail_audit=True)
+        link.perform([WriteAudit({"n": 1}), then])
+        return link, journal
+
+    for then in (SendToBroker(b"secret"), SendToAgent(b"ack")):
+        link, journal = run(go(then))
+        assert journal == [("agent", "closed"), ("broker", "closed")]
+        assert link.closed and link.server.stats.audit_failures == 1
+
+
 def test_a_failed_audit_write_forwards_nothing_and_ends_the_session() -> None:
     async def go() -> tuple[Link, Journal]:
         link, journal = make_link(fail_audit=True)
