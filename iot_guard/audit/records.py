@@ -46,8 +46,9 @@ def _utc_iso_slow(timestamp: float) -> str:
 # thread may call (the console's JSON formatter runs in the logging thread), and a pair of
 # list slots written one after the other could be read half old, half new: a stamp with
 # another second's date.
-_second: tuple[float | None, str] = (None, "")
+_second: tuple[float | None, str] = (None, "")  # (whole seconds, "...T23:50:44.")
 _last: tuple[float | None, str] = (None, "")  # the last timestamp formatted (NaN never equals)
+_modf = math.modf
 
 
 def utc_iso(timestamp: float) -> str:
@@ -56,7 +57,7 @@ def utc_iso(timestamp: float) -> str:
     last = _last
     if timestamp == last[0]:
         return last[1]  # the packets of one read share their ``now``
-    frac, whole = math.modf(timestamp)
+    frac, whole = _modf(timestamp)
     # datetime.fromtimestamp rounds the fraction half-even to microseconds, carrying a
     # full second into the seconds (CPython _PyTime_ObjectToTimeval, ROUND_HALF_EVEN).
     micros = round(frac * 1e6)
@@ -70,8 +71,9 @@ def utc_iso(timestamp: float) -> str:
     if whole != second[0]:
         if not -62135596800.0 <= whole < 253402300799.0:  # outside years 1..9999
             return _utc_iso_slow(timestamp)
-        second = _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    stamp = f"{second[1]}.{micros:06d}Z"
+        second = _second = (
+            whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+    stamp = second[1] + "%06dZ" % micros
     _last = (timestamp, stamp)
     return stamp
 

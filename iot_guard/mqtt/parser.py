@@ -186,9 +186,12 @@ class StreamParser:
                         (second & 0x7F | data[2] << 7) + 3 == size
                 if whole:
                     first = data[0]
-                    if first >> 4 == 3:
+                    ptype = first >> 4
+                    if ptype == 3:
                         return [self._publish(data, 2 if second < 0x80 else 3, first & 0x0F)]
-                    return [self._parse(data, 2 if second < 0x80 else 3)]
+                    if ptype:  # _parse's dispatch (type 0 is refused by the loop's way)
+                        return [self._handlers[ptype](self, data, 2 if second < 0x80 else 3,
+                                                      first & 0x0F)]
             if not self._ready and size:
                 # Judge the stream's first byte at once: a peer that opens with anything
                 # but CONNECT (or CONNACK) is refused before its length is believed.
