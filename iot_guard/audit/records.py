@@ -73,7 +73,7 @@ def utc_iso(timestamp: float) -> str:
             return _utc_iso_slow(timestamp)
         second = _second = (
             whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
-    stamp = second[1] + "%06dZ" % micros
+    stamp = f"{second[1]}{str(micros).zfill(6)}Z"  # micros: 0..999999
     _last = (timestamp, stamp)
     return stamp
 

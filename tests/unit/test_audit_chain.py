@@ -454,6 +454,7 @@ def test_the_state_store_catches_a_cut_the_file_alone_cannot_show(
     1700000000.0000005, 1700000000.0000015, 1700000059.9999997,  # carry into a new minute
     1799999999.9999999, 1767225599.9999996,  # carry into a new year (2026 -> 2027)
     1764546644.123456, 4102444800.5,
+    -1.5, -0.0000004, -86400.9999996, -1e-7,  # before 1970: a negative fraction
 ])
 def test_utc_iso_matches_datetime_to_the_microsecond(timestamp: float) -> None:
     from datetime import UTC, datetime
@@ -465,6 +466,20 @@ def test_utc_iso_matches_datetime_to_the_microsecond(timestamp: float) -> None:
     # Again after another second was formatted: the cached second must not leak.
     utc_iso(timestamp + 3601.0)
     assert utc_iso(timestamp) == expected.replace("+00:00", "Z")
+
+
+def test_utc_iso_matches_datetime_over_a_sweep_of_microseconds() -> None:
+    # Every width of the microseconds (zero-padded to six digits), across second and
+    # minute boundaries, as the packets of a busy guard stamp them one after another.
+    from datetime import UTC, datetime
+
+    from iot_guard.audit.records import utc_iso
+
+    for start in (1764546659.99, 1700000000.0, 12.0):
+        for k in range(0, 20000, 7):
+            ts = start + k * 1.3e-6
+            expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+            assert utc_iso(ts) == expected.replace("+00:00", "Z"), ts
 
 
 def test_lines_encode_as_compact_utf8_json() -> None:
