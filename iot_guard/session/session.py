@@ -252,6 +252,15 @@ class GuardSession:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              f"malformed packet ({err.message})")
             return actions
+        if len(packets) == 1:  # one packet per read (low load): the loop's answer, no lists
+            packet = packets[0]
+            if type(packet) is Publish:
+                if self._delivery(packet, now, actions):
+                    actions.append(SendToAgent(packet.raw))
+                return actions
+            if type(packet) in _RELAYED and type(packet) is not PubRel:
+                actions.append(SendToAgent(packet.raw))
+                return actions
         # Deliveries and acks passed on as they came: sent as one write, in order.
         relayed: list[bytes] = []
         for packet in packets:
