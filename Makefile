@@ -2,20 +2,30 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test demo bench lint
+.PHONY: install native clean-native test demo bench lint
 
 install:
 	bash .ci/install
 
-test: install
+# The per-packet core compiled by mypyc (iot_guard/native.py says which modules and why);
+# `make clean-native` runs the source as it is.
+native: install
+	$(PYTHON) iot_guard/native.py build
+
+clean-native:
+	$(PYTHON) iot_guard/native.py clean
+
+test: native
 	$(PYTHON) -m pytest -q
 
-# The demo needs the package only (no test or bench extras).
+# The demo needs the package only (no test or bench extras) and runs the source: a build
+# left over from older sources is removed, not used.
 demo:
 	bash .ci/install ""
+	$(PYTHON) iot_guard/native.py status >/dev/null || $(PYTHON) iot_guard/native.py clean
 	$(PYTHON) -m simulator.demo
 
-bench: install
+bench: native
 	$(PYTHON) -m bench
 
 lint:

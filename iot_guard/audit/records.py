@@ -208,23 +208,24 @@ class TemplateRecord(Mapping[str, Any]):
     """A decision record as a template and its open values, as its line holds them:
     made per packet instead of a dict of twenty keys, and written without encoding a
     dict (``line``). Readers get a read-only mapping of exactly what the line says
-    (``dict(record)`` for a dict). Made by ``TemplateRecord.of`` (or, on the packet
-    path, by setting both slots of ``object.__new__(TemplateRecord)``)."""
+    (``dict(record)`` for a dict). Made by ``TemplateRecord.of`` (checked), or on the
+    packet path by the constructor itself (the recorder's values fit by construction)."""
 
     __slots__ = ("template", "open_values")
 
     template: LineTemplate
     open_values: tuple[Any, ...]
 
+    def __init__(self, template: LineTemplate, open_values: tuple[Any, ...]) -> None:
+        self.template = template
+        self.open_values = open_values
+
     @classmethod
     def of(cls, template: LineTemplate, open_values: tuple[Any, ...]) -> TemplateRecord:
         if len(open_values) != len(template.open_index):
             raise ValueError(f"{len(template.open_index)} open values, not "
                              f"{len(open_values)}")
-        record = object.__new__(cls)
-        record.template = template
-        record.open_values = open_values
-        return record
+        return cls(template, open_values)
 
     def line(self, seq: int, prev: bytes) -> bytes:
         return self.template.line_format % (seq, prev, *self.open_values)

@@ -154,7 +154,7 @@ class StreamParser:
     def dead(self) -> bool:
         return self._error is not None
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Return the complete packets in ``data`` (plus earlier bytes), in order.
 
         An empty list means more bytes are needed. On a violation the whole call raises
@@ -162,14 +162,14 @@ class StreamParser:
         """
         if self._error is not None:
             raise self._error
-        if type(data) is not bytes:
-            data = bytes(data)  # bytearray/memoryview from a caller: raw and payload are bytes
+        # bytearray/memoryview from a caller: raw and payload are bytes all the same.
+        chunk = data if type(data) is bytes else bytes(data)
         buf: bytes | bytearray
         if self._buf:
-            self._buf += data
+            self._buf += chunk
             buf = self._buf
         else:
-            buf = data
+            buf = chunk
         out: list[Packet] = []
         pos = 0
         size = len(buf)

@@ -156,6 +156,8 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _NINETEEN_DIGITS = b"0" * 19
 # Up to this size a payload is proven by a walk first (measured: cheaper below it).
 _SMALL = 256
+# The deepest limit the walk proves (policies allow 64): well inside Python's recursion limit.
+_WALK_DEPTH = 256
 # orjson reads an integer literal beyond 64 bits as a float of at least this magnitude.
 _BIG_FLOAT = 2.0**63
 # A JSON string literal in a text orjson accepted (so every quote outside one opens one).
@@ -253,9 +255,13 @@ def proven(payload: bytes, value: Any, max_depth: int) -> bool:
                 return False  # a duplicate key
             if shallow or b"\n" + b" " * (2 * max_depth) not in text:
                 return True
+    if max_depth > _WALK_DEPTH:
+        # The strict parser (the standard library's, recursive) refuses what nests past
+        # Python's recursion limit: so deep a limit is strict's to decide, compiled or not.
+        return False
     try:
         members = _members(value, 0, max_depth)
-    except RecursionError:  # a max_depth above Python's own limit: strict decides
+    except RecursionError:  # a call stack already deep: strict decides
         return False
     return members >= 0 and members_match(payload, members)
 

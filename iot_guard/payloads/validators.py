@@ -71,31 +71,15 @@ class PayloadVerdict:
     # Config fields the payload touches, sorted (null removals included).
     fields: tuple[str, ...] = ()
     # The parsed JSON object when ok, so callers don't parse twice.
-    document: object = None
+    document: Any = None
     # When a field refused the payload: its rule ("file:line (device_types.T.config.F)").
     rule: str | None = None
 
 
 _EMPTY_OK = PayloadVerdict(ok=True, reason="")
 
-_new = object.__new__
-_set_ok, _set_reason, _set_risk, _set_fields, _set_document, _set_rule = (
-    getattr(PayloadVerdict, name).__set__ for name in PayloadVerdict.__slots__
-)
-
-
 def _accepted(risk: str, fields: tuple[str, ...], document: object) -> PayloadVerdict:
-    """``PayloadVerdict(ok=True, ...)`` per accepted payload, at half the cost: the slot
-    descriptors set the slots the frozen dataclass's ``__init__`` sets through
-    ``object.__setattr__`` (the way policy.decision.decision did before its ``_Draft``)."""
-    v = _new(PayloadVerdict)
-    _set_ok(v, True)
-    _set_reason(v, "")
-    _set_risk(v, risk)
-    _set_fields(v, fields)
-    _set_document(v, document)
-    _set_rule(v, None)
-    return v
+    return PayloadVerdict(True, "", risk, fields, document)
 _NO_TYPE = PayloadVerdict(ok=False, reason="no device type to validate the payload against")
 # The sure pass's "not sure": decided again on the strict parse (never an answer).
 _UNSURE = PayloadVerdict(ok=False, reason="not sure")

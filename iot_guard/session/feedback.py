@@ -164,7 +164,6 @@ _MESSAGE_OPEN = {"timestamp": OPEN_PLAIN_STR, "qos": OPEN_INT, "retain": OPEN_BO
 _TEMPLATES_MAX = 32
 _sha256 = hashlib.sha256
 _hexlify = binascii.hexlify
-_new = object.__new__
 
 
 class AuditRecorder:
@@ -223,12 +222,9 @@ class AuditRecorder:
         if now != self._now:  # the messages of one read share their ``now``
             self._stamp = utc_iso(now).encode()
             self._now = now
-        record = _new(TemplateRecord)
-        record.template = template
         # Never the payload itself: its size and digest are enough to match it later.
-        record.open_values = (self._stamp, qos, b"true" if retain else b"false",
-                              len(payload), _hexlify(_sha256(payload).digest()))
-        return record
+        return TemplateRecord(template, (self._stamp, qos, b"true" if retain else b"false",
+                                         len(payload), _hexlify(_sha256(payload).digest())))
 
     def _template(
         self, key: tuple[str, str, int], decision: Decision

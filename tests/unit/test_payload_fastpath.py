@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 import iot_guard.payloads.jsondoc as jsondoc
-import iot_guard.payloads.validators as validators_module
 from iot_guard.payloads import (
     FreeFormValidator,
     PayloadValidators,
@@ -42,6 +41,7 @@ from iot_guard.payloads.jsondoc import (
 from iot_guard.policy.loader import load_policy
 from iot_guard.policy_models import FieldSpec, PolicyDocument
 
+from .source import from_source
 from .strategies import field_specs as shared_field_specs
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
@@ -284,18 +284,34 @@ def policy() -> PolicyDocument:
     return load_policy(POLICY_DIR)
 
 
+# The reference runs from the source: a compiled build's calls skip the patches below.
+_SOURCE = from_source("iot_guard.payloads.validators")
+_TWINS: dict[int, tuple[PayloadValidators, Any]] = {}
+
+
+def build(doc: PolicyDocument, agent: bool = True) -> PayloadValidators:
+    """``PayloadValidators.build``, with its twin from the source for ``strict_answer``."""
+    v = PayloadValidators.build(doc, agent=agent)
+    _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent))
+    return v
+
+
 def strict_answer(
     v: PayloadValidators, kind: str, types: tuple[str, ...], payload: bytes, command: str | None
 ) -> PayloadVerdict:
-    """The verdict with every fast path off: strict parse, pydantic on every field."""
+    """The verdict with every fast path off: strict parse, pydantic on every field (by
+    ``v``'s twin from the source, see ``build``)."""
+    built, twin = _TWINS[id(v)]
+    assert built is v, "validators made without build()"
     with pytest.MonkeyPatch.context() as mp:
         def refuse(payload: bytes) -> object:
             raise ValueError("the strict path only")
 
-        mp.setattr(validators_module, "_loads", refuse)
-        mp.setattr(validators_module, "parse_object", strict_parse_object)
+        mp.setattr(_SOURCE, "_loads", refuse)
+        mp.setattr(_SOURCE, "parse_object", strict_parse_object)
         mp.setattr(FieldSet, "sure_rank", lambda self, obj: -1)
-        return v.for_types(kind, types, payload, command)
+        verdict: PayloadVerdict = twin.for_types(kind, types, payload, command)
+        return verdict
 
 
 def assert_same_answer(
@@ -392,7 +408,7 @@ def patch_payloads(seed: int, count: int) -> Iterator[bytes]:
 def accepted_on_both_sides(policy: PolicyDocument, kind: str, payloads: list[bytes]) -> int:
     """Each payload through the agent's and the device's validators, each answer checked
     against the strict path: how many answers were accepts."""
-    sides = (PayloadValidators.build(policy), PayloadValidators.build(policy, agent=False))
+    sides = (build(policy), build(policy, agent=False))
     return sum(assert_same_answer(v, kind, (T,), payload).ok
                for payload in payloads for v in sides)
 
@@ -406,7 +422,7 @@ def test_shadow_updates_answer_as_the_strict_path(policy: PolicyDocument) -> Non
 def test_config_patches_and_commands_answer_as_the_strict_path(policy: PolicyDocument) -> None:
     accepted = accepted_on_both_sides(
         policy, "config_patch", [*HOSTILE, *patch_payloads(3, 2000), *generated(4, 500)])
-    agent = PayloadValidators.build(policy)
+    agent = build(policy)
     commands = [b"", b"{}", b'{"delay_s":0}', b'{"delay_s":300}', b'{"delay_s":301}',
                 b'{"delay_s":1.0}', b'{"delay_s":true}', b'{"delay_s":null}', b'{"delay_s":5,'
                 b'"delay_s":6}', b'{"delay_s":5,"x":1}', b'{"delay_s":18446744073709551616}',
@@ -423,7 +439,7 @@ def test_groups_and_odd_kinds_answer_as_the_strict_path(policy: PolicyDocument) 
     doc.device_types["boiler"] = PolicyDocument.model_validate(
         {"device_types": {"boiler": {"config": {"mode": {"type": "string", "risk": "critical"}}}}}
     ).device_types["boiler"]
-    v = PayloadValidators.build(doc)
+    v = build(doc)
     for payload in [*HOSTILE[:60], *patch_payloads(5, 300)]:
         for kind in ("config_patch", "shadow_update", "none", "telepathy"):
             for types in ((T, "boiler"), ("boiler",), (), ("toaster",)):
@@ -433,10 +449,11 @@ def test_groups_and_odd_kinds_answer_as_the_strict_path(policy: PolicyDocument) 
 def test_a_valid_update_takes_the_fast_path(
     policy: PolicyDocument, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    v = PayloadValidators.build(policy)
+    source = from_source("iot_guard.payloads.validators")  # the spy sees its calls
+    v = source.PayloadValidators.build(policy)
     calls: list[bytes] = []
-    real = validators_module.strict_parse_object
-    monkeypatch.setattr(validators_module, "strict_parse_object",
+    real = source.strict_parse_object
+    monkeypatch.setattr(source, "strict_parse_object",
                         lambda payload: (calls.append(payload), real(payload))[1])
     def no_pydantic(*args: object, **kwargs: object) -> None:
         raise AssertionError("pydantic asked about a payload the sure pass accepts")

@@ -8,7 +8,6 @@ from pathlib import Path
 import pydantic
 import pytest
 
-import iot_guard.payloads.validators as validators_module
 from iot_guard.payloads import (
     MAX_DOCUMENT_BYTES,
     PayloadValidators,
@@ -16,6 +15,8 @@ from iot_guard.payloads import (
 )
 from iot_guard.policy.loader import load_policy
 from iot_guard.policy_models import PolicyDocument
+
+from .source import from_source
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "device_policies"
 T = "thermostat"
@@ -469,10 +470,11 @@ def test_for_types_needs_every_type_and_takes_the_riskiest(
     doc.device_types["boiler"] = PolicyDocument.model_validate(
         {"device_types": {"boiler": {"config": {"mode": {"type": "string", "risk": "critical"}}}}}
     ).device_types["boiler"]
-    both = PayloadValidators.build(doc)
+    source = from_source("iot_guard.payloads.validators")  # the spy sees its calls
+    both = source.PayloadValidators.build(doc)
     parses: list[bytes] = []
-    real = validators_module.parse_object
-    monkeypatch.setattr(validators_module, "parse_object", lambda b: (parses.append(b), real(b))[1])
+    real = source.parse_object
+    monkeypatch.setattr(source, "parse_object", lambda b: (parses.append(b), real(b))[1])
     mode = b'{"mode": "heat"}'
     verdict = both.for_types("config_patch", (T, "boiler"), mode)
     assert verdict.ok and verdict.risk == "critical" and verdict.fields == ("mode",)
