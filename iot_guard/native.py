@@ -66,6 +66,20 @@ def _extension(path: str) -> str | None:
     return None
 
 
+def _built() -> list[str]:
+    """Every module of the package with a compiled file beside its source (a build's,
+    whatever its module list was), as a path like the ones in ``MODULES``."""
+    found = []
+    for folder, _, names in os.walk(PACKAGE_DIR):
+        for name in names:
+            for suffix in EXTENSION_SUFFIXES:
+                if name.endswith(suffix):
+                    source = os.path.join(folder, name[: -len(suffix)] + ".py")
+                    if os.path.exists(source):
+                        found.append(os.path.relpath(source, ROOT).replace(os.sep, "/"))
+    return found
+
+
 def _digest(path: str) -> str:
     with open(os.path.join(ROOT, path), "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -81,13 +95,15 @@ def _stamped() -> dict[str, str]:
 
 def stale() -> list[str]:
     """Sources whose compiled module was built from other text (empty: none, or no build)."""
-    built = [path for path in MODULES if _extension(path) is not None]
+    built = _built()
     if not built:
         return []
     stamped = _stamped()
     # All or nothing: the group's modules call each other natively, so one module
-    # running from source beside the others compiled is not an option.
-    return [path for path in MODULES if stamped.get(path) != _digest(path)]
+    # running from source beside the others compiled is not an option; nor is a module
+    # compiled by a build with another list.
+    extra = [path for path in built if path not in MODULES]
+    return extra + [path for path in MODULES if stamped.get(path) != _digest(path)]
 
 
 def check() -> None:
@@ -102,7 +118,7 @@ def check() -> None:
 
 
 def clean() -> None:
-    for path in MODULES:
+    for path in _built():
         ext = _extension(path)
         if ext is not None:
             os.remove(ext)
@@ -132,7 +148,7 @@ def main(argv: list[str]) -> int:
         clean()
         return 0
     if command == "status" and not argv[1:]:
-        built = sum(_extension(path) is not None for path in MODULES)
+        built = sum(path in MODULES for path in _built())
         changed = stale()
         print(f"{built} of {len(MODULES)} modules compiled"
               + (f"; {len(changed)} changed since the build" if changed else ""))
