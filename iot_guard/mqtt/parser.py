@@ -175,22 +175,22 @@ class StreamParser:
         size = len(buf)
         limit = self.max_packet_size
         try:
-            if buf is data and self._ready and 2 <= size <= limit:
+            if buf is chunk and self._ready and 2 <= size <= limit:
                 # The read is one whole packet and nothing is buffered (one ack, one
                 # message: most reads at low load): its length checked here, no loop.
-                second = data[1]
+                second = chunk[1]
                 if second < 0x80:
                     whole = second + 2 == size
                 else:
-                    whole = size > 2 and 0 < data[2] < 0x80 and \
-                        (second & 0x7F | data[2] << 7) + 3 == size
+                    whole = size > 2 and 0 < chunk[2] < 0x80 and \
+                        (second & 0x7F | chunk[2] << 7) + 3 == size
                 if whole:
-                    first = data[0]
+                    first = chunk[0]
                     ptype = first >> 4
                     if ptype == 3:
-                        return [self._publish(data, 2 if second < 0x80 else 3, first & 0x0F)]
+                        return [self._publish(chunk, 2 if second < 0x80 else 3, first & 0x0F)]
                     if ptype:  # _parse's dispatch (type 0 is refused by the loop's way)
-                        return [self._handlers[ptype](self, data, 2 if second < 0x80 else 3,
+                        return [self._handlers[ptype](self, chunk, 2 if second < 0x80 else 3,
                                                       first & 0x0F)]
             if not self._ready and size:
                 # Judge the stream's first byte at once: a peer that opens with anything
