@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..mqtt.reason_codes import ReasonCode
 from ..mqtt.topics import split_shared, topic_filter_problem, topic_name_problem
@@ -55,19 +55,21 @@ _V = TypeVar("_V")
 _ALLOW, _SUCCESS = Verdict.ALLOW, ReasonCode.SUCCESS
 
 
-def _remember(cache: dict[str, _V], topic: str, value: _V) -> _V:
-    """Keep a topic decided on demand, clearing a full cache first (written out in
-    ``decide_publish`` and ``decide_receive``, the per-packet calls).
+def _kept(cache: dict[str, _V], topic: str, value: _V) -> dict[str, _V]:
+    """The on-demand cache to keep once ``topic`` is decided: ``cache`` with it added,
+    or, when ``cache`` is full or is the shared empty one (``_NOT_YET``), a new one
+    holding only it (a full cache is dropped whole). Written out in ``decide_publish``
+    and ``decide_receive``, the per-packet calls.
 
     Only on-demand answers live here: the topics decided at CONNECT are in the agent's
-    own maps, which nothing evicts, so a clear touches no precomputed entry and costs
-    the same however many topics the agent may use. A limit of 0 keeps one topic (the
-    last), which a bench uses to make every new topic a miss.
+    own maps, which nothing evicts, so dropping a cache touches no precomputed entry and
+    costs the same however many topics the agent may use. A limit of 0 keeps one topic
+    (the last), which a bench uses to make every new topic a miss.
     """
-    if len(cache) >= CACHE_LIMIT:
-        cache.clear()
+    if cache is _NOT_YET or len(cache) >= CACHE_LIMIT:
+        return {topic: value}
     cache[topic] = value
-    return value
+    return cache
 
 
 # The maps of a tool list that reaches no topic one way (an agent without publish tools,
@@ -75,6 +77,11 @@ def _remember(cache: dict[str, _V], topic: str, value: _V) -> _V:
 # (only on-demand caches are), so its lookup reads memory every such agent keeps hot.
 _NO_PUBLISH: dict[str, _PubTopic] = {}
 _NO_RECEIVE: dict[str, Decision] = {}
+# An agent's on-demand caches until it has something to keep: one shared empty dict,
+# never written (``_kept`` gives the agent its own), so an agent that never meets a
+# topic outside its maps has none (three dicts less per agent) and a lookup in it
+# reads memory that stays hot.
+_NOT_YET: dict[str, Any] = {}
 
 
 class _Shared:
@@ -311,9 +318,9 @@ class AgentPolicy:
         self._shared_subs = compiled.any_shared
         self._publishes = compiled.publishes
         # Decided on demand (bounded by CACHE_LIMIT): refusals name the agent.
-        self._demand_pub: dict[str, _PubTopic | Decision] = {}
-        self._demand_sub: dict[str, Decision] = {}
-        self._demand_recv: dict[str, Decision] = {}
+        self._demand_pub: dict[str, _PubTopic | Decision] = _NOT_YET
+        self._demand_sub: dict[str, Decision] = _NOT_YET
+        self._demand_recv: dict[str, Decision] = _NOT_YET
         if unknown_reason is None:
             maps = shared.topic_maps(self.tools, tenants, compiled)
             self._scope = maps.scope
@@ -329,9 +336,7 @@ class AgentPolicy:
 
     def clear_cache(self) -> None:
         """Forget every answer decided on demand (the maps decided at CONNECT stay)."""
-        self._demand_pub.clear()
-        self._demand_sub.clear()
-        self._demand_recv.clear()
+        self._demand_pub = self._demand_sub = self._demand_recv = _NOT_YET
 
     def _concrete(
         self, root: Node, shapes: ShapeIndex | None, levels: list[str], first_only: bool
@@ -358,9 +363,11 @@ class AgentPolicy:
             found = cache.get(topic)
             if found is None:
                 found = self._publish_entry(topic)
-                if len(cache) >= CACHE_LIMIT:  # _remember, inline: a call less per new topic
-                    cache.clear()
-                cache[topic] = found
+                # _kept, inline: a call less per new topic.
+                if cache is _NOT_YET or len(cache) >= CACHE_LIMIT:
+                    self._demand_pub = {topic: found}
+                else:
+                    cache[topic] = found
             if isinstance(found, Decision):
                 return found
             entry = found
@@ -406,8 +413,9 @@ class AgentPolicy:
         if topic[0] == "$":  # not empty: topic_name_problem refused that
             return deny(wording.reserved(self._agent, "publish", topic), WRITE)
         if not self._publishes:
-            # No publish tool (an observer): no template matches, none to say why.
-            return self._no_tool("publish", topic, None, WRITE)
+            # No publish tool (an observer): no template matches, none to say why
+            # (_no_tool's words for that, inline: a call less per refused topic).
+            return deny(wording.no_tool(self._agent, "publish", topic, ""), WRITE)
         found, refused = self._concrete(self._publish, self._pub_shapes, topic.split("/"), False)
         if not found:
             return self._no_tool("publish", topic, refused, WRITE)
@@ -434,11 +442,11 @@ class AgentPolicy:
 
     def decide_subscribe(self, topic_filter: str, qos: int = 0) -> Decision:
         """May this agent subscribe to ``topic_filter``? ``max_qos`` caps the granted QoS."""
-        decision = self._demand_sub.get(topic_filter)
+        cache = self._demand_sub
+        decision = cache.get(topic_filter)
         if decision is None:
-            decision = _remember(
-                self._demand_sub, topic_filter, self._subscribe_decision(topic_filter)
-            )
+            decision = self._subscribe_decision(topic_filter)
+            self._demand_sub = _kept(cache, topic_filter, decision)
         return decision
 
     def _subscribe_decision(self, topic_filter: str) -> Decision:
@@ -497,9 +505,11 @@ class AgentPolicy:
             decision = cache.get(topic)
             if decision is None:
                 decision = self._receive_decision(topic)
-                if len(cache) >= CACHE_LIMIT:  # _remember, inline: a call less per new topic
-                    cache.clear()
-                cache[topic] = decision
+                # _kept, inline: a call less per new topic.
+                if cache is _NOT_YET or len(cache) >= CACHE_LIMIT:
+                    self._demand_recv = {topic: decision}
+                else:
+                    cache[topic] = decision
         return decision
 
     def _receive_decision(self, topic: str) -> Decision:

@@ -153,3 +153,35 @@ def test_the_slots_every_packet_reads_share_the_handle_header_line() -> None:
         "_agent", "_decided_pub", "_decided_recv", "_demand_pub", "_demand_recv", "_demand_sub"
     ]
     assert 176 < AgentPolicy.__basicsize__ + 16 <= 192  # the 192-byte size class
+
+
+def test_an_agent_gets_its_own_on_demand_cache_only_when_it_has_something_to_keep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = observer_policy(tmp_path)
+    watcher, other = policy.for_agent("watcher"), policy.for_agent("other")
+    assert watcher is not None and other is not None
+    for agent in (watcher, other):
+        assert agent._demand_pub is agent._demand_recv is agent._demand_sub is compiler._NOT_YET
+    assert watcher.decide_receive("x/a/d/v").allowed  # decided at CONNECT: nothing kept
+    assert watcher._demand_recv is compiler._NOT_YET
+    first = watcher.decide_receive("x/a/e/v")
+    again = watcher.decide_receive("x/a/e/v")
+    assert again is first and not first.allowed
+    assert list(watcher._demand_recv) == ["x/a/e/v"]
+    assert watcher.decide_publish("x/a/d/q", b"") is watcher.decide_publish("x/a/d/q", b"")
+    assert watcher.decide_subscribe("x/b/#") is watcher.decide_subscribe("x/b/#")
+    assert list(watcher._demand_pub) == ["x/a/d/q"] and list(watcher._demand_sub) == ["x/b/#"]
+    # The shared empty cache is never written, whoever decides what.
+    assert not compiler._NOT_YET and other._demand_recv is compiler._NOT_YET
+    theirs = other.decide_receive("x/a/e/v")
+    assert theirs.reason == first.reason.replace("agent watcher", "agent other")
+    assert other._demand_recv is not watcher._demand_recv
+    monkeypatch.setattr(compiler, "CACHE_LIMIT", 3)
+    for i in range(10):
+        watcher.decide_receive(f"x/a/e{i}/v")
+        assert 1 <= len(watcher._demand_recv) <= 3
+    assert "x/a/e9/v" in watcher._demand_recv
+    watcher.clear_cache()
+    assert watcher._demand_recv is watcher._demand_pub is compiler._NOT_YET
+    assert not compiler._NOT_YET
