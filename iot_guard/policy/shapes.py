@@ -33,6 +33,10 @@ from .trie import End, end_ok
 
 Miss = tuple[End, int, str, Bindings]
 
+# What ``match`` answers when no template matches: one empty list, never appended to
+# (``match`` makes a list of its own for a topic that matches), so a refusal builds none.
+_NONE: list[tuple[End, Bindings]] = []
+
 
 class Shape:
     """One template: its literal levels to compare and its variables to look up."""
@@ -143,7 +147,7 @@ class ShapeIndex:
         shapes = self._by_last.get(levels[-1])
         if shapes is None:
             shapes = self._by_count.get(n, ())
-        found: list[tuple[End, Bindings]] = []
+        found: list[tuple[End, Bindings]] = _NONE  # a list of its own once one matches
         refused: Miss | None = None
         own = scope.own
         for shape in shapes:
@@ -161,11 +165,11 @@ class ShapeIndex:
                         refused = (shape.end, TENANT, tenant, NO_BINDINGS)
                     continue
                 device = levels[td[1]]
-                b: Bindings = (tenant, device, None, None)
                 if device not in index.devices:
                     if refused is None:
                         refused = (shape.end, DEVICE, device, (tenant, None, None, None))
                     continue
+                b: Bindings = (tenant, device, None, None)
             else:
                 b, why, value = _bind(shape, levels, scope)
                 if why >= 0:
@@ -176,9 +180,11 @@ class ShapeIndex:
                 if refused is None:
                     refused = (shape.end, -1, "", b)
                 continue
-            found.append((shape.end, b))
             if first_only:
-                break
+                return [(shape.end, b)], None
+            if found is _NONE:
+                found = []
+            found.append((shape.end, b))
         return found, refused
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iot_guard.mqtt.reason_codes import ReasonCode
-from iot_guard.policy import compiler, wording
+from iot_guard.policy import compiler, shapes, wording
 from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
 from iot_guard.policy.decision import READ, WRITE, Decision, deny
 from iot_guard.policy.registry import COMMAND, DEVICE, GROUP, TENANT
@@ -51,6 +51,7 @@ def test_a_refused_first_packet_is_worded_as_the_general_path_words_it() -> None
             assert agent.decide_receive(topic) == general_receive(agent, topic), topic
             asked += 1
     assert asked > 1000
+    assert shapes._NONE == []  # the shared "nothing matched" list is never appended to
 
 
 def test_the_short_wording_is_the_composed_wording() -> None:
