@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from .audit import utc_iso
-from .audit.records import TemplateRecord
+from .audit.records import LineTemplate, TemplateRecord
 
 LOGGER = "iot_guard"
 _HANDLER_NAME = "iot-guard-console"
@@ -60,12 +60,17 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
 def log_session_records(records: Iterable[Mapping[str, Any]], refused: int) -> int:
     """Log a session's connect and disconnect from its audit records (already written);
     ``refused`` counts its refused requests so far; the new count is returned."""
+    last: LineTemplate | None = None
+    refusal = 0
     for record in records:
         if record.__class__ is TemplateRecord:
-            # A message's record: whether it is a refusal is the template's, read once.
-            refusal = record.template.memo.get(_MEMO)
-            if refusal is None:
-                refusal = _template_refusal(record)
+            # A message's record: whether it is a refusal is the template's, read once
+            # (its memo), and the same for a run of records of that template.
+            template = record.template
+            if template is not last:
+                memo = template.memo.get(_MEMO)
+                refusal = _template_refusal(record) if memo is None else memo
+                last = template if refusal is not _EACH else None
             if refusal is not _EACH:
                 refused += refusal
                 continue
