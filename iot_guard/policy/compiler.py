@@ -281,14 +281,13 @@ class AgentPolicy:
     # Slots: the per-packet calls read a few attributes; no instance dict to go through.
     # CPython lays slots out in sorted name order, and this object's header starts a
     # 64-byte cache line (GC header + 19 slots: 192-byte pymalloc blocks, each at 48
-    # mod 64 in its pool): what every packet reads sorts first so it shares the
+    # mod 64 in its pool). So what every packet reads sorts first and shares the
     # header's line, which the call touches anyway (one memory fetch per packet instead
-    # of two when thousands of agents' handles are out of the CPU cache).
-    # The first line holds the slots of every packet: the agent's name (``_agent``, a
-    # second reference to ``agent_id``, for a refusal's words), the maps decided at
-    # CONNECT ("_decided_*") and the on-demand caches ("_demand_*"); the second what
-    # deciding a topic on demand reads ("_denial" to "_sub_orders").
-    # tests/unit/test_policy_layout.py checks the order and the block size.
+    # of two when thousands of agents' handles are out of the CPU cache): the agent's
+    # name (``_agent``, a second reference to ``agent_id``, for a refusal's words), the
+    # maps decided at CONNECT ("_decided_*") and the on-demand caches ("_demand_*").
+    # The second line holds what deciding a topic on demand reads ("_denial" to
+    # "_sub_orders"). tests/unit/test_policy_first_packet.py checks order and size.
     __slots__ = (
         "_agent", "_decided_pub", "_decided_recv", "_demand_pub", "_demand_recv",
         "_demand_sub", "_denial", "_pub_shapes", "_publish", "_publishes", "_recv_shapes",
