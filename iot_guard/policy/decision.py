@@ -115,16 +115,5 @@ def deny(
     resource: str | None = None,
     risk: str | None = None,
 ) -> Decision:
-    """A refusal, built as ``decision`` builds (every field of ``Decision`` stored)."""
-    made = _new_draft(_Draft)
-    made.verdict = _DENY
-    made.reason = reason
-    made.reason_code = reason_code
-    made.action_type = action_type
-    made.tool = tool
-    made.rule = rule
-    made.resource = resource
-    made.risk = risk
-    made.max_qos = None
-    made.__class__ = Decision  # type: ignore[assignment]  # from here on, frozen
-    return made  # type: ignore[return-value]  # a Decision now
+    """A refusal (``decision`` with the verdict deny and no QoS cap)."""
+    return decision(_DENY, reason, reason_code, action_type, tool, rule, resource, risk)
