@@ -17,7 +17,7 @@ clean-native:
 
 # The suite runs against the compiled core (a test checks it is there).
 test: native
-	IOT_GUARD_EXPECT_NATIVE=1 $(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --expect-native
 
 # The demo needs the package only (no test or bench extras) and runs the source: a build
 # left over from older sources is removed, not used.

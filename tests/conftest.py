@@ -10,6 +10,13 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # `make test` runs the suite against the compiled core (`make native`): with this
+    # option a run without it fails (tests/unit/test_native.py) instead of passing quietly.
+    parser.addoption("--expect-native", action="store_true",
+                     help="fail unless the per-packet core runs compiled (make native)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
     if not manager.hasplugin("iot_guard_simulator") and not manager.hasplugin(

@@ -88,12 +88,14 @@ def test_clean_removes_every_compiled_file_and_the_stamp(tree: Path) -> None:
     assert native.stale() == []
 
 
-def test_the_installed_package_is_wholly_compiled_or_wholly_source() -> None:
+def test_the_installed_package_is_wholly_compiled_or_wholly_source(
+    request: pytest.FixtureRequest,
+) -> None:
     """This process imported iot_guard, so its build (if any) matched; and under
-    ``make test`` (IOT_GUARD_EXPECT_NATIVE=1) the suite runs against a complete build."""
+    ``make test`` (``--expect-native``) the suite runs against a complete build."""
     built = [path for path in native.MODULES if native._extension(path) is not None]
     assert built in ([], list(native.MODULES))
-    if os.environ.get("IOT_GUARD_EXPECT_NATIVE") == "1":
+    if request.config.getoption("--expect-native"):
         assert built == list(native.MODULES), "make test ran without the compiled core"
         import iot_guard.session.session as session
 
