@@ -60,26 +60,18 @@ setup(name="iot-guard-native", ext_modules=mypycify(
 """
 
 
-def _extension(path: str) -> str | None:
-    """The compiled file beside a module's source, if there is one."""
-    base = os.path.join(ROOT, path[: -len(".py")])
-    for suffix in EXTENSION_SUFFIXES:
-        if os.path.exists(base + suffix):
-            return base + suffix
-    return None
-
-
-def _built() -> list[str]:
+def _built() -> dict[str, str]:
     """Every module of the package with a compiled file beside its source (a build's,
-    whatever its module list was), as a path like the ones in ``MODULES``."""
-    found = []
+    whatever its module list was): its path like the ones in ``MODULES`` -> that file."""
+    found = {}
     for folder, _, names in os.walk(PACKAGE_DIR):
         for name in names:
             for suffix in EXTENSION_SUFFIXES:
                 if name.endswith(suffix):
                     source = os.path.join(folder, name[: -len(suffix)] + ".py")
                     if os.path.exists(source):
-                        found.append(os.path.relpath(source, ROOT).replace(os.sep, "/"))
+                        path = os.path.relpath(source, ROOT).replace(os.sep, "/")
+                        found[path] = os.path.join(folder, name)
     return found
 
 
@@ -121,10 +113,8 @@ def check() -> None:
 
 
 def clean() -> None:
-    for path in _built():
-        ext = _extension(path)
-        if ext is not None:
-            os.remove(ext)
+    for compiled in _built().values():
+        os.remove(compiled)
     for name in os.listdir(PACKAGE_DIR):
         if name.startswith("_native__mypyc.") or name == os.path.basename(STAMP):
             os.remove(os.path.join(PACKAGE_DIR, name))
