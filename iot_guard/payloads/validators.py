@@ -114,22 +114,15 @@ def _client_token_problem(doc: dict[str, object]) -> str:
 
 
 class _DeviceTypeValidators:
-    __slots__ = ("name", "config", "commands", "command_risk", "command_targets")
+    __slots__ = ("name", "config", "command_targets")
 
     def __init__(
-        self,
-        name: str,
-        config: FieldSet,
-        commands: dict[str, FieldSet],
-        command_risk: dict[str, int],
+        self, name: str, config: FieldSet, command_targets: dict[str, _CommandTarget]
     ) -> None:
         self.name = name
         self.config = config
-        self.commands = commands
-        self.command_risk = command_risk
-        self.command_targets: dict[str, _CommandTarget] = {
-            name: (fields, command_risk[name], f"{name}.") for name, fields in commands.items()
-        }
+        # Per command: its payload fields, its risk rank, its reasons' prefix.
+        self.command_targets = command_targets
 
 
 class PayloadValidators:
@@ -181,26 +174,26 @@ class PayloadValidators:
                 honour_required=False,  # a patch or desired update names only what changes
                 rules=rules(("device_types", type_name, "config"), device_type.config),
             )
-            commands = {
-                command_name: FieldSet(
-                    f"command {command_name}",
-                    "payload field",
-                    command.payload,
-                    agent=agent,
-                    nullable=False,
-                    honour_required=True,
-                    rules=rules(
-                        ("device_types", type_name, "commands", command_name, "payload"),
+            command_targets: dict[str, _CommandTarget] = {
+                command_name: (
+                    FieldSet(
+                        f"command {command_name}",
+                        "payload field",
                         command.payload,
+                        agent=agent,
+                        nullable=False,
+                        honour_required=True,
+                        rules=rules(
+                            ("device_types", type_name, "commands", command_name, "payload"),
+                            command.payload,
+                        ),
                     ),
+                    RISK_ORDER[command.risk],
+                    f"{command_name}.",
                 )
                 for command_name, command in device_type.commands.items()
             }
-            command_risk = {
-                command_name: RISK_ORDER[command.risk]
-                for command_name, command in device_type.commands.items()
-            }
-            types[type_name] = _DeviceTypeValidators(type_name, config, commands, command_risk)
+            types[type_name] = _DeviceTypeValidators(type_name, config, command_targets)
         return cls(types, agent)
 
     # -- shadow/update ----------------------------------------------------------------
@@ -321,12 +314,12 @@ class PayloadValidators:
         validators = self._types.get(device_type)
         if validators is None:
             return _refused(f"unknown device type {show(device_type)}")
-        fields = validators.commands.get(command)
-        if fields is None:
+        target = validators.command_targets.get(command)
+        if target is None:
             return _refused(
                 f"command {key_text(command)}: not a command of device type {validators.name}"
             )
-        judged = self._command_doc(validators.command_targets[command], payload)
+        judged = self._command_doc(target, payload)
         if isinstance(judged, tuple):
             return _verdict(*judged)
         return judged
