@@ -20,6 +20,7 @@ from iot_guard.policy.decision import READ, WRITE, Decision, deny
 from iot_guard.policy.registry import COMMAND, DEVICE, GROUP, TENANT
 from iot_guard.policy.trie import End, match, miss
 
+from .test_policy_decide import agent_of
 from .test_policy_shapes import POLICY_DIR, topics
 
 
@@ -41,8 +42,7 @@ def test_a_refused_first_packet_is_worded_as_the_general_path_words_it() -> None
     policy = CompiledPolicy.load(POLICY_DIR)
     asked = 0
     for agent_id in policy.document.agents:
-        agent = policy.for_agent(agent_id)
-        assert agent is not None
+        agent = agent_of(policy, agent_id)
         extra = [f"tenants/{t}/devices/therm-999/telemetry" for t in ("acme", "globex", "x")]
         for topic in itertools.chain(topics(seed=11, count=1500), extra):
             if not topic or "+" in topic or topic.startswith("$"):
@@ -59,8 +59,7 @@ def test_the_short_wording_is_the_composed_wording() -> None:
               max_qos=1, retain=False, shared=False, approval_above=None,
               commands=frozenset({"reboot", "identify"}), uses_command=True)
     policy = CompiledPolicy.load(POLICY_DIR)
-    agent = policy.for_agent("ops-agent")
-    assert agent is not None
+    agent = agent_of(policy, "ops-agent")
     scope = agent._scope
     cases = [
         (end, TENANT, "globex", (None, None, None, None)),
@@ -99,8 +98,7 @@ def test_agents_without_a_topic_one_way_share_one_empty_map_nobody_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = observer_policy(tmp_path)
-    watcher, worker = policy.for_agent("watcher"), policy.for_agent("worker")
-    assert watcher is not None and worker is not None
+    watcher, worker = agent_of(policy, "watcher"), agent_of(policy, "worker")
     ghost = policy.deny_all("ghost")
     assert watcher._decided_pub is compiler._NO_PUBLISH is ghost._decided_pub
     assert ghost._decided_recv is compiler._NO_RECEIVE
@@ -131,8 +129,8 @@ def test_templates_ending_alike_at_other_depths_are_told_apart(tmp_path: Path) -
         "  open: {verb: subscribe, topic: 'y/{tenant}/{device}'}\n"
         "agents:\n  g: {tenants: [a], tools: [short, long, open]}\n"
     )
-    agent = CompiledPolicy.load(tmp_path).for_agent("g")
-    assert agent is not None and agent._recv_shapes is not None
+    agent = agent_of(CompiledPolicy.load(tmp_path), "g")
+    assert agent._recv_shapes is not None
     assert agent.decide_receive("x/a/v").tool == "short"
     assert agent.decide_receive("x/a/d/v").tool == "long"
     assert agent.decide_receive("y/a/e").tool == "open"
@@ -160,8 +158,7 @@ def test_an_agent_gets_its_own_on_demand_cache_only_when_it_has_something_to_kee
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = observer_policy(tmp_path)
-    watcher, other = policy.for_agent("watcher"), policy.for_agent("other")
-    assert watcher is not None and other is not None
+    watcher, other = agent_of(policy, "watcher"), agent_of(policy, "other")
     for agent in (watcher, other):
         assert agent._demand_pub is agent._demand_recv is agent._demand_sub is compiler._NOT_YET
     assert watcher.decide_receive("x/a/d/v").allowed  # decided at CONNECT: nothing kept

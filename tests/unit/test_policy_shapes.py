@@ -15,6 +15,8 @@ from iot_guard.policy.decision import Decision
 from iot_guard.policy.pubmatch import PubMatch
 from iot_guard.policy.trie import match
 
+from .test_policy_decide import agent_of
+
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 
 
@@ -39,8 +41,7 @@ def topics(seed: int = 3, count: int = 3000) -> list[str]:
 def test_shapes_and_trie_agree_on_every_agent_and_topic() -> None:
     policy = CompiledPolicy.load(POLICY_DIR)
     for agent_id in policy.document.agents:
-        agent = policy.for_agent(agent_id)
-        assert agent is not None
+        agent = agent_of(policy, agent_id)
         for root, shapes in ((agent._publish, agent._pub_shapes),
                              (agent._subscribe, agent._recv_shapes)):
             assert shapes is not None  # the example has no wildcard templates
@@ -62,8 +63,8 @@ def test_a_wildcard_template_keeps_the_trie(tmp_path: Path) -> None:
         "  all: {verb: subscribe, topic: 'x/{tenant}/#'}\n"
         "agents:\n  g: {tenants: [a], tools: [one, all]}\n"
     )
-    agent = CompiledPolicy.load(tmp_path).for_agent("g")
-    assert agent is not None and agent._recv_shapes is None and agent._pub_shapes is not None
+    agent = agent_of(CompiledPolicy.load(tmp_path), "g")
+    assert agent._recv_shapes is None and agent._pub_shapes is not None
     assert agent.decide_receive("x/a/d/v").tool == "one"
     assert agent.decide_receive("x/a/anything/else").tool == "all"
     assert not agent.decide_receive("x/b/d/v").allowed
@@ -74,8 +75,8 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
     gives (same verdict, tool, rule, resource, risk, QoS cap), for every agent."""
     policy = CompiledPolicy.load(POLICY_DIR)
     for agent_id in policy.document.agents:
-        agent = policy.for_agent(agent_id)
-        assert agent is not None and agent._decided_recv
+        agent = agent_of(policy, agent_id)
+        assert agent._decided_recv
         for topic, decided in agent._decided_recv.items():
             agent._demand_recv.clear()
             assert agent._receive_decision(topic) == decided, topic
@@ -85,8 +86,7 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
             assert [(m.end.tool, m.bindings) for m in again.matches] == [
                 (m.end.tool, m.bindings) for m in entry.matches
             ], topic
-    ops = policy.for_agent("ops-agent")
-    assert ops is not None
+    ops = agent_of(policy, "ops-agent")
     # 10 devices x (telemetry, status, 6 shadow/result topics) for acme's agent.
     assert len(ops._decided_recv) == 80
     assert "tenants/acme/groups/floor-1/config/push" in ops._decided_pub
@@ -95,8 +95,8 @@ def test_precomputed_topics_are_what_the_trie_decides() -> None:
 def test_an_agent_past_the_limit_decides_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiler, "EXACT_LIMIT", 5)
     policy = CompiledPolicy.load(POLICY_DIR)
-    ops = policy.for_agent("ops-agent")
-    assert ops is not None and not ops._decided_recv and not ops._decided_pub
+    ops = agent_of(policy, "ops-agent")
+    assert not ops._decided_recv and not ops._decided_pub
     assert ops.decide_receive("tenants/acme/devices/therm-001/telemetry").allowed
     assert not ops.decide_receive("tenants/globex/devices/therm-101/telemetry").allowed
 
@@ -192,8 +192,7 @@ def test_the_topic_maps_are_complete_and_agree_with_the_trie_on_hostile_topics()
     with the trie's refusal), and hostile topics are decided as the trie decides."""
     policy = CompiledPolicy.load(POLICY_DIR)
     for agent_id in policy.document.agents:
-        agent = policy.for_agent(agent_id)
-        assert agent is not None
+        agent = agent_of(policy, agent_id)
         for topic in itertools.chain(topics(seed=11), HOSTILE):
             levels = topic.split("/")
             for exact, root, verb in (
@@ -212,8 +211,7 @@ def test_the_topic_maps_are_complete_and_agree_with_the_trie_on_hostile_topics()
 def test_agents_with_the_same_tools_and_tenants_share_their_topic_maps(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(QUICK_POLICY)
     policy = CompiledPolicy.load(tmp_path)
-    one, two, three = (policy.for_agent(a) for a in ("one", "two", "three"))
-    assert one is not None and two is not None and three is not None
+    one, two, three = (agent_of(policy, a) for a in ("one", "two", "three"))
     assert one._decided_pub is two._decided_pub and one._decided_pub
     assert three._decided_pub is not one._decided_pub
     # Shared answers name no agent; refusals (decided on demand) name the one asking.
@@ -228,8 +226,7 @@ def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
 ) -> None:
     monkeypatch.setattr(compiler, "CACHE_LIMIT", 0)
     policy = CompiledPolicy.load(POLICY_DIR)
-    ops = policy.for_agent("ops-agent")
-    assert ops is not None
+    ops = agent_of(policy, "ops-agent")
     exact = dict(ops._decided_recv)
     for i in range(5):
         assert not ops.decide_receive(f"junk/{i}").allowed
@@ -253,8 +250,8 @@ def test_an_agent_without_publish_tools_is_refused_as_the_index_would(tmp_path: 
         "tools:\n", "tools:\n  look: {verb: subscribe, topic: 'p/{tenant}/{device}/ping'}\n", 1
     ))
     policy = CompiledPolicy.load(tmp_path)
-    four = policy.for_agent("four")
-    assert four is not None and not four._publishes and not four._decided_pub
+    four = agent_of(policy, "four")
+    assert not four._publishes and not four._decided_pub
     for topic in itertools.chain(["p/a/d1/ping", "p/b/d1/ping"], topics(count=300), HOSTILE):
         short = four._publish_entry(topic)
         four._publishes = True  # the shape index's way, for comparison
