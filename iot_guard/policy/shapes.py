@@ -80,7 +80,7 @@ class ShapeIndex:
     __slots__ = ("_by_last", "_by_count", "_all")
 
     def __init__(self, templates: list[tuple[list[str], End]]):
-        by_last: dict[tuple[int, str], list[Shape]] = {}  # merged by last level below
+        by_last: dict[str, list[Shape]] = {}  # templates ending in a literal, by it
         by_count: dict[int, list[Shape]] = {}  # templates ending in a variable
         everything: list[Shape] = []
         for levels, end in templates:
@@ -90,7 +90,7 @@ class ShapeIndex:
                 by_count.setdefault(n, []).append(shape)
             else:
                 shape = Shape(end, levels, True)
-                by_last.setdefault((n, last), []).append(shape)
+                by_last.setdefault(last, []).append(shape)
             everything.append(shape)
         everything.sort(key=lambda s: s.end.order)
         self._all = tuple(everything)
@@ -98,15 +98,12 @@ class ShapeIndex:
         # in a variable, merged once here in tool order (a stable sort keeps template
         # order); ``match`` skips those of another level count.
         ending_in_variable = [shape for n in by_count for shape in by_count[n]]
-        merged: dict[str, list[Shape]] = {}
-        for (_, last), shapes in by_last.items():
-            merged.setdefault(last, []).extend(shapes)
-        for shapes in merged.values():
+        for shapes in by_last.values():
             shapes.extend(ending_in_variable)
             shapes.sort(key=lambda s: s.end.order)
         for shapes in by_count.values():
             shapes.sort(key=lambda s: s.end.order)
-        self._by_last = {key: tuple(shapes) for key, shapes in merged.items()}
+        self._by_last = {key: tuple(shapes) for key, shapes in by_last.items()}
         self._by_count = {key: tuple(shapes) for key, shapes in by_count.items()}
 
     def enumerate(
