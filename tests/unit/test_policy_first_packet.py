@@ -20,7 +20,7 @@ from iot_guard.policy.decision import READ, WRITE, Decision, deny
 from iot_guard.policy.registry import COMMAND, DEVICE, GROUP, TENANT
 from iot_guard.policy.trie import End, match, miss
 
-from .test_policy_decide import agent_of
+from .test_policy_decide import agent_of, small_policy
 from .test_policy_shapes import POLICY_DIR, topics
 
 
@@ -81,7 +81,8 @@ def test_the_short_wording_is_the_composed_wording() -> None:
 
 
 def observer_policy(tmp_path: Path) -> CompiledPolicy:
-    (tmp_path / "p.yaml").write_text(
+    return small_policy(
+        tmp_path,
         "tenants: {a: {devices: {d: {type: t}}}}\ndevice_types: {t: {}}\n"
         "tools:\n"
         "  look: {verb: subscribe, topic: 'x/{tenant}/{device}/v'}\n"
@@ -91,7 +92,6 @@ def observer_policy(tmp_path: Path) -> CompiledPolicy:
         "  other: {tenants: [a], tools: [look]}\n"
         "  worker: {tenants: [a], tools: [look, poke]}\n"
     )
-    return CompiledPolicy.load(tmp_path)
 
 
 def test_agents_without_a_topic_one_way_share_one_empty_map_nobody_writes(
@@ -121,7 +121,8 @@ def test_agents_without_a_topic_one_way_share_one_empty_map_nobody_writes(
 def test_templates_ending_alike_at_other_depths_are_told_apart(tmp_path: Path) -> None:
     """The shape index looks a topic up by its last level: templates with that last
     level at another depth, and templates ending in a variable, must not answer."""
-    (tmp_path / "p.yaml").write_text(
+    policy = small_policy(
+        tmp_path,
         "tenants: {a: {devices: {d: {type: t}, e: {type: t}}}}\ndevice_types: {t: {}}\n"
         "tools:\n"
         "  short: {verb: subscribe, topic: 'x/{tenant}/v'}\n"
@@ -129,7 +130,7 @@ def test_templates_ending_alike_at_other_depths_are_told_apart(tmp_path: Path) -
         "  open: {verb: subscribe, topic: 'y/{tenant}/{device}'}\n"
         "agents:\n  g: {tenants: [a], tools: [short, long, open]}\n"
     )
-    agent = agent_of(CompiledPolicy.load(tmp_path), "g")
+    agent = agent_of(policy, "g")
     assert agent._recv_shapes is not None
     assert agent.decide_receive("x/a/v").tool == "short"
     assert agent.decide_receive("x/a/d/v").tool == "long"

@@ -15,7 +15,7 @@ from iot_guard.policy.decision import Decision
 from iot_guard.policy.pubmatch import PubMatch
 from iot_guard.policy.trie import match
 
-from .test_policy_decide import agent_of
+from .test_policy_decide import agent_of, small_policy
 
 POLICY_DIR = Path(__file__).parents[2] / "device_policies"
 
@@ -56,14 +56,15 @@ def test_shapes_and_trie_agree_on_every_agent_and_topic() -> None:
 
 
 def test_a_wildcard_template_keeps_the_trie(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(
+    policy = small_policy(
+        tmp_path,
         "tenants: {a: {devices: {d: {type: t}}}}\ndevice_types: {t: {}}\n"
         "tools:\n"
         "  one: {verb: subscribe, topic: 'x/{tenant}/{device}/v'}\n"
         "  all: {verb: subscribe, topic: 'x/{tenant}/#'}\n"
         "agents:\n  g: {tenants: [a], tools: [one, all]}\n"
     )
-    agent = agent_of(CompiledPolicy.load(tmp_path), "g")
+    agent = agent_of(policy, "g")
     assert agent._recv_shapes is None and agent._pub_shapes is not None
     assert agent.decide_receive("x/a/d/v").tool == "one"
     assert agent.decide_receive("x/a/anything/else").tool == "all"
@@ -209,8 +210,7 @@ def test_the_topic_maps_are_complete_and_agree_with_the_trie_on_hostile_topics()
 
 
 def test_agents_with_the_same_tools_and_tenants_share_their_topic_maps(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(QUICK_POLICY)
-    policy = CompiledPolicy.load(tmp_path)
+    policy = small_policy(tmp_path, QUICK_POLICY)
     one, two, three = (agent_of(policy, a) for a in ("one", "two", "three"))
     assert one._decided_pub is two._decided_pub and one._decided_pub
     assert three._decided_pub is not one._decided_pub
@@ -243,13 +243,12 @@ def test_a_full_on_demand_cache_keeps_the_precomputed_topics(
 
 
 def test_an_agent_without_publish_tools_is_refused_as_the_index_would(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(QUICK_POLICY.replace(
+    policy = small_policy(tmp_path, QUICK_POLICY.replace(
         "  three: {tenants: [a, b], tools: [also, ping]}",
         "  three: {tenants: [a, b], tools: [also, ping]}\n  four: {tenants: [a], tools: [look]}",
     ).replace(
         "tools:\n", "tools:\n  look: {verb: subscribe, topic: 'p/{tenant}/{device}/ping'}\n", 1
     ))
-    policy = CompiledPolicy.load(tmp_path)
     four = agent_of(policy, "four")
     assert not four._publishes and not four._decided_pub
     for topic in itertools.chain(["p/a/d1/ping", "p/b/d1/ping"], topics(count=300), HOSTILE):
