@@ -493,7 +493,6 @@ class AgentPolicy:
             min(e.max_qos for e in ends),
         )
 
-
     # -- receive ---------------------------------------------------------------------------
 
     def decide_receive(self, topic: str) -> Decision:
