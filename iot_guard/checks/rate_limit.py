@@ -69,8 +69,6 @@ class _Scope:
     """One limited thing (a tool or a risk class), compiled from an ``ActionLimit``."""
 
     scope: str  # "tool:identify_device" / "risk:high": the bucket key's last part
-    label: str  # "tool identify_device" / "high-risk actions": for reasons
-    rule: str  # where it is written: "device_policies/limits.yaml:4 (limits.tools.x)"
     per_session: RateLimit | None
     per_agent: RateLimit | None
     total: int | None
@@ -118,7 +116,7 @@ def compile_limits(policy: CompiledPolicy) -> CompiledLimits:
         per_agent = rate_limit(limit.per_agent) if limit.per_agent else None
         total = limit.per_session_total
         return _Scope(
-            f"{kind}:{name}", label, where, per_session, per_agent, total,
+            f"{kind}:{name}", per_session, per_agent, total,
             _refusal(f"{label} per session", where,
                      f"rate limit: {label}, {describe(per_session)} per session; ",
                      ReasonCode.QUOTA_EXCEEDED) if per_session else None,
@@ -174,10 +172,6 @@ class RateLimitCheck:
         self._used: dict[str, dict[str, int]] = {}
         # For metrics: refusals by the limit that refused ("tool identify_device per agent").
         self.hits: dict[str, int] = {}
-
-    def limits(self) -> CompiledLimits:
-        """The limits of the policy in force (recompiled once after a policy swap)."""
-        return self._limits.get()
 
     def forget_session(self, session_id: str) -> None:
         self._used.pop(session_id, None)
