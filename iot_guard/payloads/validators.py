@@ -77,9 +77,6 @@ class PayloadVerdict:
 
 
 _EMPTY_OK = PayloadVerdict(ok=True, reason="")
-
-def _accepted(risk: str, fields: tuple[str, ...], document: object) -> PayloadVerdict:
-    return PayloadVerdict(True, "", risk, fields, document)
 _NO_TYPE = PayloadVerdict(ok=False, reason="no device type to validate the payload against")
 # The sure pass's "not sure": decided again on the strict parse (never an answer).
 _UNSURE = PayloadVerdict(ok=False, reason="not sure")
@@ -93,7 +90,7 @@ def _verdict(doc: dict[str, object], accept: _Accept) -> PayloadVerdict:
         fields = tuple(sorted(touched[0]))
     else:
         fields = tuple(sorted(set().union(*touched)))
-    return _accepted(RISKS[rank], fields, doc)
+    return PayloadVerdict(True, "", RISKS[rank], fields, doc)
 
 
 def _refused(reason: str, rule: str | None = None) -> PayloadVerdict:
