@@ -185,13 +185,7 @@ class StreamParser:
                     whole = size > 2 and 0 < chunk[2] < 0x80 and \
                         (second & 0x7F | chunk[2] << 7) + 3 == size
                 if whole:
-                    first = chunk[0]
-                    ptype = first >> 4
-                    if ptype == 3:
-                        return [self._publish(chunk, 2 if second < 0x80 else 3, first & 0x0F)]
-                    if ptype:  # _parse's dispatch (type 0 is refused by the loop's way)
-                        return [self._handlers[ptype](self, chunk, 2 if second < 0x80 else 3,
-                                                      first & 0x0F)]
+                    return [self._parse(chunk, 2 if second < 0x80 else 3)]
             if not self._ready and size:
                 # Judge the stream's first byte at once: a peer that opens with anything
                 # but CONNECT (or CONNACK) is refused before its length is believed.
