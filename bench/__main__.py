@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .broker import bench_broker, mosquitto_binary
-from .procs import REPO, GuardProcess, raise_fd_limit
+from .procs import REPO, GuardProcess, PassthroughProcess, raise_fd_limit
 from .report import Row, table
 
 BENCHES = ("relay", "shadow", "latency", "load", "idle", "approvals", "decisions", "audit",
@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                                        max(args.load_sessions, args.idle_sessions))
             with bench_broker(workdir) as broker:
                 guard = GuardProcess(policy, broker.port, workdir, args.profile_guard)
+                passthrough = None
                 try:
-                    setup = Setup(broker, guard, workdir, guard.token("ops-agent"))
+                    passthrough = PassthroughProcess(broker.port, workdir)
+                    setup = Setup(broker, guard, workdir, guard.token("ops-agent"), passthrough)
                     steps = {
                         "relay": lambda: run_relay(setup, args.relay_n, log, args.repeat),
                         "shadow": lambda: run_shadow(
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                             log(f"  FAILED: {exc}")
                 finally:
                     guard.stop()
+                    if passthrough is not None:
+                        passthrough.stop()
                 from .audit import verify_guard_log
 
                 rows.append(verify_guard_log(guard.audit_path, guard.audit_pub, log))
@@ -231,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(table(rows))
     log(
-        "notes: one run each (or the median of --repeat runs, alternating direct and guarded),\n"
-        "same broker config (queues unbounded, TCP_NODELAY) for direct and guarded runs.\n"
+        "notes: one run each (or the median of --repeat runs, alternating direct,\n"
+        "passthrough and guarded), same broker config (queues unbounded, TCP_NODELAY) for all.\n"
+        "The passthrough (bench/passthrough.py) is a process that only copies bytes, on the\n"
+        "guard's event loop: its '(info)' rows are what any proxy on the path costs on this\n"
+        "machine before a packet is judged; the guard's rows against them are its own work.\n"
         "Throughput is msgs/s at the receiving client from its first to its last message;\n"
         "receivers wake per 16 KiB (SO_RCVLOWAT) so they stay cheap, and the CPU lines above\n"
         "show who was busy. On a 2-CPU machine the guarded runs add a busy process (the\n"

@@ -13,7 +13,7 @@ from typing import Any
 
 from .broker import bench_broker
 from .procs import GuardProcess, Worker, rss_bytes
-from .relay import AGENT, DEVICES, TENANT, Setup
+from .relay import AGENT, DEVICES, TENANT, Setup, passthrough_row, proxy_name
 from .report import Row
 from .workers import shadow_update_payload
 
@@ -74,19 +74,19 @@ def load_once(
         }, setup.logdir, f"load-ticker-{mode}")
         workers.append(ticker)
         ticker.line(30)
-        cpu0 = setup.server_cpu()
+        cpu0 = setup.server_cpu(mode)
         ticker.go()
         load.go()
         acks = load.line(warmup_s + duration_s + 60)
         ticker.line(30)
         got = fanout.line(60)
-        cpu1 = setup.server_cpu()
+        cpu1 = setup.server_cpu(mode)
     finally:
         for w in workers:
             w.finish()
     return {
         **acks, "telemetry": got, "ticks": ticks, "subscribers": subscribers,
-        "cpu": {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1],
+        "cpu": {"broker": cpu1[0] - cpu0[0], proxy_name(mode): cpu1[1] - cpu0[1],
                 "agents": acks["cpu_s"], "subscribers": got["cpu_s"]},
     }
 
@@ -95,11 +95,11 @@ def run_load(
     setup: Setup, sessions: int, rate: float, duration_s: float, subscribers: int,
     telemetry_rate: float, log: Any, repeat: int = 1,
 ) -> list[Row]:
-    p99: dict[str, list[float]] = {"direct": [], "guard": []}
-    p50: dict[str, list[float]] = {"direct": [], "guard": []}
+    p99: dict[str, list[float]] = {mode: [] for mode in setup.modes}
+    p50: dict[str, list[float]] = {mode: [] for mode in setup.modes}
     complete = correct = True
     for k in range(repeat):
-        for mode in ("direct", "guard"):
+        for mode in setup.modes:
             r = load_once(setup, mode, sessions, rate, duration_s, subscribers, telemetry_rate)
             p99[mode].append(r["p99_us"])
             p50[mode].append(r["p50_us"])
@@ -108,7 +108,7 @@ def run_load(
             complete = complete and not r["lost"] and delivered
             correct = correct and not r["wrong"] and not r["unexpected_acks"]
             cpu = ", ".join(f"{name} {v:.2f}" for name, v in r["cpu"].items())
-            log(f"  load {mode:6}: {r['acked']:,}/{r['sent']:,} acked ({r['wrong']} wrong"
+            log(f"  load {mode:11}: {r['acked']:,}/{r['sent']:,} acked ({r['wrong']} wrong"
                 f" answers), ack p50 {r['p50_us']:.0f} us, p90 {r['p90_us']:.0f} us, p99"
                 f" {r['p99_us']:.0f} us, max {r['max_us']:.0f} us over {r['samples']:,};"
                 f" telemetry {t['received']:,}/{r['ticks'] * subscribers:,} delivered;"
@@ -126,6 +126,8 @@ def run_load(
         Row(f"{name}, p99 (ms){med}{tag}", f"{d99 / 1000:.3f}", f"{g99 / 1000:.3f}",
             f"{(g99 - d99) / 1000:+.3f} ms", "added <= 1 ms",
             complete and correct and g99 - d99 <= 1000),
+        *(passthrough_row(f"{d99 / 1000:.3f}", f"{p / 1000:.3f}", f"{(p - d99) / 1000:+.3f} ms")
+          for p in [statistics.median(p99[m]) for m in ("passthrough",) if m in p99]),
     ]
 
 
@@ -187,7 +189,7 @@ def run_idle(setup: Setup, sessions: int, log: Any, repeat: int = 1,
             complete = complete and r["alive"] == sessions
             each = ", ".join(f"{name} {v / 1024:.1f} KB" for name, v in per.items())
             rss = ", ".join(f"{name} {v:.0f} MB" for name, v in r["rss_mb"].items())
-            log(f"  idle {mode:6}: {r['alive']:,}/{sessions:,} sessions alive, connected in"
+            log(f"  idle {mode:11}: {r['alive']:,}/{sessions:,} sessions alive, connected in"
                 f" {r['connect_s']:.1f} s; memory per session: {each} (RSS {rss})"
                 + (f" [run {k + 1}/{repeat}]" if repeat > 1 else ""))
     d, g = statistics.median(broker_direct), statistics.median(guard)

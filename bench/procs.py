@@ -209,3 +209,33 @@ class GuardProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class PassthroughProcess:
+    """``python -m bench.passthrough``: a byte-copying proxy in front of the broker, the
+    benches' reference for what one more process on the path costs (see passthrough.py)."""
+
+    def __init__(self, upstream_port: int, workdir: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.log_path = workdir / "passthrough.log"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.passthrough", str(self.port), str(upstream_port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        try:
+            wait_for_port(host, self.port, 30.0, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(f"the passthrough did not start: {exc}: "
+                               f"{self.log_path.read_text(errors='replace')[-2000:]}") from exc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

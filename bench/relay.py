@@ -1,7 +1,9 @@
 """The three network benchmarks: direct Mosquitto vs the same traffic through the guard.
 
 Every figure is taken in one run with the same broker, the same client processes and the
-same message counts; only the endpoint of the agent-side client changes (broker or guard).
+same message counts; only the endpoint of the agent-side client changes: the broker, a
+passthrough process that only copies bytes (the price of any proxy on this machine; an
+"(info)" row), or the guard.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from typing import Any
 
 from simulator.broker import MosquittoBroker
 
-from .procs import GuardProcess, Worker, cpu_seconds
+from .procs import GuardProcess, PassthroughProcess, Worker, cpu_seconds
 from .report import Row
 
 TENANT = "acme"
 DEVICES = [f"therm-{i:03d}" for i in range(1, 11)]
 AGENT = "ops-agent"
+# The order a bench runs its modes in, every repetition (the passthrough where the setup
+# has one).
+MODES = ("direct", "passthrough", "guard")
 
 
 @dataclass
@@ -28,19 +33,33 @@ class Setup:
     guard: GuardProcess
     logdir: Path
     token: str
+    passthrough: PassthroughProcess | None = None
 
-    def server_cpu(self) -> tuple[float, float]:
-        """CPU seconds used so far by (broker, guard)."""
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(m for m in MODES if m != "passthrough" or self.passthrough is not None)
+
+    def server_cpu(self, mode: str = "guard") -> tuple[float, float]:
+        """CPU seconds used so far by (broker, the proxy of ``mode``): the passthrough's in
+        its runs, else the guard's (next to nothing in a direct run)."""
         assert self.broker.pid is not None
-        return cpu_seconds(self.broker.pid), cpu_seconds(self.guard.proc.pid)
+        proxy = self.guard.proc
+        if mode == "passthrough":
+            assert self.passthrough is not None
+            proxy = self.passthrough.proc
+        return cpu_seconds(self.broker.pid), cpu_seconds(proxy.pid)
 
     def broker_endpoint(self, client_id: str) -> dict[str, Any]:
         return {"host": self.broker.host, "port": self.broker.port, "client_id": client_id}
 
     def agent_endpoint(self, mode: str, client_id: str) -> dict[str, Any]:
-        """Where the agent-side client connects: the broker itself, or the guard as ops-agent."""
+        """Where the agent-side client connects: the broker itself, the passthrough in front
+        of it (the broker sees what it sees direct), or the guard as ops-agent."""
         if mode == "direct":
             return self.broker_endpoint(client_id)
+        if mode == "passthrough":
+            assert self.passthrough is not None
+            return {**self.broker_endpoint(client_id), "port": self.passthrough.port}
         return {
             "host": self.guard.host, "port": self.guard.port, "client_id": client_id,
             "username": AGENT, "password": self.token,
@@ -54,7 +73,7 @@ def _rate(count: int, first_ns: int, last_ns: int) -> float:
 
 
 def _receiver_then_sender(
-    setup: Setup, receiver: Worker, start_sender: Callable[[], Worker]
+    setup: Setup, mode: str, receiver: Worker, start_sender: Callable[[], Worker]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     """The sender's and the receiver's results, and the servers' CPU seconds in between.
 
@@ -63,17 +82,38 @@ def _receiver_then_sender(
     sender: Worker | None = None
     try:
         receiver.line(30)
-        cpu0 = setup.server_cpu()
+        cpu0 = setup.server_cpu(mode)
         sender = start_sender()
         sender.line(30)
         sent = sender.line(120)
         got = receiver.line(120)
-        cpu1 = setup.server_cpu()
+        cpu1 = setup.server_cpu(mode)
     finally:
         receiver.finish()
         if sender is not None:
             sender.finish()
-    return sent, got, {"broker": cpu1[0] - cpu0[0], "guard": cpu1[1] - cpu0[1]}
+    return sent, got, {"broker": cpu1[0] - cpu0[0], proxy_name(mode): cpu1[1] - cpu0[1]}
+
+
+def passthrough_row(direct: str, through: str, ratio: str) -> Row:
+    """The figure of the row above it, taken through the passthrough: the part of that
+    figure any proxy process costs on this machine, before the guard's own work."""
+    return Row("  same through a passthrough (copies bytes, judges nothing)", direct, through,
+               ratio, "(info)", None)
+
+
+def passthrough_rate_row(rate: dict[str, float]) -> list[Row]:
+    """``passthrough_row`` for a median rate per mode; none without a passthrough run."""
+    if "passthrough" not in rate:
+        return []
+    through = rate["passthrough"] / rate["direct"] if rate["direct"] else 0.0
+    return [passthrough_row(fmt_rate(rate["direct"]), fmt_rate(rate["passthrough"]),
+                            f"{through:.2f}")]
+
+
+def proxy_name(mode: str) -> str:
+    """The CPU column of the process in front of the broker in ``mode``'s runs."""
+    return "passthrough" if mode == "passthrough" else "guard"
 
 
 def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
@@ -84,7 +124,7 @@ def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
          "filters": [f"tenants/{TENANT}/devices/+/telemetry"], "expect": n, "idle_s": 3.0},
         setup.logdir, f"relay-consumer-{mode}",
     )
-    sent, got, cpu = _receiver_then_sender(setup, consumer, lambda: Worker(
+    sent, got, cpu = _receiver_then_sender(setup, mode, consumer, lambda: Worker(
         "blast",
         {**setup.broker_endpoint(f"bench-relay-publisher-{mode}"),
          "topics": [f"tenants/{TENANT}/devices/{d}/telemetry" for d in DEVICES],
@@ -108,7 +148,7 @@ def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, float
          "expect": n, "idle_s": 3.0},
         setup.logdir, f"shadow-device-{mode}",
     )
-    acked, got, cpu = _receiver_then_sender(setup, device, lambda: Worker(
+    acked, got, cpu = _receiver_then_sender(setup, mode, device, lambda: Worker(
         "qos1",
         {**setup.agent_endpoint(mode, f"bench-shadow-agent-{mode}"), "topic": topic,
          "count": n, "window": window},
@@ -135,15 +175,15 @@ def fmt_rate(x: float) -> str:
 
 
 def _alternate(
-    once: Any, repeat: int, log: Any, describe: Any
+    once: Any, modes: tuple[str, ...], repeat: int, log: Any, describe: Any
 ) -> tuple[dict[str, float], bool, list[dict[str, Any]]]:
-    """Run direct then guard, ``repeat`` times: the median rate per mode, completeness,
-    and the guarded runs' results."""
-    rates: dict[str, list[float]] = {"direct": [], "guard": []}
+    """Run each of ``modes`` in turn, ``repeat`` times: the median rate per mode,
+    completeness, and the guarded runs' results."""
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
     guarded: list[dict[str, Any]] = []
     complete = True
     for k in range(repeat):
-        for mode in ("direct", "guard"):
+        for mode in modes:
             r = once(mode)
             rates[mode].append(r["rate"])
             if mode == "guard":
@@ -159,10 +199,10 @@ def run_relay(setup: Setup, n: int, log: Any, repeat: int = 1) -> list[Row]:
         return {**r, "complete": r["received"] == n}
 
     def describe(mode: str, r: dict[str, Any]) -> str:
-        return (f"  relay {mode:6}: {r['received']:,}/{n:,} received, {r['rate']:,.0f} msg/s at"
+        return (f"  relay {mode:11}: {r['received']:,}/{n:,} received, {r['rate']:,.0f} msg/s at"
                 f" the consumer; {fmt_cpu(r)}")
 
-    rate, complete, guarded = _alternate(once, repeat, log, describe)
+    rate, complete, guarded = _alternate(once, setup.modes, repeat, log, describe)
     ratio = rate["guard"] / rate["direct"] if rate["direct"] else 0.0
     med = f", median of {repeat}" if repeat > 1 else ""
     tag = "" if complete else " [LOSS]"
@@ -170,7 +210,7 @@ def run_relay(setup: Setup, n: int, log: Any, repeat: int = 1) -> list[Row]:
     # (which serves the publisher and the guard's upstream connection in that run).
     broker_us = statistics.median(r["cpu"]["broker"] / n * 1e6 for r in guarded)
     guard_us = statistics.median(r["cpu"]["guard"] / n * 1e6 for r in guarded)
-    return [
+    rows = [
         Row(f"QoS0 relay broker->agent, {n:,} x ~100 B (msgs/s){med}{tag}",
             fmt_rate(rate["direct"]), fmt_rate(rate["guard"]), f"{ratio:.2f}", ">= 0.9",
             complete and ratio >= 0.9),
@@ -178,6 +218,8 @@ def run_relay(setup: Setup, n: int, log: Any, repeat: int = 1) -> list[Row]:
             f"{broker_us:.2f}", f"{guard_us:.2f}", f"{guard_us / broker_us:.2f}"
             if broker_us else "-", "guard <= broker", complete and guard_us <= broker_us),
     ]
+    rows[1:1] = passthrough_rate_row(rate)
+    return rows
 
 
 def run_shadow(setup: Setup, n: int, window: int, log: Any, repeat: int = 1) -> list[Row]:
@@ -186,19 +228,22 @@ def run_shadow(setup: Setup, n: int, window: int, log: Any, repeat: int = 1) -> 
         return {**r, "complete": r["received"] == n and r["acked"] == n}
 
     def describe(mode: str, r: dict[str, Any]) -> str:
-        return (f"  shadow {mode:6}: {r['received']:,}/{n:,} at the device, {r['acked']:,} acked,"
+        return (f"  shadow {mode:11}: {r['received']:,}/{n:,} at the device, {r['acked']:,} acked,"
                 f" {r['rate']:,.0f} msg/s at the device ({r['agent_rate']:,.0f} acked/s at the"
                 f" agent); {fmt_cpu(r)}")
 
-    rate, complete, _ = _alternate(once, repeat, log, describe)
+    rate, complete, _ = _alternate(once, setup.modes, repeat, log, describe)
     ratio = rate["guard"] / rate["direct"] if rate["direct"] else 0.0
     name = f"shadow updates agent->device, QoS1 window {window} (msgs/s)"
     if repeat > 1:
         name += f", median of {repeat}"
     if not complete:
         name += " [LOSS]"
-    return [Row(name, fmt_rate(rate["direct"]), fmt_rate(rate["guard"]),
-                f"{ratio:.2f}", ">= 0.8", complete and ratio >= 0.8)]
+    return [
+        Row(name, fmt_rate(rate["direct"]), fmt_rate(rate["guard"]), f"{ratio:.2f}", ">= 0.8",
+            complete and ratio >= 0.8),
+        *passthrough_rate_row(rate),
+    ]
 
 
 def run_latency(
@@ -216,9 +261,10 @@ def run_latency(
         agent = Worker(
             "latency",
             {"endpoints": {mode: setup.agent_endpoint(mode, f"bench-latency-agent-{mode}")
-                           for mode in ("direct", "guard")},
-             "topics": {"direct": f"tenants/{TENANT}/devices/therm-001/shadow/get",
-                        "guard": f"tenants/{TENANT}/devices/therm-002/shadow/get"},
+                           for mode in setup.modes},
+             # A device per mode: no link may receive another's replies.
+             "topics": {mode: f"tenants/{TENANT}/devices/{DEVICES[k]}/shadow/get"
+                        for k, mode in enumerate(MODES) if mode in setup.modes},
              "rate": rate, "duration_s": duration_s, "warmup": warmup, "block": block},
             setup.logdir, "latency-agent",
         )
@@ -229,7 +275,7 @@ def run_latency(
             agent.finish()
         responder.stop()
     for mode, r in res.items():
-        log(f"  latency {mode:6}: {r['received']:,}/{r['sent']:,} replies "
+        log(f"  latency {mode:11}: {r['received']:,}/{r['sent']:,} replies "
             f"({r['bad_order']} out of order), p50 {r['p50_us']:.0f} us, p90 {r['p90_us']:.0f}"
             f" us, p99 {r['p99_us']:.0f} us, max {r['max_us']:.0f} us, mean {r['mean_us']:.0f}"
             f" us over {r['samples']:,} samples")
@@ -244,4 +290,7 @@ def run_latency(
         Row(f"round trip p99 at {rate:,.0f} msg/s (ms){tag}", f"{d['p99_us'] / 1000:.3f}",
             f"{g['p99_us'] / 1000:.3f}", f"{added99:+.3f} ms", "added <= 0.3 ms",
             complete and added99 <= 0.3),
+        *(passthrough_row(f"{d['p99_us'] / 1000:.3f}", f"{p['p99_us'] / 1000:.3f}",
+                          f"{(p['p99_us'] - d['p99_us']) / 1000:+.3f} ms")
+          for p in [res["passthrough"]] if "passthrough" in res),
     ]

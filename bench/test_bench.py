@@ -408,3 +408,37 @@ def test_the_floor_looks_up_the_guards_own_answers() -> None:
         assert h._decided_recv.keys() <= tables[r.agent].keys()
     seconds, allowed = time_floor(handles, reqs, passes=2)  # type: ignore[arg-type]
     assert seconds > 0 and allowed == [expected(r, n) for r in reqs]
+
+
+def test_the_passthrough_carries_a_session_both_ways_unchanged(tmp_path: Path) -> None:
+    # The reference process must be a faithful pipe: the broker answers through it as it
+    # answers direct (CONNACK, SUBACK, PUBACK) and a message comes back byte for byte.
+    import socket
+
+    from bench.broker import bench_broker
+    from bench.procs import PassthroughProcess
+
+    with bench_broker(tmp_path) as broker:
+        through = PassthroughProcess(broker.port, tmp_path)
+        try:
+            assert through.port != broker.port
+            with socket.create_connection((through.host, through.port), timeout=10) as sock:
+                sock.settimeout(10)
+                topic = "tenants/acme/devices/therm-001/telemetry"
+                message = mq.publish(topic, telemetry_payload(7), 1, 9)
+                sock.sendall(mq.connect("t-through") + mq.subscribe(1, [topic], 1) + message)
+                splitter = mq.Splitter()
+                frames: list[tuple[int, bytes]] = []
+                while len(frames) < 4:  # CONNACK, SUBACK, PUBACK and the delivery
+                    data = sock.recv(65536)
+                    assert data, f"the passthrough closed after {frames}"
+                    frames += splitter.feed(data)
+            kinds = {first >> 4: body for first, body in frames}
+            assert mq.connack_code(kinds[mq.CONNACK]) == 0
+            assert mq.suback_codes(kinds[mq.SUBACK]) == [1]
+            assert kinds[mq.PUBACK] == b"\x00\x09"
+            delivered = kinds[mq.PUBLISH]
+            assert delivered.endswith(telemetry_payload(7)) and topic.encode() in delivered
+        finally:
+            through.stop()
+        assert through.proc.returncode is not None
