@@ -50,7 +50,7 @@ import json
 import random
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -228,7 +228,7 @@ def _best(passes: int, run: Callable[[], list[float]]) -> float:
         gc.enable()
 
 
-def _run_chunks(calls: list[Callable[[], Any]], results: list[Any]) -> list[float]:
+def _run_chunks(calls: Sequence[Callable[[], Any]], results: list[Any]) -> list[float]:
     """Call each in order, timing each CHUNK of calls; their results into ``results``."""
     times: list[float] = []
     results.clear()

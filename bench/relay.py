@@ -116,7 +116,7 @@ def proxy_name(mode: str) -> str:
     return "passthrough" if mode == "passthrough" else "guard"
 
 
-def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
+def relay_once(setup: Setup, mode: str, n: int) -> dict[str, Any]:
     """N QoS 0 telemetry messages from a device-side publisher to the agent-side consumer."""
     consumer = Worker(
         "count",
@@ -139,7 +139,7 @@ def relay_once(setup: Setup, mode: str, n: int) -> dict[str, float]:
     }
 
 
-def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, float]:
+def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, Any]:
     """N valid shadow updates, QoS 1 with ``window`` in flight, counted at the device side."""
     topic = f"tenants/{TENANT}/devices/therm-001/shadow/update"
     device = Worker(

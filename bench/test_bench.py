@@ -213,9 +213,9 @@ def test_load_schedule_mixes_allowed_and_refused_on_every_session() -> None:
     # Every session sends both kinds, half and half; packet ids never repeat in a session.
     assert all(sum(v) == len(v) // 2 for v in per_session.values())
     assert all(len(set(v)) == len(v) and 0 not in v for v in ids.values())
-    refused = [p for _, _, r, p in schedule if r]
+    refused_packets = [p for _, _, r, p in schedule if r]
     for topic, payload in REFUSED:  # every kind of refusal is sent
-        assert any(p.endswith(payload.encode()) and topic.encode() in p for p in refused)
+        assert any(p.endswith(payload.encode()) and topic.encode() in p for p in refused_packets)
 
 
 def test_refused_load_messages_are_refused_by_the_example_policy() -> None:

@@ -383,7 +383,7 @@ def _steps(demo: Demo, agent: AgentClient, fleet: Fleet, approver: ApproverCli) 
         ok = final["status"] == "done" and reported == ["beta"] * 5
         return ok, (
             f"approved by alice; {final['status']}: {final['outcome']}; devices report "
-            f"firmware_channel {sorted(set(reported))}"
+            f"firmware_channel {sorted({str(r) for r in reported})}"
         )
 
     demo.step(
