@@ -55,6 +55,18 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, up to ``grace_s`` to exit (the guard's CLI stops cleanly, and cProfile
+    writes its file), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def raise_fd_limit() -> int:
     """The guard's own rule (it raises its limit at start too): soft open-files limit up
     to the hard one, so thousands of sessions fit. Children inherit it."""
@@ -125,13 +137,7 @@ class Worker:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 5)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
@@ -202,13 +208,7 @@ class GuardProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: the CLI stops cleanly (and cProfile writes)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
 
 
 class PassthroughProcess:
@@ -232,10 +232,4 @@ class PassthroughProcess:
                                f"{self.log_path.read_text(errors='replace')[-2000:]}") from exc
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
