@@ -82,6 +82,10 @@ _EXACT_INT = 2**53
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+def _errors(exc: ValidationError | None) -> list[Any]:
+    return [] if exc is None else list(exc.errors(include_url=False))
+
+
 def _valid_unicode(text: str) -> bool:
     # pydantic refuses a str with a lone surrogate (the parsers never make one).
     if text.isascii():
@@ -290,8 +294,9 @@ class FieldSet:
         self, obj: dict[str, object], prefix: str, exc: ValidationError | None
     ) -> tuple[str, int, str | None]:
         """The reason for a refusal (slow path): the first refused key in payload order,
-        with the rule of that field."""
-        errors = [] if exc is None else exc.errors(include_url=False)
+        with the rule of that field. pydantic's own messages are read only when
+        ``field_problem`` has none (building them costs as much as the validation)."""
+        errors: list[Any] | None = None
         rules = self.rules
         for key, value in obj.items():
             spec = self.specs.get(key)
@@ -303,11 +308,13 @@ class FieldSet:
             if problem is None:
                 # field_problem mirrors value_type; should they ever differ, pydantic's
                 # verdict stands and its message is shown.
+                errors = _errors(exc) if errors is None else errors
                 problem = next((e["msg"] for e in errors if e["loc"][:1] == (key,)), None)
             if problem:
                 return f"{prefix}{key}: {problem}", 0, rules.get(key)
         for name in self.required:
             if name not in obj:
                 return f"{prefix}{name}: required by {self.owner} but missing", 0, rules.get(name)
+        errors = _errors(exc) if errors is None else errors
         message = errors[0]["msg"] if errors else "refused"
         return f"{prefix.rstrip('.') or 'payload'}: {message}", 0, None

@@ -97,6 +97,11 @@ _DECODER = json.JSONDecoder(
 _SCAN: Callable[[str, int], tuple[object, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
+# json.dumps with any non-default option builds a new encoder per call, about half of a
+# refusal's wording cost: one encoder, built once, with dumps' defaults otherwise.
+_ascii_json = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
 def show(value: object, limit: int = 40) -> str:
     """A value as short ASCII JSON for a reason string.
 
@@ -104,7 +109,7 @@ def show(value: object, limit: int = 40) -> str:
     MQTT 5 reason string must be [MQTT-1.5.4-1] [MQTT-1.5.4-2].
     """
     try:
-        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+        text = _ascii_json(value)
     except (TypeError, ValueError):  # pragma: no cover - parsed JSON always dumps
         text = ascii(value)
     if len(text) > limit:
