@@ -79,23 +79,15 @@ class GuardStats:
                 if template is last:
                     run += 1
                     continue
-                if run:
-                    counts[key] = counts.get(key, 0) + run
                 memo = template.memo.get(_MEMO)
-                if memo is None:
-                    key = _template_key(template, r)
-                    # A key that is per record (an open field) is not shared by a run.
-                    last = template if _MEMO in template.memo else None
-                else:
-                    key = memo
-                    last = template
+                found = memo if memo is not None else _template_key(template, r)
+                # A key that is per record (an open field) is not shared by a run.
+                shared = template if _MEMO in template.memo else None
             else:
-                if run:
-                    counts[key] = counts.get(key, 0) + run
-                key = (r.get("packet"), r.get("decision"), r.get("tool_name"),
-                       r.get("reason_code"), r.get("result_status"))
-                last = None
-            run = 1
+                found, shared = _record_key(r), None
+            if run:
+                counts[key] = counts.get(key, 0) + run
+            key, last, run = found, shared, 1
         if run:
             counts[key] = counts.get(key, 0) + run
 
@@ -110,8 +102,12 @@ def _template_key(template: LineTemplate, record: Mapping[str, Any]) -> RecordKe
     template has it (none of the counted fields is open: what the session makes)."""
     fixed = template.fixed(_COUNTED)
     if fixed is None:
-        return (record.get("packet"), record.get("decision"), record.get("tool_name"),
-                record.get("reason_code"), record.get("result_status"))
+        return _record_key(record)
     key: RecordKey = fixed
     template.memo[_MEMO] = key
     return key
+
+
+def _record_key(record: Mapping[str, Any]) -> RecordKey:
+    return (record.get("packet"), record.get("decision"), record.get("tool_name"),
+            record.get("reason_code"), record.get("result_status"))
