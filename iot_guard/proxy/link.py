@@ -201,15 +201,11 @@ class Link:
         if audits:
             self._audit(audits)
             audits.clear()
-        if to_agent and self.agent is not None and not self.agent.is_closing():
-            self.agent.write(b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
+        if to_agent:
+            self._send(SendToAgent, b"".join(to_agent) if len(to_agent) > 1 else to_agent[0])
         if to_broker:
-            if self.upstream is None:
-                if self._to_broker_backlog is None:
-                    self._to_broker_backlog = []
-                self._to_broker_backlog.extend(to_broker)
-            elif not self.upstream.is_closing():
-                self.upstream.write(b"".join(to_broker) if len(to_broker) > 1 else to_broker[0])
+            self._send(SendToBroker,
+                       b"".join(to_broker) if len(to_broker) > 1 else to_broker[0])
         to_agent.clear()
         to_broker.clear()
 
