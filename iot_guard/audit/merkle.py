@@ -72,17 +72,10 @@ class Frontier:
         self.size += 1
 
     def append_line(self, line: bytes) -> None:
-        """``append(leaf_hash(line))``, inline: the audit log's one record per read."""
-        hashing = _LEAF.copy()  # SHA-256(0x00 || line)
+        """``append(leaf_hash(line))``: the audit log's one record per read."""
+        hashing = _LEAF.copy()  # SHA-256(0x00 || line), the prefix already taken in
         hashing.update(line)
-        node = hashing.digest()
-        nodes = self.nodes
-        carry = self.size
-        while carry & 1:
-            node = _sha256(b"\x01" + nodes.pop() + node).digest()  # node_hash(left, node)
-            carry >>= 1
-        nodes.append(node)
-        self.size += 1
+        self.append(hashing.digest())
 
     def append_lines(self, lines: Iterable[bytes]) -> None:
         """``append(leaf_hash(line))`` for each line, with the hashing inline: the audit
