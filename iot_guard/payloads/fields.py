@@ -83,7 +83,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _errors(exc: ValidationError | None) -> list[Any]:
-    return [] if exc is None else list(exc.errors(include_url=False))
+    return [] if exc is None else exc.errors(include_url=False)
 
 
 def _valid_unicode(text: str) -> bool:
