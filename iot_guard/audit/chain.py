@@ -14,6 +14,7 @@ from typing import Any
 from .checkpoint import Checkpoint, format_note
 from .merkle import Frontier
 from .records import (
+    FORMAT,
     GENESIS,
     Link,
     TemplateRecord,
@@ -42,13 +43,14 @@ class ChainError(Exception):
 
 class ChainState:
     """The end of a chain: the next seq, the hash of the last line, the Merkle frontier
-    over lines 0..seq-1, and the seq of the last checkpoint line (-1: none yet)."""
+    over lines 0..seq-1, the seq of the last checkpoint line (-1: none yet), and the line
+    format the next link is made by (the last open record's; see records.FORMAT)."""
 
-    __slots__ = ("origin", "prev", "seq", "signed", "tree")
+    __slots__ = ("format", "origin", "prev", "seq", "signed", "tree")
 
     def __init__(
         self, origin: str, seq: int = 0, prev: bytes = GENESIS, tree: Frontier | None = None,
-        signed: int = -1,
+        signed: int = -1, format: int = FORMAT,
     ) -> None:
         self.origin = origin
         self.seq = seq
@@ -58,9 +60,11 @@ class ChainState:
             raise ValueError(f"a chain at seq {seq} has a tree of {seq} leaves, not "
                              f"{self.tree.size}")
         self.signed = signed
+        self.format = format
 
     def copy(self) -> ChainState:
-        return ChainState(self.origin, self.seq, self.prev, self.tree.copy(), self.signed)
+        return ChainState(self.origin, self.seq, self.prev, self.tree.copy(), self.signed,
+                          self.format)
 
     @property
     def unsigned(self) -> int:
@@ -69,8 +73,10 @@ class ChainState:
 
     def append(self, line: bytes) -> None:
         """Advance past ``line`` (written): the one-line ``seal`` and ``commit``."""
-        self.prev = _hexlify(_sha256(line).digest())
-        self.tree.append_line(line)
+        leaf = _sha256(b"\x00" + line).digest()  # merkle.leaf_hash, inline
+        # Format 2: the link is the leaf's hash, one SHA-256 for both (records.FORMAT).
+        self.prev = _hexlify(leaf if self.format != 1 else _sha256(line).digest())
+        self.tree.append(leaf)
         self.seq += 1
 
     def line(self, record: Mapping[str, Any]) -> bytes:
@@ -82,26 +88,33 @@ class ChainState:
 
     # ------------------------------------------------------------------ writing
 
-    def seal(self, records: Iterable[Mapping[str, Any]]) -> tuple[list[bytes], bytes]:
-        """The lines for ``records`` and the hash of the last one, leaving this state as it
-        is: ``commit`` them once they are written. Raises ValueError/TypeError for a record
-        that cannot be a line."""
+    def seal(
+        self, records: Iterable[Mapping[str, Any]]
+    ) -> tuple[list[bytes], bytes, list[bytes]]:
+        """The lines for ``records``, the link to the last one and their Merkle leaves,
+        leaving this state as it is: ``commit`` them once they are written. Raises
+        ValueError/TypeError for a record that cannot be a line."""
         seq, prev = self.seq, self.prev
+        linked_by_leaf = self.format != 1
         lines: list[bytes] = []
-        add = lines.append
+        leaves: list[bytes] = []
+        add, add_leaf = lines.append, leaves.append
         for record in records:
             if record.__class__ is TemplateRecord:  # record_line's first case, inline
                 line = record.template.line_format % (seq, prev, *record.open_values)
             else:
                 line = record_line(seq, prev, record)
-            prev = _hexlify(_sha256(line).digest())
+            leaf = _sha256(b"\x00" + line).digest()  # merkle.leaf_hash, inline
+            prev = _hexlify(leaf if linked_by_leaf else _sha256(line).digest())
             seq += 1
             add(line)
-        return lines, prev
+            add_leaf(leaf)
+        return lines, prev, leaves
 
-    def commit(self, lines: list[bytes], prev: bytes) -> None:
-        """Advance past ``lines`` (sealed by ``seal``, now on disk)."""
-        self.tree.append_lines(lines)
+    def commit(self, lines: list[bytes], prev: bytes, leaves: list[bytes]) -> None:
+        """Advance past ``lines`` (sealed by ``seal`` with ``prev`` and ``leaves``, now on
+        disk)."""
+        self.tree.append_leaves(leaves)
         self.seq += len(lines)
         self.prev = prev
 
@@ -110,6 +123,7 @@ class ChainState:
     ) -> bytes:
         line = open_line(self.seq, self.prev, origin=self.origin, reason=reason,
                          frontier=self.tree.nodes, key_id=key_id, timestamp=timestamp, pid=pid)
+        self.format = FORMAT  # the links after an open record are made by its format
         self.append(line)
         return line + b"\n"
 
@@ -118,7 +132,7 @@ class ChainState:
         checkpoint = Checkpoint(self.origin, self.seq, self.tree.root())
         text = checkpoint.text()
         note = format_note(text, [signer.sign(text)])
-        line = checkpoint_line(self.seq, self.prev, note, self.tree.nodes)
+        line = checkpoint_line(self.seq, self.prev, note, self.tree.nodes, self.format)
         self.signed = self.seq
         self.append(line)
         return line + b"\n", checkpoint

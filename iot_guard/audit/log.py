@@ -5,7 +5,8 @@ AuditError and the proxy forwards nothing for that packet and ends the session.
 Payloads are never logged raw: only their size and SHA-256 (session/feedback.py).
 
 Per record the hot path adds a link (seq, hash of the previous line) and one Merkle
-leaf to an O(log n) frontier: two SHA-256 of the line and on average one node hash.
+leaf to an O(log n) frontier: one SHA-256 of the line, which is both the leaf and the
+next line's link (records.FORMAT), and on average one node hash.
 Checkpoints are signed off that path: when N records have piled up a callback is
 queued on the event loop (``attach``), and a timer signs every T seconds, so no
 packet waits for Ed25519. One file, one writer: the file is locked (flock) while open.
@@ -186,14 +187,14 @@ class AuditLog:
             if self._pending_open is not None:  # the first write of this file or run
                 state = state.copy()
                 head = self._open_line(state)
-            lines, prev = state.seal(records)
+            lines, prev, leaves = state.seal(records)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"cannot encode audit record: {exc}") from exc
         lines.append(b"")
         self._write(head + b"\n".join(lines))
         lines.pop()
         # Only once written: a failed write leaves the chain where the file ends.
-        state.commit(lines, prev)
+        state.commit(lines, prev, leaves)
         self._commit(state)
         return self.signer is not None and state.unsigned >= self.checkpoint_records
 

@@ -21,9 +21,6 @@ _sha256 = hashlib.sha256
 EMPTY_ROOT = _sha256(b"").digest()
 
 
-_LEAF = _sha256(b"\x00")  # a leaf's hashing, its prefix taken in: copied per leaf
-
-
 def leaf_hash(line: bytes) -> bytes:
     return _sha256(b"\x00" + line).digest()
 
@@ -71,23 +68,13 @@ class Frontier:
         nodes.append(leaf)
         self.size += 1
 
-    def append_line(self, line: bytes) -> None:
-        """``append(leaf_hash(line))``: the audit log's one record per read."""
-        hashing = _LEAF.copy()  # SHA-256(0x00 || line), the prefix already taken in
-        hashing.update(line)
-        self.append(hashing.digest())
-
-    def append_lines(self, lines: Iterable[bytes]) -> None:
-        """``append(leaf_hash(line))`` for each line, with the hashing inline: the audit
-        log appends a batch of lines per packet read, and calls cost more than hashes."""
+    def append_leaves(self, leaves: Iterable[bytes]) -> None:
+        """``append`` each leaf hash, with the node hashing inline: the audit log appends
+        a batch of lines per packet read, and calls cost more than hashes."""
         nodes = self.nodes
         pop, push = nodes.pop, nodes.append
-        leaf = _LEAF.copy
         size = self.size
-        for line in lines:
-            hashing = leaf()  # leaf_hash(line): SHA-256(0x00 || line)
-            hashing.update(line)
-            node = hashing.digest()
+        for node in leaves:
             carry = size
             while carry & 1:
                 node = _sha256(b"\x01" + pop() + node).digest()  # node_hash(left, node)

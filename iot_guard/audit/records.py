@@ -1,18 +1,27 @@
 """The audit log's line format: every line a JSON object that starts with its chain link.
 
-    {"seq":41,"prev":"<hex SHA-256 of line 40's exact bytes>", ...the decision record...}
+    {"seq":41,"prev":"<hex of line 40's RFC 6962 leaf hash>", ...the decision record...}
 
 ``seq`` numbers the lines of one guard instance's chain from 0 and ``prev`` hashes the
 exact stored bytes of the line before (newline excluded), so an edited, removed,
 inserted or moved line breaks the chain. The link comes first so a verifier reads it
 without parsing the whole record.
 
+How ``prev`` hashes that line is the line format, which each open record names for
+the links after it: format 2 (written now) takes the line's Merkle leaf hash,
+SHA-256(0x00 || line) [RFC 6962 §2.1], which the tree needs anyway, so one hash serves
+both; format 1 (logs written before) took SHA-256(line). A file may hold both: a guard
+that restarts on an older log goes on with an open record of format 2.
+
 The chain's own lines carry ``"audit"`` right after the link:
 - ``"open"``: written when a guard starts, restarts or opens a rotated file. It names the
-  chain's origin (the guard instance) and carries the Merkle frontier of the lines
-  before it, so a file verifies on its own even when older files were deleted.
-- ``"checkpoint"``: a C2SP signed checkpoint over lines 0..seq-1, and the frontier.
-  Its bytes are canonical: a verifier rebuilds them from the parsed values.
+  chain's origin (the guard instance) and the line format, and carries the Merkle
+  frontier of the lines before it, so a file verifies on its own even when older files
+  were deleted.
+- ``"checkpoint"``: a C2SP signed checkpoint over lines 0..seq-1, and the frontier; from
+  format 2 on, the format too, so a restart that reads back only to the last checkpoint
+  knows how the lines after it link. Its bytes are canonical: a verifier rebuilds them
+  from the parsed values.
 """
 
 from __future__ import annotations
@@ -31,7 +40,15 @@ from orjson import dumps as _orjson_dumps
 GENESIS = b"0" * 64  # the prev of line 0: no line before it
 RESERVED = frozenset({"seq", "prev", "audit"})
 OPEN, CHECKPOINT = "open", "checkpoint"
-FORMAT = 1  # in the open record: the line format version a verifier must understand
+FORMAT = 2  # the line format this version writes (in open records and checkpoints)
+FORMATS = (1, 2)  # the line formats it reads: logs of earlier versions still verify
+
+
+def format_named(value: Mapping[str, Any], default: int | None = None) -> int | None:
+    """The line format an open record (or checkpoint) names; ``default`` when it names
+    none; None when it names one this version does not read (JSON's true is not 1)."""
+    found = value.get("format", default)
+    return found if found.__class__ is int and found in FORMATS else None
 
 
 def _utc_iso_slow(timestamp: float) -> str:
@@ -272,9 +289,13 @@ def open_line(
     })
 
 
-def checkpoint_line(seq: int, prev: bytes, note: str, frontier: list[bytes]) -> bytes:
+def checkpoint_line(
+    seq: int, prev: bytes, note: str, frontier: list[bytes], format: int
+) -> bytes:
+    # Format 1 checkpoints name no format: those bytes stay as they were written.
+    named = {"format": format} if format != 1 else {}
     return dumps({
-        "seq": seq, "prev": prev.decode(), "audit": CHECKPOINT, "checkpoint": note,
+        "seq": seq, "prev": prev.decode(), "audit": CHECKPOINT, **named, "checkpoint": note,
         "frontier": encode_frontier(frontier),
     })
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from .chain import ChainError, ChainState
 from .checkpoint import Checkpoint, NoteError, parse_note
 from .merkle import Frontier
-from .records import CHECKPOINT, OPEN, decode_frontier, parse_object, read_link
+from .records import CHECKPOINT, OPEN, decode_frontier, format_named, parse_object, read_link
 from .signer import NoteVerifier
 from .verifier import check_checkpoint, check_open, keys_by_origin
 
@@ -65,10 +65,15 @@ def _from_anchor(line: bytes, verifier: NoteVerifier | None, origin: str) -> Cha
         if not isinstance(note, str):
             raise ValueError("no checkpoint note")
         checkpoint = Checkpoint.parse(parse_note(note)[0])
+        # How the lines after it link: format 1 checkpoints name none.
+        line_format = format_named(value, default=1)
+        if line_format is None:
+            raise ValueError(f"line format {value.get('format')!r} is not one this version "
+                             "reads")
     except (ValueError, NoteError) as exc:
         raise RecoveryError(f"record {link.seq} is damaged: {exc}") from exc
     state = ChainState(_same(checkpoint.origin, origin), link.seq, link.prev, tree,
-                       signed=link.seq)
+                       signed=link.seq, format=line_format)
     if verifier is not None:
         # The frontier is unsigned; the checkpoint's signed root vouches for it.
         check_checkpoint(state, line, keys_by_origin([verifier]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from .checkpoint import Checkpoint, NoteError, parse_note
 from .merkle import Frontier, inclusion_proof, leaf_hash, verify_inclusion
 from .records import (
     CHECKPOINT,
-    FORMAT,
+    FORMATS,
     GENESIS,
     LINK,
     OPEN,
     Link,
     checkpoint_line,
     decode_frontier,
+    format_named,
     is_hex_hash,
     parse_object,
     read_link,
@@ -58,7 +58,7 @@ def check_checkpoint(state: ChainState, line: bytes, keys: Keys) -> Checkpoint:
         checkpoint = Checkpoint.parse(text)
     except (ValueError, NoteError) as exc:
         raise ChainError("checkpoint", f"checkpoint line is damaged: {exc}") from exc
-    if checkpoint_line(state.seq, state.prev, note, nodes) != line:
+    if checkpoint_line(state.seq, state.prev, note, nodes, state.format) != line:
         raise ChainError("checkpoint", "checkpoint line was edited (not as the guard wrote it)")
     if checkpoint.origin != state.origin:
         raise ChainError("checkpoint", f"checkpoint of origin {checkpoint.origin!r} in the "
@@ -92,20 +92,24 @@ def check_checkpoint(state: ChainState, line: bytes, keys: Keys) -> Checkpoint:
 
 def check_open(state: ChainState, line: bytes, *, starting: bool) -> None:
     """An open record: same origin; its frontier is the tree so far (unless it starts
-    the series, where it is taken as given and later checkpoints vouch for it)."""
+    the series, where it is taken as given and later checkpoints vouch for it). The
+    state then links by the line format it names (append it after this)."""
     try:
         value = parse_object(line)
         nodes = decode_frontier(value.get("frontier"))
     except ValueError as exc:
         raise ChainError("open", f"open record is damaged: {exc}") from exc
-    if value.get("format") != FORMAT:
-        raise ChainError("open", f"line format {value.get('format')!r} is not {FORMAT}: "
-                                 "written by another iot-guard version")
+    named = format_named(value)
+    if named is None:
+        raise ChainError("open", f"line format {value.get('format')!r} is not one this "
+                                 f"version reads ({', '.join(map(str, FORMATS))}): written "
+                                 "by a later iot-guard version?")
     if value.get("origin") != state.origin:
         raise ChainError("open", f"a guard of origin {value.get('origin')!r} wrote into the "
                                  f"chain of {state.origin!r} (one chain, one writer)")
     if not starting and nodes != state.tree.nodes:
         raise ChainError("open", "open record's frontier does not match the records before it")
+    state.format = named
 
 
 def start_state(line: bytes) -> ChainState:
@@ -262,14 +266,13 @@ def verify_chain(files: list[Path], keys: Keys, prove: int | None = None) -> Cha
     """Replay ``files`` (in order) as one chain.
 
     The loop is the hot path of ``audit verify``: a decision record that continues the
-    chain costs one regex match and three SHA-256 (prev, leaf, ~one node); anything
+    chain costs one regex match and two SHA-256 (leaf = link, ~one node); anything
     else (the chain's own lines, a break) goes through ``ChainState.check`` and the
     checks above, which also say what is wrong.
     """
     report = ChainReport(origin="?", files=files)
     state: ChainState | None = None
     match = LINK.match
-    sha256 = hashlib.sha256
     before = ""  # where the previous line is, for messages
     for index, path in enumerate(files):
         number = 0
@@ -285,9 +288,7 @@ def verify_chain(files: list[Path], keys: Keys, prove: int | None = None) -> Cha
                     m = match(line)
                     if (m is not None and m[3] is None and m[2] == state.prev
                             and int(m[1]) == state.seq):
-                        state.prev = sha256(line).hexdigest().encode()
-                        state.tree.append(sha256(b"\x00" + line).digest())
-                        state.seq += 1
+                        state.append(line)
                         continue
                 here = f"{path}:{number}"
                 try:

@@ -21,6 +21,7 @@ from iot_guard.audit import AuditError, AuditLog
 from iot_guard.audit.chain import ChainState
 from iot_guard.audit.checkpoint import format_note, parse_note
 from iot_guard.audit.records import (
+    FORMAT,
     OPEN_INT,
     OPEN_PLAIN_STR,
     TemplateRecord,
@@ -156,7 +157,7 @@ def test_a_checkpoint_forged_with_another_key_is_refused(
     link = read_link(lines[-1])
     assert link is not None
     frontier = [base64.b64decode(v) for v in value["frontier"]]
-    lines[-1] = checkpoint_line(link.seq, link.prev, note, frontier)
+    lines[-1] = checkpoint_line(link.seq, link.prev, note, frontier, FORMAT)
     save(log_path, lines)
     problem = verify([log_path], signer).problem
     assert problem is not None and problem.startswith(f"{log_path}:{len(lines)}: ")
@@ -171,7 +172,8 @@ def test_a_damaged_signature_is_a_bad_signature(log_path: Path, signer: NoteSign
     link = read_link(lines[-1])
     assert link is not None
     frontier = [base64.b64decode(v) for v in value["frontier"]]
-    lines[-1] = checkpoint_line(link.seq, link.prev, format_note(text, [flipped]), frontier)
+    lines[-1] = checkpoint_line(link.seq, link.prev, format_note(text, [flipped]), frontier,
+                                FORMAT)
     save(log_path, lines)
     assert "bad signature on the checkpoint" in str(verify([log_path], signer).problem)
 
@@ -189,7 +191,8 @@ def test_a_rewritten_chain_is_caught_by_the_signed_root(
         assert link is not None
         value = json.loads(line)
         if link.kind == "checkpoint":
-            new = checkpoint_line(state.seq, state.prev, value["checkpoint"], state.tree.nodes)
+            new = checkpoint_line(state.seq, state.prev, value["checkpoint"], state.tree.nodes,
+                                  state.format)
         elif i == 0:
             new = line
         else:

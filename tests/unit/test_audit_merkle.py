@@ -82,39 +82,28 @@ def test_a_frontier_restored_from_its_nodes_continues_the_same_tree() -> None:
         Frontier(23, first.nodes[:-1])  # 23 = 0b10111 needs four subtree roots
 
 
-def test_append_lines_is_append_of_each_leaf_hash() -> None:
-    # append_lines inlines leaf_hash and node_hash for speed: it must build the same tree,
-    # in batches of any size from any starting size (the reference vectors pin the size 8).
-    lines = [b"line %d" % i for i in range(70)]
+def test_append_leaves_is_append_of_each_leaf() -> None:
+    # append_leaves inlines node_hash for speed: it must build the same tree, in batches of
+    # any size from any starting size (every carry pattern of the frontier's low bits up to
+    # 70; the reference vectors pin the size 8).
+    leaves = [leaf_hash(b"line %d" % i) for i in range(70)]
     one_by_one = Frontier()
     batched = Frontier()
     start = 0
     for size in (0, 1, 2, 3, 5, 8, 13, 21, 17):
-        batch = lines[start:start + size]
-        for line in batch:
-            one_by_one.append(leaf_hash(line))
-        batched.append_lines(batch)
+        batch = leaves[start:start + size]
+        for leaf in batch:
+            one_by_one.append(leaf)
+        batched.append_leaves(batch)
         start += size
-        assert batched == one_by_one, f"after {start} lines"
-        assert batched.root() == tree_root([leaf_hash(line) for line in lines[:start]])
+        assert batched == one_by_one, f"after {start} leaves"
+        assert batched.root() == tree_root(leaves[:start])
+    single = Frontier()
+    for i, leaf in enumerate(leaves):
+        single.append_leaves([leaf])
+        assert single.root() == tree_root(leaves[:i + 1]), f"after {i + 1} leaves"
     data = Frontier()
-    data.append_lines(CT_LEAVES)
-    assert data.root() == CT_ROOTS[len(CT_LEAVES)]
-
-
-def test_append_line_is_append_of_its_leaf_hash() -> None:
-    # The one-line form (a read of one record) from every starting size up to 70: every
-    # carry pattern of the frontier's low bits.
-    one_by_one, single = Frontier(), Frontier()
-    for i in range(70):
-        line = b"line %d" % i
-        one_by_one.append(leaf_hash(line))
-        single.append_line(line)
-        assert single == one_by_one, f"after {i + 1} lines"
-    assert single.root() == tree_root([leaf_hash(b"line %d" % i) for i in range(70)])
-    data = Frontier()
-    for leaf in CT_LEAVES:
-        data.append_line(leaf)
+    data.append_leaves([leaf_hash(line) for line in CT_LEAVES])
     assert data.root() == CT_ROOTS[len(CT_LEAVES)]
 
 

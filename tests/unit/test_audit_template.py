@@ -160,7 +160,7 @@ def _scenarios(level: int, password: bytes) -> dict[str, tuple[SessionSettings,
 
 
 def _lines(records: list[Mapping[str, Any]]) -> list[bytes]:
-    lines, _ = ChainState("test.iot-guard/audit").seal(records)
+    lines, _, _ = ChainState("test.iot-guard/audit").seal(records)
     return lines
 
 

@@ -1,0 +1,190 @@
+"""The audit log's line formats: format 2 links each line by the Merkle leaf hash of the
+line before; logs written in format 1 (SHA-256 of the line) still verify, and a guard
+that restarts on one goes on in format 2 in the same chain.
+
+``data/audit_format1`` was written by iot-guard at 96ec066 (format 1), signed by a key
+made for it whose private half was not kept: its bytes are the previous version's.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iot_guard.audit import AuditError, AuditLog
+from iot_guard.audit.chain import ChainState
+from iot_guard.audit.merkle import leaf_hash
+from iot_guard.audit.records import FORMAT, open_line, read_link, record_line
+from iot_guard.audit.signer import NoteSigner, load_verifiers
+from iot_guard.audit.verifier import ChainReport, verify_logs
+
+FORMAT1 = Path(__file__).parent / "data" / "audit_format1"
+ORIGIN = "format2.test/audit"
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+def save(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def sha256_link(line: bytes) -> bytes:
+    return hashlib.sha256(line).hexdigest().encode()
+
+
+def leaf_link(line: bytes) -> bytes:
+    return binascii.hexlify(leaf_hash(line))
+
+
+def verify_format1(path: Path) -> ChainReport:
+    (report,) = verify_logs([path], load_verifiers(FORMAT1 / "audit.pub"))
+    return report
+
+
+def record(i: int) -> dict[str, Any]:
+    return {"timestamp": f"2026-12-01T00:00:{i % 60:02d}Z", "agent_id": "ops-agent",
+            "decision": "allow", "n": i}
+
+
+@pytest.fixture(scope="module")
+def signer() -> NoteSigner:
+    return NoteSigner.generate(ORIGIN)
+
+
+def test_the_guard_links_each_line_by_the_leaf_hash_of_the_line_before(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, signer=signer, checkpoint_records=4)
+    for i in range(5):
+        log.write(record(i))
+    log.write_many([record(i) for i in range(5, 12)])  # a batch: the sealed form
+    log.close()
+    lines = lines_of(path)
+    assert FORMAT == 2
+    assert json.loads(lines[0])["format"] == 2
+    checkpoints = [json.loads(line) for line in lines if b'"audit":"checkpoint"' in line]
+    assert checkpoints and all(c["format"] == 2 for c in checkpoints)
+    for before, line in zip(lines, lines[1:], strict=False):
+        link = read_link(line)
+        assert link is not None
+        assert link.prev == leaf_link(before) != sha256_link(before)
+    (report,) = verify_logs([path], [signer.verifier])
+    assert report.ok, report.problem
+
+
+def test_a_format_1_log_of_the_previous_version_still_verifies(tmp_path: Path) -> None:
+    lines = lines_of(FORMAT1 / "audit.jsonl")
+    assert json.loads(lines[0])["format"] == 1
+    for before, line in zip(lines, lines[1:], strict=False):
+        link = read_link(line)
+        assert link is not None and link.prev == sha256_link(before)
+    report = verify_format1(FORMAT1 / "audit.jsonl")
+    assert report.ok, report.problem
+    assert (report.lines, report.checkpoints) == (14, 3)
+    # Its links are still checked as format 1 links: an edited record is found.
+    copy = tmp_path / "audit.jsonl"
+    save(copy, [*lines[:2], lines[2].replace(b'"allow"', b'"deny"'), *lines[3:]])
+    assert verify_format1(copy).problem == (
+        f"{copy}:3: record 2 was edited: its hash does not match the prev of record 3 "
+        f"({copy}:4)")
+
+
+def test_a_guard_restarting_on_a_format_1_log_goes_on_in_format_2(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    # The tail after the last checkpoint but one: recovery reads back to a format 1
+    # checkpoint (which names no format) and checks the record after it as format 1.
+    old = lines_of(FORMAT1 / "audit.jsonl")[:13]
+    save(path, old)
+    log = AuditLog(path, origin="format1.test/audit")
+    assert (log.state.seq, log.state.format) == (13, 1)
+    for i in range(3):
+        log.write(record(i))
+    log.close()
+    lines = lines_of(path)
+    assert lines[:13] == old
+    opened = json.loads(lines[13])
+    assert (opened["audit"], opened["reason"], opened["format"]) == ("open", "restart", 2)
+    assert read_link(lines[13]) == (13, sha256_link(old[12]), "open")  # format 1's link
+    for before, line in zip(lines[13:], lines[14:], strict=False):
+        link = read_link(line)
+        assert link is not None and link.prev == leaf_link(before)  # format 2's
+    # Without the key, this run signed nothing: the verifier accepts every link, both
+    # formats, and reports only the unsigned records after the old checkpoint.
+    report = verify_format1(path)
+    assert report.lines == 17
+    assert report.problem == (
+        f"{path}:17: the last 5 record(s), after the checkpoint at {path}:12, are unsigned: "
+        "the tail was truncated, or the guard did not shut down cleanly (a running guard "
+        "signs within its checkpoint interval)")
+
+
+def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    # A format 1 chain of this key, written as the previous version wrote it.
+    path = tmp_path / "audit.jsonl"
+    state = ChainState(ORIGIN, format=1)
+    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
+                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
+    state.append(first)
+    lines = [first]
+    for i in range(3):
+        lines.append(record_line(state.seq, state.prev, record(i)))
+        state.append(lines[-1])
+    save(path, lines)
+    log = AuditLog(path, signer=signer, checkpoint_records=2)
+    assert log.state.format == 1
+    for i in range(3, 8):
+        log.write(record(i))
+    log.close()
+    (report,) = verify_logs([path], [signer.verifier])
+    assert report.ok, report.problem
+    # An open record naming a format this version does not read is refused, not guessed.
+    for named in (b'"format":3', b'"format":true'):
+        save(path, [first.replace(b'"format":1', named), *lines[1:]])
+        (report,) = verify_logs([path], [signer.verifier])
+        assert report.problem is not None and "is not one this version reads" in report.problem
+        with pytest.raises(AuditError, match="is not one this version reads"):
+            AuditLog(path, signer=signer)
+
+
+def test_a_checkpoint_stripped_of_its_format_is_an_edit(tmp_path: Path, signer: NoteSigner) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, signer=signer, checkpoint_records=100)
+    for i in range(3):
+        log.write(record(i))
+    log.close()
+    lines = lines_of(path)
+    assert b',"format":2,"checkpoint":' in lines[-1]
+    save(path, [*lines[:-1], lines[-1].replace(b',"format":2', b"")])
+    (report,) = verify_logs([path], [signer.verifier])
+    assert report.problem == (f"{path}:{len(lines)}: checkpoint line was edited (not as the "
+                              "guard wrote it)")
+
+
+def test_a_restart_after_a_format_2_checkpoint_links_the_lines_after_it_by_leaf(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, signer=signer, checkpoint_records=4)
+    for i in range(6):  # a checkpoint after 4, then records: the tail recovery reads
+        log.write(record(i))
+    assert log._fd is not None
+    shutil.copy(path, tmp_path / "crashed.jsonl")  # the process dies here
+    log.close()
+    crashed = tmp_path / "crashed.jsonl"
+    again = AuditLog(crashed, signer=signer, checkpoint_records=4)
+    assert again.state.format == 2 and again.state.seq == len(lines_of(crashed))
+    again.write(record(6))
+    again.close()
+    (report,) = verify_logs([crashed], [signer.verifier])
+    assert report.ok, report.problem
