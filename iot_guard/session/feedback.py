@@ -211,7 +211,7 @@ class AuditRecorder:
         elif entry[2]:
             template = entry[1]
         else:  # seen again: worth a template
-            template = self._template(key, decision)
+            template = self._template(key, decision, now)
             templates[key] = (decision, template, True)
         if template is None or qos.__class__ is not int or retain.__class__ is not bool:
             agent_id, client_id, token_id, mode = self.ident
@@ -227,11 +227,13 @@ class AuditRecorder:
                                          len(payload), _hexlify(_sha256(payload).digest())))
 
     def _template(
-        self, key: tuple[str, str, int], decision: Decision
+        self, key: tuple[str, str, int], decision: Decision, now: float
     ) -> LineTemplate | None:
         agent_id, client_id, token_id, mode = self.ident
-        # The open fields hold stand-ins; each record has its own.
-        record = audit_record(now=0.0, agent_id=agent_id, session_id=self.session_id,
+        # The open fields hold stand-ins; each record has its own. The stand-in stamp is
+        # ``now``'s: utc_iso keeps the current second formatted, and another second (say
+        # 1970's) would cost two strftime, this one's and the next record's.
+        record = audit_record(now=now, agent_id=agent_id, session_id=self.session_id,
                               client_id=client_id, token_id=token_id, decision=decision,
                               packet=key[0], scope=key[1], payload=b"", qos=0, retain=False,
                               mode=mode)

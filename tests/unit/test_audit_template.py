@@ -300,6 +300,33 @@ def test_the_recorder_follows_the_decision_and_bounds_its_templates() -> None:
     assert len(recorder._templates) <= 32
 
 
+def test_making_a_template_keeps_the_current_second_formatted(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # utc_iso formats the date and time once per second; a template made with a stand-in
+    # stamp of another second (1970's) cost two strftime per template, and a busy guard
+    # with many sessions makes thousands of templates.
+    import iot_guard.audit.records as records
+
+    formatted: list[float] = []
+    slow, fresh = records.datetime, records.datetime
+
+    class Counting(slow):  # type: ignore[misc,valid-type]
+        @classmethod
+        def fromtimestamp(cls, t: float, tz: Any = None) -> Any:  # type: ignore[override]
+            formatted.append(t)
+            return fresh.fromtimestamp(t, tz)
+
+    monkeypatch.setattr(records, "datetime", Counting)
+    now = 1764576000.5
+    recorder = AuditRecorder("ops-agent", "s-1", "agent-1", "tok", "enforce")
+    made = [recorder.message(now + k * 1e-3, ALLOW, "publish", SHADOW_UPDATE, b"{}", 1, False)
+            for k in range(3)]
+    assert [type(r) is TemplateRecord for r in made] == [False, True, True]
+    assert made[2]["timestamp"] == "2025-12-01T08:00:00.502000Z"
+    assert formatted in ([1764576000.0], [])  # this second, at most once (once per process)
+
+
 def test_a_session_whose_identity_changed_gets_a_new_recorder() -> None:
     events = _connected(5, token())
     session = GuardSession(POLICY, SETTINGS, "s-1")
