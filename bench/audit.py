@@ -3,9 +3,10 @@
 Write: N decision records (the shape the session writes, ~450 B each) in batches of one,
 as a guard writes one per decided packet, to a file on the same disk. The baseline is
 what the guard wrote before the chain: one JSON line per record, one ``os.write``. The
-chained writer adds the link, two SHA-256 and the Merkle frontier per record and signs a
-checkpoint every 1000 records (here inline, as no event loop runs; in the guard the loop
-signs). Verify: ``iot-guard audit verify``'s code on the file just written, records/s.
+chained writer adds the link (the line's Merkle leaf hash: one SHA-256) and the Merkle
+frontier (~one more) per record and signs a checkpoint every 1000 records (here inline,
+as no event loop runs; in the guard the loop signs). Verify: ``iot-guard audit verify``'s
+code on the file just written, records/s.
 """
 
 from __future__ import annotations

@@ -29,6 +29,15 @@ _sha256 = hashlib.sha256
 _hexlify = binascii.hexlify  # bytes of the hex digest, as the line holds it
 
 
+def link_to(line: bytes, format: int) -> bytes:
+    """The ``prev`` of the line after ``line`` in line format ``format`` (records.FORMAT):
+    format 2 the line's Merkle leaf hash, format 1 its SHA-256, in hex. ``append`` and
+    ``seal`` make it inline, with the leaf they need anyway."""
+    if format == 1:
+        return _hexlify(_sha256(line).digest())
+    return _hexlify(_sha256(b"\x00" + line).digest())
+
+
 class ChainError(Exception):
     """A line that does not continue the chain. ``kind`` says how:
     format (no link), gap (a later seq than expected), behind (an earlier one),

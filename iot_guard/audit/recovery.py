@@ -4,6 +4,13 @@ Only the tail is read: backwards to the last checkpoint (whose frontier its sign
 vouches for) or open record, then forwards through the lines after it with the same
 rules the verifier applies. A tail that does not continue the chain stops the guard:
 writing after it would bury the damage under valid-looking records.
+
+The anchor's own link is checked against the line before it too. That also checks the
+line format a checkpoint names, which its signature does not cover: a checkpoint whose
+format was changed no longer chains to the line before it. (Changing both its format
+and its ``prev`` gets past recovery, but gains an intruder nothing: the unsigned lines
+after the last checkpoint can be rewritten and relinked anyway, and the edited
+checkpoint line stays in the signed tree for ``verify`` to find.)
 """
 
 from __future__ import annotations
@@ -11,10 +18,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .chain import ChainError, ChainState
+from .chain import ChainError, ChainState, link_to
 from .checkpoint import Checkpoint, NoteError, parse_note
 from .merkle import Frontier
-from .records import CHECKPOINT, OPEN, decode_frontier, format_named, parse_object, read_link
+from .records import (
+    CHECKPOINT,
+    FORMATS,
+    OPEN,
+    decode_frontier,
+    format_named,
+    parse_object,
+    read_link,
+)
 from .signer import NoteVerifier
 from .verifier import check_checkpoint, check_open, keys_by_origin
 
@@ -25,10 +40,12 @@ class RecoveryError(Exception):
     """The file's end is not a chain this guard can continue; the message says why."""
 
 
-def _anchor_and_after(fd: int, size: int) -> list[bytes]:
-    """The lines from the last open/checkpoint line to the end (the final newline
-    excluded), read backwards in blocks."""
+def _anchor_and_after(fd: int, size: int) -> tuple[bytes | None, list[bytes]]:
+    """The line before the last open/checkpoint line (None when that is the file's
+    first line), and the lines from it to the end (the final newline excluded), read
+    backwards in blocks."""
     collected: list[bytes] = []
+    found = False
     pos = size - 1  # the file ends with a newline (checked by the caller)
     carry = b""
     while pos > 0:
@@ -39,13 +56,28 @@ def _anchor_and_after(fd: int, size: int) -> list[bytes]:
         # Until the start of the file is read, the first part may be a cut line.
         carry = parts.pop(0) if pos > 0 else b""
         for line in reversed(parts):
+            if found:
+                collected.reverse()
+                return line, collected
             collected.append(line)
             link = read_link(line)
-            if link is not None and link.kind in (OPEN, CHECKPOINT):
-                collected.reverse()
-                return collected
+            found = link is not None and link.kind in (OPEN, CHECKPOINT)
+    if found:
+        collected.reverse()
+        return None, collected
     raise RecoveryError("no open record or checkpoint in the file: not an iot-guard audit "
                         "chain (a log from an older version?)")
+
+
+def _check_anchor_link(before: bytes, anchor: bytes, state: ChainState) -> None:
+    """The anchor chains to the line before it: a checkpoint in the format it names (the
+    format of the lines around it), an open record in either (it may start a new one)."""
+    link = read_link(anchor)
+    assert link is not None
+    formats = (state.format,) if link.kind == CHECKPOINT else FORMATS
+    if all(link_to(before, f) != link.prev for f in formats):
+        raise RecoveryError(f"record {link.seq} (the last {link.kind} record) does not chain "
+                            "to the line before it: one of the two was edited")
 
 
 def _from_anchor(line: bytes, verifier: NoteVerifier | None, origin: str) -> ChainState:
@@ -101,11 +133,13 @@ def recover(
         return None
     if os.pread(fd, 1, size - 1) != b"\n":
         raise RecoveryError("the last line is cut short (a crash mid-write?)")
-    lines = _anchor_and_after(fd, size)
+    before, lines = _anchor_and_after(fd, size)
     try:
         state = _from_anchor(lines[0], verifier, origin)
     except ChainError as err:
         raise RecoveryError(f"the chain's last checkpoint: {err.message}") from err
+    if before is not None:
+        _check_anchor_link(before, lines[0], state)
     state.append(lines[0])
     try:
         for line in lines[1:]:

@@ -266,9 +266,10 @@ def verify_chain(files: list[Path], keys: Keys, prove: int | None = None) -> Cha
     """Replay ``files`` (in order) as one chain.
 
     The loop is the hot path of ``audit verify``: a decision record that continues the
-    chain costs one regex match and two SHA-256 (leaf = link, ~one node); anything
-    else (the chain's own lines, a break) goes through ``ChainState.check`` and the
-    checks above, which also say what is wrong.
+    chain costs one regex match and, in line format 2, two SHA-256 (the leaf, which is
+    also the link, and ~one node; format 1 adds the line's own); anything else (the
+    chain's own lines, a break) goes through ``ChainState.check`` and the checks above,
+    which also say what is wrong.
     """
     report = ChainReport(origin="?", files=files)
     state: ChainState | None = None

@@ -149,7 +149,7 @@ def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
     (report,) = verify_logs([path], [signer.verifier])
     assert report.ok, report.problem
     # An open record naming a format this version does not read is refused, not guessed.
-    for named in (b'"format":3', b'"format":true'):
+    for named in (b'"format":3', b'"format":true', b'"format":1.0', b'"format":"2"'):
         save(path, [first.replace(b'"format":1', named), *lines[1:]])
         (report,) = verify_logs([path], [signer.verifier])
         assert report.problem is not None and "is not one this version reads" in report.problem
@@ -188,3 +188,98 @@ def test_a_restart_after_a_format_2_checkpoint_links_the_lines_after_it_by_leaf(
     again.close()
     (report,) = verify_logs([crashed], [signer.verifier])
     assert report.ok, report.problem
+
+
+def _crashed_after_a_checkpoint(tmp_path: Path, signer: NoteSigner) -> Path:
+    """A format 2 log whose guard died three records after a checkpoint."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, signer=signer, checkpoint_records=4)
+    for i in range(6):  # the open record and three: a checkpoint; then three more
+        log.write(record(i))
+    crashed = tmp_path / "crashed.jsonl"
+    shutil.copy(path, crashed)
+    log.close()
+    lines = lines_of(crashed)
+    assert [b'"audit":"checkpoint"' in line for line in lines[-5:]] == [
+        False, True, False, False, False]
+    return crashed
+
+
+@pytest.mark.parametrize("edit", ["strip format", "format 1", "edit prev"])
+def test_a_restart_refuses_a_last_checkpoint_whose_link_or_format_was_edited(
+    tmp_path: Path, signer: NoteSigner, edit: str
+) -> None:
+    # Recovery starts from the last checkpoint, and its format says how the lines after
+    # it link; the signature does not cover it, the link to the line before does.
+    path = _crashed_after_a_checkpoint(tmp_path, signer)
+    lines = lines_of(path)
+    checkpoint = lines[-4]
+    if edit == "strip format":
+        edited = checkpoint.replace(b',"format":2', b"")
+    elif edit == "format 1":
+        edited = checkpoint.replace(b'"format":2', b'"format":1')
+    else:
+        link = read_link(checkpoint)
+        assert link is not None
+        edited = checkpoint.replace(link.prev, sha256_link(lines[-5]))  # format 1's link
+    # The lines after it relinked to match (which needs no key): only the anchor's
+    # own link can tell.
+    state = ChainState(ORIGIN, format=1 if edit != "edit prev" else 2)
+    tail = [edited]
+    for line in lines[-3:]:
+        link = read_link(line)
+        assert link is not None
+        before = tail[-1]
+        prev = sha256_link(before) if state.format == 1 else leaf_link(before)
+        tail.append(line.replace(link.prev, prev))
+    save(path, [*lines[:-4], *tail])
+    # (A format 1 checkpoint names no format: "format":1 is not a canonical line either.)
+    with pytest.raises(AuditError, match=r"record \d+ \(the last checkpoint record\) does not "
+                                         r"chain to the line before it|checkpoint line was edited"):
+        AuditLog(path, signer=signer)
+    # Untouched, the same file continues.
+    save(path, lines)
+    AuditLog(path, signer=signer).close()
+    (report,) = verify_logs([path], [signer.verifier])
+    assert report.ok, report.problem
+
+
+def test_a_format_1_checkpoint_given_a_format_is_refused_at_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    old = lines_of(FORMAT1 / "audit.jsonl")[:13]  # ends: checkpoint (seq 11), record
+    edited = old[11].replace(b'"audit":"checkpoint",', b'"audit":"checkpoint","format":2,')
+    relinked = old[12].replace(read_link(old[12]).prev, leaf_link(edited))  # type: ignore[union-attr]
+    save(path, [*old[:11], edited, relinked])
+    with pytest.raises(AuditError, match="does not chain to the line before it"):
+        AuditLog(path, origin="format1.test/audit")
+
+
+def test_a_rotation_right_after_upgrading_chains_both_files_in_both_formats(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    # A format 1 chain of this key (as in the test above), restarted, rotated before
+    # and after records: each file verifies alone and the series as one chain.
+    path = tmp_path / "audit.jsonl"
+    state = ChainState(ORIGIN, format=1)
+    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
+                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
+    state.append(first)
+    lines = [first]
+    for i in range(3):
+        lines.append(record_line(state.seq, state.prev, record(i)))
+        state.append(lines[-1])
+    save(path, lines)
+    log = AuditLog(path, signer=signer, checkpoint_records=100)
+    path.rename(tmp_path / "audit.jsonl.1")
+    assert log.reopen()
+    log.write(record(3))
+    path.rename(tmp_path / "audit.jsonl.2")
+    assert log.reopen()
+    log.write(record(4))
+    log.close()
+    files = [tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.2", tmp_path / "audit.jsonl.1"]
+    (report,) = verify_logs(files, [signer.verifier])  # any order
+    assert report.ok, report.problem
+    assert report.lines == sum(len(lines_of(f)) for f in files)
+    for f in files[:2]:  # the rotated-to files start with an open record of format 2
+        assert json.loads(lines_of(f)[0])["format"] == 2
