@@ -8,6 +8,8 @@ made for it whose private half was not kept: its bytes are the previous version'
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import binascii
 import hashlib
 import json
@@ -19,10 +21,12 @@ import pytest
 
 from iot_guard.audit import AuditError, AuditLog
 from iot_guard.audit.chain import ChainState
+from iot_guard.audit.headstore import ChainHeadSync
 from iot_guard.audit.merkle import leaf_hash
 from iot_guard.audit.records import FORMAT, open_line, read_link, record_line
 from iot_guard.audit.signer import NoteSigner, load_verifiers
 from iot_guard.audit.verifier import ChainReport, verify_logs
+from iot_guard.state import ChainHead, open_state
 
 FORMAT1 = Path(__file__).parent / "data" / "audit_format1"
 ORIGIN = "format2.test/audit"
@@ -283,3 +287,47 @@ def test_a_rotation_right_after_upgrading_chains_both_files_in_both_formats(
     assert report.lines == sum(len(lines_of(f)) for f in files)
     for f in files[:2]:  # the rotated-to files start with an open record of format 2
         assert json.loads(lines_of(f)[0])["format"] == 2
+
+
+def test_a_chain_head_stored_by_the_previous_version_still_matches(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    # A format 1 chain that ended with a checkpoint, and the head the previous version
+    # stored for it: the hash of its last line by format 1's rule.
+    path = tmp_path / "audit.jsonl"
+    state = ChainState(ORIGIN, format=1)
+    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
+                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
+    state.append(first)
+    lines = [first]
+    for i in range(3):
+        lines.append(record_line(state.seq, state.prev, record(i)))
+        state.append(lines[-1])
+    line, checkpoint = state.checkpoint(signer)
+    lines.append(line[:-1])
+    save(path, lines)
+    assert state.prev == sha256_link(lines[-1])
+    root = base64.b64encode(checkpoint.root).decode()
+
+    async def main() -> None:
+        stores = await open_state(tmp_path / "state")
+        try:
+            old = ChainHead(state.seq - 1, state.prev.decode(), checkpoint.size, root, 0.0)
+            assert await stores.chain.put_head(ORIGIN, old, expect_seq=None)
+            log = AuditLog(path, signer=signer)
+            await ChainHeadSync(log, stores.chain).check()  # the file reaches that head
+            log.close()
+            # Had the last line been replaced, the stored head still tells (here: a head
+            # whose hash is the last line's format 2 link, which no line of it has).
+            save(path, lines)
+            other = ChainHead(state.seq - 1, leaf_link(lines[-1]).decode(), checkpoint.size,
+                              root, 0.0)
+            assert await stores.chain.put_head(ORIGIN, other, expect_seq=old.seq)
+            log = AuditLog(path, signer=signer)
+            with pytest.raises(AuditError, match="the end of the log was replaced"):
+                await ChainHeadSync(log, stores.chain).check()
+            log.close()
+        finally:
+            await stores.close()
+
+    asyncio.run(main())
