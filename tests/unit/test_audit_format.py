@@ -58,6 +58,20 @@ def record(i: int) -> dict[str, Any]:
             "decision": "allow", "n": i}
 
 
+def format1_chain(records: int) -> tuple[ChainState, list[bytes]]:
+    """A format 1 chain of ORIGIN as the previous version wrote it (its open record and
+    ``records`` records), and the state at its end."""
+    state = ChainState(ORIGIN, format=1)
+    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
+                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
+    state.append(first)
+    lines = [first]
+    for i in range(records):
+        lines.append(record_line(state.seq, state.prev, record(i)))
+        state.append(lines[-1])
+    return state, lines
+
+
 @pytest.fixture(scope="module")
 def signer() -> NoteSigner:
     return NoteSigner.generate(ORIGIN)
@@ -136,14 +150,7 @@ def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
 ) -> None:
     # A format 1 chain of this key, written as the previous version wrote it.
     path = tmp_path / "audit.jsonl"
-    state = ChainState(ORIGIN, format=1)
-    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
-                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
-    state.append(first)
-    lines = [first]
-    for i in range(3):
-        lines.append(record_line(state.seq, state.prev, record(i)))
-        state.append(lines[-1])
+    _, lines = format1_chain(3)
     save(path, lines)
     log = AuditLog(path, signer=signer, checkpoint_records=2)
     assert log.state.format == 1
@@ -154,7 +161,7 @@ def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
     assert report.ok, report.problem
     # An open record naming a format this version does not read is refused, not guessed.
     for named in (b'"format":3', b'"format":true', b'"format":1.0', b'"format":"2"'):
-        save(path, [first.replace(b'"format":1', named), *lines[1:]])
+        save(path, [lines[0].replace(b'"format":1', named), *lines[1:]])
         (report,) = verify_logs([path], [signer.verifier])
         assert report.problem is not None and "is not one this version reads" in report.problem
         with pytest.raises(AuditError, match="is not one this version reads"):
@@ -264,14 +271,7 @@ def test_a_rotation_right_after_upgrading_chains_both_files_in_both_formats(
     # A format 1 chain of this key (as in the test above), restarted, rotated before
     # and after records: each file verifies alone and the series as one chain.
     path = tmp_path / "audit.jsonl"
-    state = ChainState(ORIGIN, format=1)
-    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
-                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
-    state.append(first)
-    lines = [first]
-    for i in range(3):
-        lines.append(record_line(state.seq, state.prev, record(i)))
-        state.append(lines[-1])
+    _, lines = format1_chain(3)
     save(path, lines)
     log = AuditLog(path, signer=signer, checkpoint_records=100)
     path.rename(tmp_path / "audit.jsonl.1")
@@ -295,14 +295,7 @@ def test_a_chain_head_stored_by_the_previous_version_still_matches(
     # A format 1 chain that ended with a checkpoint, and the head the previous version
     # stored for it: the hash of its last line by format 1's rule.
     path = tmp_path / "audit.jsonl"
-    state = ChainState(ORIGIN, format=1)
-    first = open_line(0, state.prev, origin=ORIGIN, reason="start", frontier=[], key_id=None,
-                      timestamp=0.0, pid=1).replace(b'"format":2', b'"format":1')
-    state.append(first)
-    lines = [first]
-    for i in range(3):
-        lines.append(record_line(state.seq, state.prev, record(i)))
-        state.append(lines[-1])
+    state, lines = format1_chain(3)
     line, checkpoint = state.checkpoint(signer)
     lines.append(line[:-1])
     save(path, lines)
