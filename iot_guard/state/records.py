@@ -214,8 +214,9 @@ class FlagEvent:
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
-    """Where one guard instance's audit chain ends (issue 8 §1): last sequence number and its
-    record hash (hex), and the last signed checkpoint (tree size, Merkle root hex, time)."""
+    """Where one guard instance's audit chain ends (issue 8 §1): last sequence number and the
+    link to it (hex: the ``prev`` the next line carries, by the chain's line format), and the
+    last signed checkpoint (tree size, Merkle root in base64 as the note has it, time)."""
 
     seq: int
     hash: str
