@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint, NoteError, parse_note
 from .merkle import Frontier, inclusion_proof, leaf_hash, verify_inclusion
 from .records import (
     CHECKPOINT,
+    FORMAT,
     FORMATS,
     GENESIS,
     LINK,
@@ -168,6 +169,7 @@ class ChainReport:
     last_checkpoint: tuple[str, Checkpoint] | None = None
     problem: str | None = None
     proof: Proof | None = None
+    formats: list[int] = field(default_factory=list)  # line formats met, in order
     _leaves: list[bytes] = field(default_factory=list, repr=False)
 
     @property
@@ -184,6 +186,8 @@ class ChainReport:
                      f"{base64.b64encode(cp.root).decode()}")
         if self.first_seq:
             text += f"; starts at record {self.first_seq} (earlier files not given)"
+        if self.formats != [FORMAT]:  # e.g. a log that began before the upgrade
+            text += f"; line format {' then '.join(map(str, self.formats))}"
         return text
 
 
@@ -304,6 +308,8 @@ def verify_chain(files: list[Path], keys: Keys, prove: int | None = None) -> Cha
                         report.last_checkpoint = (here, checkpoint)
                     elif link.kind == OPEN:
                         check_open(state, line, starting=state.seq == report.first_seq)
+                        if report.formats[-1:] != [state.format]:
+                            report.formats.append(state.format)
                 except ChainError as err:
                     if state is None:
                         report.problem = f"{here}: {err}"

@@ -97,6 +97,7 @@ def test_the_guard_links_each_line_by_the_leaf_hash_of_the_line_before(
         assert link.prev == leaf_link(before) != sha256_link(before)
     (report,) = verify_logs([path], [signer.verifier])
     assert report.ok, report.problem
+    assert report.formats == [2] and "line format" not in report.summary()  # only new ones
 
 
 def test_a_format_1_log_of_the_previous_version_still_verifies(tmp_path: Path) -> None:
@@ -108,6 +109,7 @@ def test_a_format_1_log_of_the_previous_version_still_verifies(tmp_path: Path) -
     report = verify_format1(FORMAT1 / "audit.jsonl")
     assert report.ok, report.problem
     assert (report.lines, report.checkpoints) == (14, 3)
+    assert report.summary().endswith("; line format 1")
     # Its links are still checked as format 1 links: an edited record is found.
     copy = tmp_path / "audit.jsonl"
     save(copy, [*lines[:2], lines[2].replace(b'"allow"', b'"deny"'), *lines[3:]])
@@ -159,6 +161,9 @@ def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
     log.close()
     (report,) = verify_logs([path], [signer.verifier])
     assert report.ok, report.problem
+    # The operator sees that the older part of the chain is format 1.
+    assert report.formats == [1, 2]
+    assert report.summary().endswith("; line format 1 then 2")
     # An open record naming a format this version does not read is refused, not guessed.
     for named in (b'"format":3', b'"format":true', b'"format":1.0', b'"format":"2"'):
         save(path, [lines[0].replace(b'"format":1', named), *lines[1:]])
