@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,33 @@ def test_a_chain_head_stored_by_the_previous_version_still_matches(
             await stores.close()
 
     asyncio.run(main())
+
+
+def test_recovery_finds_the_anchor_and_the_line_before_it_across_any_block_boundary(
+    tmp_path: Path, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recovery reads the file backwards in blocks; the anchor and the line before it may
+    # straddle any block boundary. Tiny blocks put a boundary at every offset.
+    import iot_guard.audit.recovery as recovery
+
+    path = _crashed_after_a_checkpoint(tmp_path, signer)
+    lines = lines_of(path)
+    whole = AuditLog(path, signer=signer)  # the normal block size
+    expected = (whole.state.seq, whole.state.prev, whole.state.tree, whole.state.format)
+    assert whole._fd is not None
+    os.close(whole._fd)  # unwritten: no restart record, the file stays as it is
+    whole._fd = None
+    link = read_link(lines[-4])
+    assert link is not None
+    edited = [*lines[:-4], lines[-4].replace(link.prev, sha256_link(lines[-5])), *lines[-3:]]
+    for block in (1, 2, 3, 7, 64, 333, len(lines[-4]), len(lines[-5]) + 1):
+        monkeypatch.setattr(recovery, "_BLOCK", block)
+        save(path, lines)
+        log = AuditLog(path, signer=signer)
+        assert (log.state.seq, log.state.prev, log.state.tree, log.state.format) == expected
+        assert log._fd is not None
+        os.close(log._fd)
+        log._fd = None
+        save(path, edited)
+        with pytest.raises(AuditError, match="does not chain to the line before it"):
+            AuditLog(path, signer=signer)
