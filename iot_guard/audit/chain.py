@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .checkpoint import Checkpoint, format_note
-from .merkle import Frontier
+from .merkle import Frontier, leaf_hash
 from .records import (
     FORMAT,
     GENESIS,
@@ -29,13 +29,16 @@ _sha256 = hashlib.sha256
 _hexlify = binascii.hexlify  # bytes of the hex digest, as the line holds it
 
 
+def _link(line: bytes, leaf: bytes, format: int) -> bytes:
+    """The ``prev`` of the line after ``line``, whose Merkle leaf hash is ``leaf``, in line
+    format ``format`` (records.FORMAT): format 2 that leaf hash, format 1 the line's own
+    SHA-256, in hex. The writer has the leaf anyway (the tree needs it)."""
+    return _hexlify(leaf if format != 1 else _sha256(line).digest())
+
+
 def link_to(line: bytes, format: int) -> bytes:
-    """The ``prev`` of the line after ``line`` in line format ``format`` (records.FORMAT):
-    format 2 the line's Merkle leaf hash, format 1 its SHA-256, in hex. ``append`` and
-    ``seal`` make it inline, with the leaf they need anyway."""
-    if format == 1:
-        return _hexlify(_sha256(line).digest())
-    return _hexlify(_sha256(b"\x00" + line).digest())
+    """``_link`` for a line whose leaf is not at hand (recovery's anchor check)."""
+    return _link(line, leaf_hash(line), format)
 
 
 class ChainError(Exception):
@@ -82,9 +85,8 @@ class ChainState:
 
     def append(self, line: bytes) -> None:
         """Advance past ``line`` (written): the one-line ``seal`` and ``commit``."""
-        leaf = _sha256(b"\x00" + line).digest()  # merkle.leaf_hash, inline
-        # Format 2: the link is the leaf's hash, one SHA-256 for both (records.FORMAT).
-        self.prev = _hexlify(leaf if self.format != 1 else _sha256(line).digest())
+        leaf = leaf_hash(line)
+        self.prev = _link(line, leaf, self.format)
         self.tree.append(leaf)
         self.seq += 1
 
@@ -103,8 +105,7 @@ class ChainState:
         """The lines for ``records``, the link to the last one and their Merkle leaves,
         leaving this state as it is: ``commit`` them once they are written. Raises
         ValueError/TypeError for a record that cannot be a line."""
-        seq, prev = self.seq, self.prev
-        linked_by_leaf = self.format != 1
+        seq, prev, format = self.seq, self.prev, self.format
         lines: list[bytes] = []
         leaves: list[bytes] = []
         add, add_leaf = lines.append, leaves.append
@@ -113,18 +114,17 @@ class ChainState:
                 line = record.template.line_format % (seq, prev, *record.open_values)
             else:
                 line = record_line(seq, prev, record)
-            leaf = _sha256(b"\x00" + line).digest()  # merkle.leaf_hash, inline
-            prev = _hexlify(leaf if linked_by_leaf else _sha256(line).digest())
+            leaf = leaf_hash(line)
+            prev = _link(line, leaf, format)
             seq += 1
             add(line)
             add_leaf(leaf)
         return lines, prev, leaves
 
-    def commit(self, lines: list[bytes], prev: bytes, leaves: list[bytes]) -> None:
-        """Advance past ``lines`` (sealed by ``seal`` with ``prev`` and ``leaves``, now on
-        disk)."""
+    def commit(self, prev: bytes, leaves: list[bytes]) -> None:
+        """Advance past the lines ``seal`` made ``prev`` and ``leaves`` for (now on disk)."""
         self.tree.append_leaves(leaves)
-        self.seq += len(lines)
+        self.seq += len(leaves)
         self.prev = prev
 
     def open_record(

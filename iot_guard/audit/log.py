@@ -194,7 +194,7 @@ class AuditLog:
         self._write(head + b"\n".join(lines))
         lines.pop()
         # Only once written: a failed write leaves the chain where the file ends.
-        state.commit(lines, prev, leaves)
+        state.commit(prev, leaves)
         self._commit(state)
         return self.signer is not None and state.unsigned >= self.checkpoint_records
 
