@@ -44,11 +44,15 @@ FORMAT = 2  # the line format this version writes (in open records and checkpoin
 FORMATS = (1, 2)  # the line formats it reads: logs of earlier versions still verify
 
 
-def format_named(value: Mapping[str, Any], default: int | None = None) -> int | None:
-    """The line format an open record (or checkpoint) names; ``default`` when it names
-    none; None when it names one this version does not read (JSON's true is not 1)."""
+def format_named(value: Mapping[str, Any], default: int | None = None) -> int:
+    """The line format an open record (or checkpoint) names, ``default`` when it names
+    none; ValueError when it is not one this version reads (JSON's true is not 1)."""
     found = value.get("format", default)
-    return found if found.__class__ is int and found in FORMATS else None
+    if found.__class__ is not int or found not in FORMATS:
+        raise ValueError(f"line format {value.get('format')!r} is not one this version reads "
+                         f"({', '.join(map(str, FORMATS))}): written by a later iot-guard "
+                         "version?")
+    return int(found)
 
 
 def _utc_iso_slow(timestamp: float) -> str:

@@ -97,11 +97,7 @@ def _from_anchor(line: bytes, verifier: NoteVerifier | None, origin: str) -> Cha
         if not isinstance(note, str):
             raise ValueError("no checkpoint note")
         checkpoint = Checkpoint.parse(parse_note(note)[0])
-        # How the lines after it link: format 1 checkpoints name none.
-        line_format = format_named(value, default=1)
-        if line_format is None:
-            raise ValueError(f"line format {value.get('format')!r} is not one this version "
-                             "reads")
+        line_format = format_named(value, default=1)  # format 1 checkpoints name none
     except (ValueError, NoteError) as exc:
         raise RecoveryError(f"record {link.seq} is damaged: {exc}") from exc
     state = ChainState(_same(checkpoint.origin, origin), link.seq, link.prev, tree,

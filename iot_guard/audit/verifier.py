@@ -21,7 +21,6 @@ from .merkle import Frontier, inclusion_proof, leaf_hash, verify_inclusion
 from .records import (
     CHECKPOINT,
     FORMAT,
-    FORMATS,
     GENESIS,
     LINK,
     OPEN,
@@ -100,11 +99,10 @@ def check_open(state: ChainState, line: bytes, *, starting: bool) -> None:
         nodes = decode_frontier(value.get("frontier"))
     except ValueError as exc:
         raise ChainError("open", f"open record is damaged: {exc}") from exc
-    named = format_named(value)
-    if named is None:
-        raise ChainError("open", f"line format {value.get('format')!r} is not one this "
-                                 f"version reads ({', '.join(map(str, FORMATS))}): written "
-                                 "by a later iot-guard version?")
+    try:
+        named = format_named(value)
+    except ValueError as exc:
+        raise ChainError("open", str(exc)) from exc
     if value.get("origin") != state.origin:
         raise ChainError("open", f"a guard of origin {value.get('origin')!r} wrote into the "
                                  f"chain of {state.origin!r} (one chain, one writer)")
