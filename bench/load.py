@@ -13,7 +13,7 @@ from typing import Any
 
 from .broker import bench_broker
 from .procs import GuardProcess, Worker, rss_bytes
-from .relay import AGENT, DEVICES, TENANT, Setup, passthrough_row, proxy_name
+from .relay import AGENT, DEVICES, TENANT, Setup, cpu_used, passthrough_row
 from .report import Row
 from .workers import shadow_update_payload
 
@@ -86,8 +86,7 @@ def load_once(
             w.finish()
     return {
         **acks, "telemetry": got, "ticks": ticks, "subscribers": subscribers,
-        "cpu": {"broker": cpu1[0] - cpu0[0], proxy_name(mode): cpu1[1] - cpu0[1],
-                "agents": acks["cpu_s"], "subscribers": got["cpu_s"]},
+        "cpu": {**cpu_used(cpu0, cpu1), "agents": acks["cpu_s"], "subscribers": got["cpu_s"]},
     }
 
 

@@ -39,15 +39,16 @@ class Setup:
     def modes(self) -> tuple[str, ...]:
         return tuple(m for m in MODES if m != "passthrough" or self.passthrough is not None)
 
-    def server_cpu(self, mode: str = "guard") -> tuple[float, float]:
-        """CPU seconds used so far by (broker, the proxy of ``mode``): the passthrough's in
-        its runs, else the guard's (next to nothing in a direct run)."""
+    def server_cpu(self, mode: str = "guard") -> dict[str, float]:
+        """CPU seconds used so far by the broker and by the proxy of ``mode``, by name: the
+        passthrough in its runs, else the guard (next to nothing in a direct run)."""
         assert self.broker.pid is not None
-        proxy = self.guard.proc
         if mode == "passthrough":
             assert self.passthrough is not None
-            proxy = self.passthrough.proc
-        return cpu_seconds(self.broker.pid), cpu_seconds(proxy.pid)
+            name, proxy = "passthrough", self.passthrough.proc
+        else:
+            name, proxy = "guard", self.guard.proc
+        return {"broker": cpu_seconds(self.broker.pid), name: cpu_seconds(proxy.pid)}
 
     def broker_endpoint(self, client_id: str) -> dict[str, Any]:
         return {"host": self.broker.host, "port": self.broker.port, "client_id": client_id}
@@ -92,7 +93,7 @@ def _receiver_then_sender(
         receiver.finish()
         if sender is not None:
             sender.finish()
-    return sent, got, {"broker": cpu1[0] - cpu0[0], proxy_name(mode): cpu1[1] - cpu0[1]}
+    return sent, got, cpu_used(cpu0, cpu1)
 
 
 def passthrough_row(direct: str, through: str, ratio: str) -> Row:
@@ -111,9 +112,9 @@ def passthrough_rate_row(rate: dict[str, float]) -> list[Row]:
                             f"{through:.2f}")]
 
 
-def proxy_name(mode: str) -> str:
-    """The CPU column of the process in front of the broker in ``mode``'s runs."""
-    return "passthrough" if mode == "passthrough" else "guard"
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process of ``Setup.server_cpu`` used between the two readings."""
+    return {name: after[name] - before[name] for name in before}
 
 
 def relay_once(setup: Setup, mode: str, n: int) -> dict[str, Any]:
