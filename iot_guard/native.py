@@ -29,9 +29,9 @@ ROOT = os.path.dirname(PACKAGE_DIR)
 # The per-packet path: parse, validate, check, audit. One group (one shared library), so
 # calls between them stay native. Compiled code enforces its annotations at run time, so
 # a module joins only when its types hold for every caller and it measurably gains:
-# proxy/link.py (its transports typed by a Protocol) and the policy's publish path were
-# each compiled in a trial and gained nothing measurable in bench.inproc, so they stay
-# source; the suite runs against the build (``make test``).
+# proxy/link.py, audit/log.py, logs.py, proxy/stats.py and the policy's publish path were
+# compiled in trials and gained nothing measurable, hot (bench.inproc) or cold (the load
+# bench), so they stay source; the suite runs against the build (``make test``).
 MODULES = (
     "iot_guard/mqtt/wire.py",
     "iot_guard/mqtt/properties.py",
