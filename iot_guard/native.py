@@ -7,6 +7,8 @@ and 1.6x per relayed packet on the bench machine. ``make native`` builds them in
 (``python iot_guard/native.py build``: a script, so it runs when ``import iot_guard`` would
 refuse); ``make clean-native`` removes them and the
 source runs as it is. Nothing else changes: same source, same tests, same behaviour.
+The build also compiles ``EXTENSIONS``, C of our own with a definition in Python beside it
+that runs when it is not built (the audit chain's SHA-256 calls: ``audit/hashes.py``).
 
 A compiled module must never stand in for a source that changed after the build: the
 build records each source's SHA-256, and importing ``iot_guard`` refuses (ImportError,
@@ -50,29 +52,36 @@ MODULES = (
     "iot_guard/checks/rate_limit.py",
     "iot_guard/checks/anomaly.py",
 )
+# C of our own, built beside the group: the audit chain's SHA-256 calls on OpenSSL's
+# libcrypto (audit/hashes.py says why; the source runs hashlib without it).
+EXTENSIONS = ("iot_guard/audit/_chainhash.c",)
+SOURCES = MODULES + EXTENSIONS
 GROUP = "iot_guard._native"  # its shared library: iot_guard/_native__mypyc.*.so
 STAMP = os.path.join(PACKAGE_DIR, "_native.sha256")  # "digest  path" per source
 
 _SETUP = f"""
-from setuptools import setup
+from setuptools import Extension, setup
 from mypyc.build import mypycify
 setup(name="iot-guard-native", ext_modules=mypycify(
-    {list(MODULES)!r}, opt_level="3", group_name={GROUP!r}))
+    {list(MODULES)!r}, opt_level="3", group_name={GROUP!r}) + [
+    Extension(path[:-2].replace("/", "."), [path], libraries=["crypto"],
+              extra_compile_args=["-O2"]) for path in {list(EXTENSIONS)!r}])
 """
 
 
 def _built() -> dict[str, str]:
     """Every module of the package with a compiled file beside its source (a build's,
-    whatever its module list was): its path like the ones in ``MODULES`` -> that file."""
+    whatever its module list was): its path like the ones in ``SOURCES`` -> that file."""
     found = {}
     for folder, _, names in os.walk(PACKAGE_DIR):
         for name in names:
             for suffix in EXTENSION_SUFFIXES:
                 if name.endswith(suffix):
-                    source = os.path.join(folder, name[: -len(suffix)] + ".py")
-                    if os.path.exists(source):
-                        path = os.path.relpath(source, ROOT).replace(os.sep, "/")
-                        found[path] = os.path.join(folder, name)
+                    for kind in (".py", ".c"):
+                        source = os.path.join(folder, name[: -len(suffix)] + kind)
+                        if os.path.exists(source):
+                            path = os.path.relpath(source, ROOT).replace(os.sep, "/")
+                            found[path] = os.path.join(folder, name)
     return found
 
 
@@ -98,8 +107,8 @@ def stale() -> list[str]:
     # All or nothing: the group's modules call each other natively, so one module
     # running from source beside the others compiled is not an option; nor is a module
     # compiled by a build with another list.
-    extra = [path for path in built if path not in MODULES]
-    return extra + [path for path in MODULES if stamped.get(path) != _digest(path)]
+    extra = [path for path in built if path not in SOURCES]
+    return extra + [path for path in SOURCES if stamped.get(path) != _digest(path)]
 
 
 def check() -> None:
@@ -130,7 +139,7 @@ def build() -> int:
         clean()
         return done.returncode
     with open(STAMP, "w", encoding="ascii") as f:
-        f.writelines(f"{_digest(path)}  {path}\n" for path in MODULES)
+        f.writelines(f"{_digest(path)}  {path}\n" for path in SOURCES)
     return 0
 
 
@@ -142,9 +151,9 @@ def main(argv: list[str]) -> int:
         clean()
         return 0
     if command == "status" and not argv[1:]:
-        built = sum(path in MODULES for path in _built())
+        built = sum(path in SOURCES for path in _built())
         changed = stale()
-        print(f"{built} of {len(MODULES)} modules compiled"
+        print(f"{built} of {len(SOURCES)} modules compiled"
               + (f"; {len(changed)} changed since the build" if changed else ""))
         return 1 if changed else 0
     print("usage: python iot_guard/native.py build | clean | status", file=sys.stderr)

@@ -3,7 +3,8 @@
 Leaves are the exact stored line bytes: leaf = SHA-256(0x00 || line), node =
 SHA-256(0x01 || left || right), and a tree of n > 1 leaves splits at k, the largest
 power of two smaller than n (RFC 6962 §2.1; RFC 9162 §2.1.1). The 0x00/0x01 prefixes
-keep a leaf from ever passing for an inner node (second-preimage resistance).
+keep a leaf from ever passing for an inner node (second-preimage resistance). The two
+hashes are defined in ``hashes`` (and done natively when built).
 
 The writer keeps only a ``Frontier``: the roots of the perfect subtrees that make up the
 n leaves so far (one per set bit of n), so appending is O(1) amortised and the root is
@@ -15,18 +16,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-_sha256 = hashlib.sha256
+from .hashes import leaf_hash, node_hash
+
+__all__ = ["EMPTY_ROOT", "Frontier", "inclusion_proof", "leaf_hash", "node_hash", "tree_root",
+           "verify_inclusion"]
 
 # MTH({}) = SHA-256() [RFC 6962 §2.1]
-EMPTY_ROOT = _sha256(b"").digest()
-
-
-def leaf_hash(line: bytes) -> bytes:
-    return _sha256(b"\x00" + line).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return _sha256(b"\x01" + left + right).digest()
+EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
 def _split(n: int) -> int:
@@ -69,15 +65,15 @@ class Frontier:
         self.size += 1
 
     def append_leaves(self, leaves: Iterable[bytes]) -> None:
-        """``append`` each leaf hash, with the node hashing inline: the audit log appends
-        a batch of lines per packet read, and calls cost more than hashes."""
+        """``append`` each leaf hash, the loop inline: the audit log appends a batch of
+        lines per packet read."""
         nodes = self.nodes
         pop, push = nodes.pop, nodes.append
         size = self.size
         for node in leaves:
             carry = size
             while carry & 1:
-                node = _sha256(b"\x01" + pop() + node).digest()  # node_hash(left, node)
+                node = node_hash(pop(), node)
                 carry >>= 1
             push(node)
             size += 1

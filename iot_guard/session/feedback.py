@@ -9,13 +9,12 @@ JSON) are all built from it. The audit log keeps its documented names for two fi
 
 from __future__ import annotations
 
-import binascii
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..audit import utc_iso
+from ..audit.hashes import hex_sha256
 from ..audit.records import (
     OPEN_BOOL,
     OPEN_INT,
@@ -147,7 +146,7 @@ def audit_record(
     if payload is not None:
         # Never the payload itself: its size and digest are enough to match it later.
         record["payload_bytes"] = len(payload)
-        record["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+        record["payload_sha256"] = hex_sha256(payload).decode("ascii")
     if note:
         record["note"] = note
     if mode is not None:
@@ -162,8 +161,6 @@ _MESSAGE_OPEN = {"timestamp": OPEN_PLAIN_STR, "qos": OPEN_INT, "retain": OPEN_BO
 # Topics per session with a template (~2 KB each) or a first sighting; a session past it
 # starts over. An agent going round more topics than this gets dict records, as before.
 _TEMPLATES_MAX = 32
-_sha256 = hashlib.sha256
-_hexlify = binascii.hexlify
 
 
 class AuditRecorder:
@@ -224,7 +221,7 @@ class AuditRecorder:
             self._now = now
         # Never the payload itself: its size and digest are enough to match it later.
         return TemplateRecord(template, (self._stamp, qos, b"true" if retain else b"false",
-                                         len(payload), _hexlify(_sha256(payload).digest())))
+                                         len(payload), hex_sha256(payload)))
 
     def _template(
         self, key: tuple[str, str, int], decision: Decision, now: float

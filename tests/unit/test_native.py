@@ -26,6 +26,8 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(native, "PACKAGE_DIR", str(package))
     monkeypatch.setattr(native, "STAMP", str(package / "_native.sha256"))
     monkeypatch.setattr(native, "MODULES", ("iot_guard/mqtt/a.py", "iot_guard/mqtt/b.py"))
+    monkeypatch.setattr(native, "EXTENSIONS", ())
+    monkeypatch.setattr(native, "SOURCES", native.MODULES)
     return tmp_path
 
 
@@ -33,7 +35,7 @@ def build_by_hand(root: Path, modules: tuple[str, ...] = native.MODULES) -> None
     """What a successful build leaves: a compiled file per module, the group's library,
     and the stamp of the sources it was built from."""
     for path in modules:
-        (root / (path[: -len(".py")] + SUFFIX)).write_bytes(b"")
+        (root / (os.path.splitext(path)[0] + SUFFIX)).write_bytes(b"")
     (root / "iot_guard" / f"_native__mypyc{SUFFIX}").write_bytes(b"")
     Path(native.STAMP).write_text(
         "".join(f"{native._digest(path)}  {path}\n" for path in modules))
@@ -93,11 +95,31 @@ def test_the_installed_package_is_wholly_compiled_or_wholly_source(
 ) -> None:
     """This process imported iot_guard, so its build (if any) matched; and under
     ``make test`` (``--expect-native``) the suite runs against a complete build."""
+    from iot_guard.audit import hashes
+
     compiled = native._built()
-    built = [path for path in native.MODULES if path in compiled]
-    assert built in ([], list(native.MODULES))
+    built = [path for path in native.SOURCES if path in compiled]
+    assert built in ([], list(native.SOURCES))
+    assert hashes.NATIVE is bool(built)
     if request.config.getoption("--expect-native"):
-        assert built == list(native.MODULES), "make test ran without the compiled core"
+        assert built == list(native.SOURCES), "make test ran without the compiled core"
         import iot_guard.session.session as session
 
         assert not session.__file__.endswith(".py")
+        assert hashes.leaf_hash is not hashes.py_leaf_hash
+
+
+def test_a_c_source_is_held_to_its_build_like_a_module(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extension of our own C (``EXTENSIONS``) is stamped and checked the same way."""
+    (tree / "iot_guard/d.c").write_text("/* d */\n")
+    monkeypatch.setattr(native, "EXTENSIONS", ("iot_guard/d.c",))
+    monkeypatch.setattr(native, "SOURCES", (*native.MODULES, "iot_guard/d.c"))
+    build_by_hand(tree, native.SOURCES)
+    assert native._built()["iot_guard/d.c"].endswith("d" + SUFFIX)
+    assert native.stale() == []
+    (tree / "iot_guard/d.c").write_text("/* d, edited */\n")
+    assert native.stale() == ["iot_guard/d.c"]
+    native.clean()
+    assert not (tree / ("iot_guard/d" + SUFFIX)).exists()
