@@ -13,16 +13,20 @@
  * fetched once and one context is reused.
  *
  * The one context is used only while the GIL is held (every call below holds it), so two
- * threads never share it. Inputs of LARGE bytes or more are hashed with a context of
- * their own and the GIL released, as hashlib does, so a big payload does not stall the
- * other threads (the state store's). Any object with the buffer protocol is accepted,
- * like hashlib; str is refused with TypeError.
+ * threads never share it. That holds because this is a single-phase module: it cannot be
+ * loaded into a subinterpreter with a GIL of its own, and a free-threaded build turns the
+ * GIL back on for it. Do not declare Py_mod_gil or per-interpreter support without giving
+ * each caller its own context. Inputs of LARGE bytes or more are hashed with a context of
+ * their own and the GIL released (hashlib's threshold), so a big payload does not stall
+ * the other threads (the state store's). Any C-contiguous object with the buffer protocol
+ * is accepted, like hashlib (another raises BufferError); str is refused with TypeError.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 
-#define LARGE 65536
+#define LARGE 2048  /* hashlib releases the GIL from here on (HASHLIB_GIL_MINSIZE) */
 
 static EVP_MD *sha256;  /* fetched once: a fetch by name costs a lookup under a lock */
 static EVP_MD_CTX *shared;  /* reused while the GIL is held */
@@ -57,6 +61,7 @@ static int digest(const part *parts, int count, size_t total, unsigned char out[
         ok = ok && EVP_DigestFinal_ex(ctx, out, &n);
     }
     if (!ok || n != 32) {
+        ERR_clear_error();  /* ours to report, not left for the next OpenSSL caller */
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not compute SHA-256");
         return 0;
     }

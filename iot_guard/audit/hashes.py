@@ -16,15 +16,15 @@ import hashlib
 _sha256 = hashlib.sha256
 
 
-def py_leaf_hash(line: bytes) -> bytes:
+def py_leaf_hash(line: bytes, /) -> bytes:
     return _sha256(b"\x00" + line).digest()
 
 
-def py_node_hash(left: bytes, right: bytes) -> bytes:
+def py_node_hash(left: bytes, right: bytes, /) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
-def py_hex_sha256(data: bytes) -> bytes:
+def py_hex_sha256(data: bytes, /) -> bytes:
     return _sha256(data).hexdigest().encode("ascii")
 
 
@@ -32,6 +32,8 @@ try:
     from ._chainhash import hex_sha256, leaf_hash, node_hash
 
     NATIVE = True
-except ImportError:  # not built (`make native`): the definitions themselves
+except ModuleNotFoundError:  # not built (`make native`): the definitions themselves.
+    # A build that is there but does not load (no libcrypto, say) is an ImportError
+    # that stops the import: a guard never quietly runs other code than it was built with.
     leaf_hash, node_hash, hex_sha256 = py_leaf_hash, py_node_hash, py_hex_sha256
     NATIVE = False

@@ -34,8 +34,8 @@ def rfc_node(left: bytes, right: bytes) -> bytes:
 
 
 # Around the sizes that matter: empty, SHA-256's 64-byte block and its padding edge, a
-# typical 775-byte audit line, and either side of the size hashed without the GIL.
-SIZES = [0, 1, 55, 56, 63, 64, 65, 775, 65535, 65536, 65537, 1 << 20]
+# typical 775-byte audit line, either side of the size hashed without the GIL, and large.
+SIZES = [0, 1, 55, 56, 63, 64, 65, 775, 2047, 2048, 2049, 1 << 20]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -88,25 +88,46 @@ def test_text_and_other_objects_are_a_type_error(impl: Any, call: Callable[[Any]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_node_hash_takes_exactly_two_arguments(impl: Any) -> None:
+def test_the_calls_take_their_arguments_by_position_only(impl: Any) -> None:
     with pytest.raises(TypeError):
         impl.node_hash(b"x")
     with pytest.raises(TypeError):
         impl.node_hash(b"x", b"y", b"z")
+    with pytest.raises(TypeError):
+        impl.leaf_hash(line=b"x")
+    with pytest.raises(TypeError):
+        impl.hex_sha256(data=b"x")
+    with pytest.raises(TypeError):
+        impl.node_hash(b"x", right=b"y")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_refused_call_lets_go_of_the_buffers_it_took(impl: Any) -> None:
+    """An error on the second argument releases the first: a bytearray still exported
+    could not be resized (BufferError)."""
+    left = bytearray(b"left")
+    with pytest.raises(TypeError):
+        impl.node_hash(left, "right")
+    left.extend(b" grown")  # raises BufferError if a view of it was left behind
+    assert impl.leaf_hash(left) == rfc_leaf(b"left grown")
 
 
 def test_threads_hashing_at_once_each_get_their_own_digest() -> None:
     """The C module reuses one context under the GIL and gives large inputs their own
-    without it: threads mixing both sizes must never see each other's state."""
+    without it: threads mixing both sizes, and all three calls, must never see each
+    other's state."""
     small = [bytes([i]) * (100 + i) for i in range(32)]
     large = [bytes([i]) * (70_000 + i) for i in range(4)]
-    expected = {line: rfc_leaf(line) for line in small + large}
+    expected = {line: (rfc_leaf(line), rfc_node(line, line[:32]),
+                       hashlib.sha256(line).hexdigest().encode()) for line in small + large}
     wrong: list[bytes] = []
 
     def work(lines: list[bytes]) -> None:
         for _ in range(50):
             for line in lines:
-                if hashes.leaf_hash(line) != expected[line]:
+                got = (hashes.leaf_hash(line), hashes.node_hash(line, line[:32]),
+                       hashes.hex_sha256(line))
+                if got != expected[line]:
                     wrong.append(line)
 
     threads = [threading.Thread(target=work, args=(small,)) for _ in range(3)]
