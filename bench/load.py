@@ -13,7 +13,7 @@ from typing import Any
 
 from .broker import bench_broker
 from .procs import GuardProcess, Worker, rss_bytes
-from .relay import AGENT, DEVICES, TENANT, Setup, cpu_used, fmt_preempted, passthrough_row
+from .relay import AGENT, DEVICES, TENANT, Setup, cpu_used, passthrough_row
 from .report import Row
 from .workers import shadow_update_payload
 
@@ -74,21 +74,19 @@ def load_once(
         }, setup.logdir, f"load-ticker-{mode}")
         workers.append(ticker)
         ticker.line(30)
-        before = setup.server_usage(mode)
+        cpu0 = setup.server_cpu(mode)
         ticker.go()
         load.go()
         acks = load.line(warmup_s + duration_s + 60)
         ticker.line(30)
         got = fanout.line(60)
-        after = setup.server_usage(mode)
+        cpu1 = setup.server_cpu(mode)
     finally:
         for w in workers:
             w.finish()
     return {
         **acks, "telemetry": got, "ticks": ticks, "subscribers": subscribers,
-        "cpu": {**cpu_used(before[0], after[0]), "agents": acks["cpu_s"],
-                "subscribers": got["cpu_s"]},
-        "preempted": cpu_used(before[1], after[1]),
+        "cpu": {**cpu_used(cpu0, cpu1), "agents": acks["cpu_s"], "subscribers": got["cpu_s"]},
     }
 
 
@@ -113,7 +111,7 @@ def run_load(
                 f" answers), ack p50 {r['p50_us']:.0f} us, p90 {r['p90_us']:.0f} us, p99"
                 f" {r['p99_us']:.0f} us, max {r['max_us']:.0f} us over {r['samples']:,};"
                 f" telemetry {t['received']:,}/{r['ticks'] * subscribers:,} delivered;"
-                f" CPU s over {r['elapsed_s']:.1f} s: {cpu}; {fmt_preempted(r['preempted'])}"
+                f" CPU s over {r['elapsed_s']:.1f} s: {cpu}"
                 + (f" [run {k + 1}/{repeat}]" if repeat > 1 else ""))
     d99, g99 = statistics.median(p99["direct"]), statistics.median(p99["guard"])
     d50, g50 = statistics.median(p50["direct"]), statistics.median(p50["guard"])

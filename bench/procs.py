@@ -44,19 +44,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def preemptions(pid: int) -> int:
-    """Times a process was switched out while it could still run (Linux /proc:
-    nonvoluntary_ctxt_switches), 0 where unavailable. On two cores shared by the broker,
-    the proxy and the clients, this is what separates a fast run from a slow one."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("nonvoluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process now (Linux /proc), 0 where unavailable."""
     try:

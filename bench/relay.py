@@ -12,11 +12,11 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from simulator.broker import MosquittoBroker
 
-from .procs import GuardProcess, PassthroughProcess, Worker, cpu_seconds, preemptions
+from .procs import GuardProcess, PassthroughProcess, Worker, cpu_seconds
 from .report import Row
 
 TENANT = "acme"
@@ -39,20 +39,16 @@ class Setup:
     def modes(self) -> tuple[str, ...]:
         return tuple(m for m in MODES if m != "passthrough" or self.passthrough is not None)
 
-    def servers(self, mode: str = "guard") -> dict[str, int]:
-        """The broker's and the proxy's pid for ``mode``, by name: the passthrough in its
-        runs, else the guard (idle in a direct run)."""
+    def server_cpu(self, mode: str = "guard") -> dict[str, float]:
+        """CPU seconds used so far by the broker and by the proxy of ``mode``, by name: the
+        passthrough in its runs, else the guard (next to nothing in a direct run)."""
         assert self.broker.pid is not None
         if mode == "passthrough":
             assert self.passthrough is not None
-            return {"broker": self.broker.pid, "passthrough": self.passthrough.proc.pid}
-        return {"broker": self.broker.pid, "guard": self.guard.proc.pid}
-
-    def server_usage(self, mode: str = "guard") -> tuple[dict[str, float], dict[str, int]]:
-        """CPU seconds used so far by each of ``servers(mode)``, and its preemptions."""
-        pids = self.servers(mode)
-        return ({name: cpu_seconds(pid) for name, pid in pids.items()},
-                {name: preemptions(pid) for name, pid in pids.items()})
+            name, proxy = "passthrough", self.passthrough.proc
+        else:
+            name, proxy = "guard", self.guard.proc
+        return {"broker": cpu_seconds(self.broker.pid), name: cpu_seconds(proxy.pid)}
 
     def broker_endpoint(self, client_id: str) -> dict[str, Any]:
         return {"host": self.broker.host, "port": self.broker.port, "client_id": client_id}
@@ -79,26 +75,25 @@ def _rate(count: int, first_ns: int, last_ns: int) -> float:
 
 def _receiver_then_sender(
     setup: Setup, mode: str, receiver: Worker, start_sender: Callable[[], Worker]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, int]]:
-    """The sender's and the receiver's results, and the servers' CPU seconds and
-    preemptions in between.
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """The sender's and the receiver's results, and the servers' CPU seconds in between.
 
     The sender starts only once the receiver is subscribed: nothing sent can be missed.
     """
     sender: Worker | None = None
     try:
         receiver.line(30)
-        before = setup.server_usage(mode)
+        cpu0 = setup.server_cpu(mode)
         sender = start_sender()
         sender.line(30)
         sent = sender.line(120)
         got = receiver.line(120)
-        after = setup.server_usage(mode)
+        cpu1 = setup.server_cpu(mode)
     finally:
         receiver.finish()
         if sender is not None:
             sender.finish()
-    return sent, got, cpu_used(before[0], after[0]), cpu_used(before[1], after[1])
+    return sent, got, cpu_used(cpu0, cpu1)
 
 
 def passthrough_row(direct: str, through: str, ratio: str) -> Row:
@@ -117,12 +112,8 @@ def passthrough_rate_row(rate: dict[str, float]) -> list[Row]:
                             f"{through:.2f}")]
 
 
-N = TypeVar("N", int, float)
-
-
-def cpu_used(before: dict[str, N], after: dict[str, N]) -> dict[str, N]:
-    """What each process of ``Setup.servers`` used between two readings (CPU seconds,
-    or preemptions)."""
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process of ``Setup.server_cpu`` used between the two readings."""
     return {name: after[name] - before[name] for name in before}
 
 
@@ -134,7 +125,7 @@ def relay_once(setup: Setup, mode: str, n: int) -> dict[str, Any]:
          "filters": [f"tenants/{TENANT}/devices/+/telemetry"], "expect": n, "idle_s": 3.0},
         setup.logdir, f"relay-consumer-{mode}",
     )
-    sent, got, cpu, preempted = _receiver_then_sender(setup, mode, consumer, lambda: Worker(
+    sent, got, cpu = _receiver_then_sender(setup, mode, consumer, lambda: Worker(
         "blast",
         {**setup.broker_endpoint(f"bench-relay-publisher-{mode}"),
          "topics": [f"tenants/{TENANT}/devices/{d}/telemetry" for d in DEVICES],
@@ -146,7 +137,6 @@ def relay_once(setup: Setup, mode: str, n: int) -> dict[str, Any]:
         "rate": _rate(got["count"], got["first_ns"], got["last_ns"]),
         "span_s": (got["last_ns"] - sent["start_ns"]) / 1e9,
         "cpu": {**cpu, "publisher": sent["cpu_s"], "consumer": got["cpu_s"]},
-        "preempted": preempted,
     }
 
 
@@ -159,7 +149,7 @@ def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, Any]:
          "expect": n, "idle_s": 3.0},
         setup.logdir, f"shadow-device-{mode}",
     )
-    acked, got, cpu, preempted = _receiver_then_sender(setup, mode, device, lambda: Worker(
+    acked, got, cpu = _receiver_then_sender(setup, mode, device, lambda: Worker(
         "qos1",
         {**setup.agent_endpoint(mode, f"bench-shadow-agent-{mode}"), "topic": topic,
          "count": n, "window": window},
@@ -172,19 +162,13 @@ def shadow_once(setup: Setup, mode: str, n: int, window: int) -> dict[str, Any]:
         "agent_rate": acked["acked"] / ((acked["end_ns"] - acked["start_ns"]) / 1e9),
         "span_s": (got["last_ns"] - acked["start_ns"]) / 1e9,
         "cpu": {**cpu, "agent": acked["cpu_s"], "device": got["cpu_s"]},
-        "preempted": preempted,
     }
 
 
 def fmt_cpu(r: dict[str, Any]) -> str:
-    """CPU seconds per process over the run's wall time: who was busy on the 2 cores;
-    and how often the servers were switched out while they could run."""
+    """CPU seconds per process over the run's wall time: who was busy on the 2 cores."""
     parts = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
-    return f"CPU s over {r['span_s']:.2f} s wall: {parts}; {fmt_preempted(r['preempted'])}"
-
-
-def fmt_preempted(preempted: dict[str, int]) -> str:
-    return "preempted " + ", ".join(f"{k} {v:,}" for k, v in preempted.items())
+    return f"CPU s over {r['span_s']:.2f} s wall: {parts}"
 
 
 def fmt_rate(x: float) -> str:

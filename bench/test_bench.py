@@ -256,22 +256,6 @@ def test_fd_limit_is_raised_to_the_hard_limit_and_rss_is_read() -> None:
     assert rss_bytes(2**22 + 7) == 0  # no such process
 
 
-def test_preemptions_are_the_kernels_count_and_print_with_the_cpu() -> None:
-    import os
-
-    from bench.procs import preemptions
-    from bench.relay import fmt_cpu
-
-    status = Path(f"/proc/{os.getpid()}/status").read_text()
-    kernel = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-    assert kernel <= preemptions(os.getpid()) <= kernel + 1000  # it only grows
-    assert preemptions(2**22 + 7) == 0  # no such process
-    run = {"span_s": 0.5, "cpu": {"broker": 0.3, "guard": 0.4},
-           "preempted": {"broker": 12, "guard": 1355}}
-    assert fmt_cpu(run) == ("CPU s over 0.50 s wall: broker 0.30, guard 0.40; "
-                            "preempted broker 12, guard 1,355")
-
-
 def test_crowd_workers_run_against_a_real_broker(tmp_path: Any) -> None:
     # The load and idle workers end to end on a small scale, direct to an open broker.
     from bench.broker import bench_broker
