@@ -7,12 +7,12 @@ these one set of rules, so what the guard writes is exactly what verify accepts.
 from __future__ import annotations
 
 import binascii
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .checkpoint import Checkpoint, format_note
-from .merkle import Frontier, leaf_hash
+from .hashes import hex_sha256, leaf_hash
+from .merkle import Frontier
 from .records import (
     FORMAT,
     GENESIS,
@@ -25,7 +25,6 @@ from .records import (
 )
 from .signer import NoteSigner
 
-_sha256 = hashlib.sha256
 _hexlify = binascii.hexlify  # bytes of the hex digest, as the line holds it
 
 
@@ -33,7 +32,7 @@ def _link(line: bytes, leaf: bytes, format: int) -> bytes:
     """The ``prev`` of the line after ``line``, whose Merkle leaf hash is ``leaf``, in line
     format ``format`` (records.FORMAT): format 2 that leaf hash, format 1 the line's own
     SHA-256, in hex. The writer has the leaf anyway (the tree needs it)."""
-    return _hexlify(leaf if format != 1 else _sha256(line).digest())
+    return _hexlify(leaf) if format != 1 else hex_sha256(line)
 
 
 def link_to(line: bytes, format: int) -> bytes:
