@@ -73,6 +73,16 @@ def format1_chain(records: int) -> tuple[ChainState, list[bytes]]:
     return state, lines
 
 
+def upgrade(
+    path: Path, signer: NoteSigner, checkpoint_records: int
+) -> tuple[AuditLog, list[bytes]]:
+    """A format 1 chain of this key (``format1_chain(3)``) saved in ``path``, a signing
+    guard of today opened on it, and the chain's lines."""
+    _, lines = format1_chain(3)
+    save(path, lines)
+    return AuditLog(path, signer=signer, checkpoint_records=checkpoint_records), lines
+
+
 @pytest.fixture(scope="module")
 def signer() -> NoteSigner:
     return NoteSigner.generate(ORIGIN)
@@ -153,9 +163,7 @@ def test_a_signing_guard_continues_a_format_1_chain_and_signs_both_formats(
 ) -> None:
     # A format 1 chain of this key, written as the previous version wrote it.
     path = tmp_path / "audit.jsonl"
-    _, lines = format1_chain(3)
-    save(path, lines)
-    log = AuditLog(path, signer=signer, checkpoint_records=2)
+    log, lines = upgrade(path, signer, checkpoint_records=2)
     assert log.state.format == 1
     for i in range(3, 8):
         log.write(record(i))
@@ -277,9 +285,7 @@ def test_a_rotation_right_after_upgrading_chains_both_files_in_both_formats(
     # A format 1 chain of this key (as in the test above), restarted, rotated before
     # and after records: each file verifies alone and the series as one chain.
     path = tmp_path / "audit.jsonl"
-    _, lines = format1_chain(3)
-    save(path, lines)
-    log = AuditLog(path, signer=signer, checkpoint_records=100)
+    log, _ = upgrade(path, signer, checkpoint_records=100)
     path.rename(tmp_path / "audit.jsonl.1")
     assert log.reopen()
     log.write(record(3))
