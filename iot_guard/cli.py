@@ -232,6 +232,14 @@ async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
         at = parse_host_port(settings.metrics)
         addons.append(MetricsServer(at.host, at.port))
     server = GuardServer(config, policy, addons=addons)  # AuditError: one line (main)
+    # The handlers go in before the listener opens: a client may connect, be served and
+    # send SIGTERM while start() still awaits its addons, and that must stop us cleanly
+    # (exit 0, audit closed), not kill the process with the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server)
     try:
         await server.start()
     except OSError as exc:  # the listen (or admin) address is taken or not ours
@@ -246,11 +254,6 @@ async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
         raise CliError(f"cannot start: {exc}") from None
     if admin is not None:
         log.info("admin API and approval console on %s", admin.url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, server)
     try:
         await stop.wait()
     finally:
