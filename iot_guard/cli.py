@@ -172,6 +172,7 @@ def build_config(args: argparse.Namespace) -> tuple[RunSettings, Any, Any]:
         audit_checkpoint_seconds=settings.audit_checkpoint_seconds,
         max_packet_size=settings.max_packet_size,
         connect_timeout=settings.connect_timeout,
+        read_coalesce_ms=settings.read_coalesce_ms,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         upstream_tls=settings.upstream_tls, upstream_ca=settings.upstream_ca,
         state=settings.state, mode=settings.mode, observe=frozenset(settings.observe),
@@ -476,6 +477,9 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--upstream-ca", help="CA bundle to verify the broker's certificate")
     run.add_argument("--max-packet-size", help="largest packet an agent may send (bytes)")
     run.add_argument("--connect-timeout", help="seconds for a CONNECT and for reaching the broker")
+    run.add_argument("--read-coalesce-ms",
+                     help="after a broker read of 1 KiB or more, wait this long (or for the "
+                     "next write to it) before reading it again (default 1; 0: at once)")
     run.add_argument("--upstream-check-interval",
                      help="seconds between checks of the guard's broker login (default 30)")
     run.add_argument("--state", metavar="DIR|URL",

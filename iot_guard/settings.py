@@ -148,6 +148,10 @@ class RunSettings(BaseSettings):
     connect_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds for a CONNECT and for reaching the broker"
     )
+    read_coalesce_ms: float = Field(
+        1.0, ge=0, le=100, description="after a broker read of 1 KiB or more, read that "
+        "connection again after this many ms or the guard's next write to it (0: at once)",
+    )
     upstream_check_interval: float = Field(
         30.0, gt=0, description="seconds between checks of the guard's own broker login"
     )

@@ -99,6 +99,10 @@ class GuardCollector:
         relayed.add_metric(["from_agents"], stats.bytes_from_agents)
         relayed.add_metric(["from_broker"], stats.bytes_from_broker)
         yield relayed
+        yield CounterMetricFamily(
+            "iot_guard_broker_reads_coalesced", "Pauses in reading a broker connection after "
+            "a large read (read_coalesce_ms), so a stream arrives in fewer reads.",
+            value=stats.broker_reads_coalesced)
         if self.approvals_pending is not None:
             yield GaugeMetricFamily("iot_guard_approvals_pending", "Approval requests waiting "
                                     "for a human (pending or escalated).",

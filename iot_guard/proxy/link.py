@@ -58,13 +58,22 @@ PAUSED_UPSTREAM_OPENING = 1  # the broker has not got the CONNECT yet: keep orde
 PAUSED_BROKER_SLOW = 2  # the upstream write buffer is above its high-water mark
 PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our answers
 
+# Read coalescing on the broker side, as a NIC's interrupt moderation does for a host. A
+# read of at least this many bytes means a stream is queueing behind the guard; reading
+# again as soon as a few packets land costs the *broker* a wake-up of this process every
+# few packets (measured: ~3 packets per read, and the broker spent ~15% more CPU per
+# message than for a direct subscriber). So after such a read the link leaves the
+# broker's socket unread for ``read_coalesce_ms``, or until it next writes to the broker
+# (an agent's ack or request: the broker's answer must not wait), whichever is first.
+COALESCE_AFTER = 1024
+
 
 class Link:
     """Ties a session to its two transports, the server's audit log, hooks and timers."""
 
     __slots__ = (
         "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
-        "_closed", "backpressured", "_agent_paused", "refused",
+        "_closed", "backpressured", "_agent_paused", "refused", "_coalesce_s", "_coalescing",
     )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
@@ -78,6 +87,8 @@ class Link:
         self.backpressured = False  # the agent reads slower than the broker sends
         self._agent_paused = 0  # PAUSED_* bits
         self.refused = 0  # requests refused so far, for the console log's disconnect line
+        self._coalesce_s = server.config.read_coalesce_ms / 1000
+        self._coalescing: asyncio.TimerHandle | None = None  # the broker is read again then
 
     @property
     def closed(self) -> bool:
@@ -180,6 +191,8 @@ class Link:
             self._to_broker_backlog.append(data)
         elif not self.upstream.is_closing():
             self.upstream.write(data)
+            if self._coalescing is not None:
+                self.read_broker_again()  # its answer to this write must not wait
 
     def _audit(self, audits: list[Mapping[str, Any]]) -> None:
         """Write ``audits`` (one write), then count and log them; raises AuditError."""
@@ -247,6 +260,37 @@ class Link:
                 and not self.agent.is_closing():
             self.agent.resume_reading()
 
+    # ------------------------------------------------------------ reading the broker
+
+    @property
+    def coalescing(self) -> bool:
+        """The broker's socket is left unread for a moment (``COALESCE_AFTER``)."""
+        return self._coalescing is not None
+
+    def broker_read(self, size: int) -> None:
+        """A read of ``size`` bytes from the broker was handled: coalesce the next ones
+        when it was a large one."""
+        if size < COALESCE_AFTER or not self._coalesce_s or self._coalescing is not None:
+            return
+        upstream = self.upstream
+        if self._closed or self.backpressured or upstream is None or upstream.is_closing():
+            return  # backpressure already stopped the reads; resume_writing restarts them
+        upstream.pause_reading()
+        self._coalescing = asyncio.get_running_loop().call_later(
+            self._coalesce_s, self.read_broker_again)
+        self.server.stats.broker_reads_coalesced += 1
+
+    def read_broker_again(self) -> None:
+        """End a coalescing pause (its timer, or a write to the broker before it)."""
+        handle = self._coalescing
+        if handle is None:
+            return
+        self._coalescing = None
+        handle.cancel()  # ended early by a write; harmless once it has fired
+        upstream = self.upstream
+        if not self.backpressured and upstream is not None and not upstream.is_closing():
+            upstream.resume_reading()
+
     def _open_upstream(self, connect: bytes) -> None:
         # Hold the agent's further packets until the broker has the CONNECT: what the
         # agent sent meanwhile is kept in order in the backlog.
@@ -281,6 +325,9 @@ class Link:
             return
         self._closed = True
         log.debug("session %s closed: %s", self.session.session_id, reason)
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
         if self._timers:
             # Their heap entries are skipped when due (and purged with the stale ones).
             self.server.timers.dropped(len(self._timers))
@@ -340,7 +387,8 @@ class AgentProtocol(asyncio.Protocol):
         link.resume_agent(PAUSED_AGENT_SLOW)
         if link.upstream is not None:
             link.backpressured = False
-            link.upstream.resume_reading()
+            if not link.coalescing:  # else its timer (or a write) reads the broker again
+                link.upstream.resume_reading()
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -352,8 +400,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self.link = link
 
     def data_received(self, data: bytes) -> None:
-        self.link.server.stats.bytes_from_broker += len(data)
-        self.link.feed(BrokerData(data))
+        link = self.link
+        link.server.stats.bytes_from_broker += len(data)
+        link.feed(BrokerData(data))
+        link.broker_read(len(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.feed(BrokerClosed())

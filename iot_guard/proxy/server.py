@@ -57,6 +57,9 @@ class GuardConfig:
     audit_checkpoint_seconds: float = 10.0
     max_packet_size: int = 256 * 1024
     connect_timeout: float = 10.0
+    # After a broker read of >= 1 KiB, leave that socket unread this long (or until the
+    # guard writes to it): a stream then arrives in fewer reads (proxy/link.py). 0: off.
+    read_coalesce_ms: float = 1.0
     # Listener TLS (agents connect with TLS) and upstream TLS (to the broker).
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -54,7 +54,7 @@ class Histogram:
 
 class GuardStats:
     __slots__ = ("records", "bytes_from_agents", "bytes_from_broker", "sessions_opened",
-                 "decision_latency", "audit_latency", "audit_failures")
+                 "decision_latency", "audit_latency", "audit_failures", "broker_reads_coalesced")
 
     def __init__(self) -> None:
         self.records: dict[RecordKey, int] = {}
@@ -64,6 +64,7 @@ class GuardStats:
         self.decision_latency = Histogram(DECISION_BUCKETS)
         self.audit_latency = Histogram(AUDIT_BUCKETS)
         self.audit_failures = 0
+        self.broker_reads_coalesced = 0  # pauses after a large broker read (proxy/link.py)
 
     def count_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         counts = self.records

@@ -16,7 +16,17 @@ import aiomqtt
 import pytest
 
 from iot_guard.audit import AuditLog
-from iot_guard.mqtt import Connect, Disconnect, PubAck, Publish, PubRec, Subscribe, Subscription
+from iot_guard.mqtt import (
+    Connect,
+    Disconnect,
+    PubAck,
+    Publish,
+    PubRec,
+    SubAck,
+    Subscribe,
+    Subscription,
+    encode,
+)
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import issue_token
 from simulator.agent import ConnectRefused
@@ -280,6 +290,37 @@ def test_slow_agent_keeps_guard_memory_bounded(own_broker: MosquittoBroker, tmp_
         # The agent transport's buffer stays near its high-water mark (64 KiB by default).
         buffered = guard.call(link.agent.get_write_buffer_size)
         assert buffered < 1024 * 1024, f"guard buffered {buffered} bytes for a slow agent"
+
+
+@pytest.mark.parametrize("coalesce_ms", [1.0, 0.0])
+def test_a_fast_stream_from_the_broker_arrives_whole_and_in_order(
+    own_broker: MosquittoBroker, tmp_path: Path, coalesce_ms: float
+) -> None:
+    """Deliveries of 1 KiB and more make every broker read large enough to coalesce the
+    next ones (read_coalesce_ms): none is lost or reordered, and an agent's request after
+    the stream is answered; with 0 the guard reads at once and never pauses."""
+    secret = b"coalesce-secret-coalesce-secret-000000"
+    config = own_broker.guard_config(POLICY_DIR, secret, tmp_path / "audit.jsonl")
+    config.read_coalesce_ms = coalesce_ms
+    count, pad = 2_000, b"." * 1_100
+    with GuardThread(config) as guard:
+        client = RawMqtt(guard.port, level=5)
+        assert client.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+        client.send_packet(Subscribe(1, [Subscription(f"{DEVICE}/telemetry", 0)]))
+        client.read_until(SubAck)
+        publisher = RawMqtt(own_broker.port, level=4)  # straight to the broker
+        assert publisher.connect(None, None, client_id="stream").reason_code == 0
+        publisher.send(b"".join(  # as fast as the socket takes them
+            encode(Publish(f"{DEVICE}/telemetry", b"%06d" % seq + pad), 4) for seq in range(count)
+        ))
+        got = [client.read_until(Publish, timeout=10) for _ in range(count)]
+        publisher.close()
+        assert [int(p.payload[:6]) for p in got] == list(range(count))  # type: ignore[attr-defined]
+        client.send_packet(Publish(f"{DEVICE}/shadow/get", b"", qos=1, packet_id=9))
+        ack = client.read_until(PubAck, timeout=10)
+        assert isinstance(ack, PubAck) and ack.packet_id == 9 and ack.reason_code < 0x80
+        coalesced = guard.call(lambda: guard.server.stats.broker_reads_coalesced)
+    assert (coalesced > 0) == bool(coalesce_ms), coalesced
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

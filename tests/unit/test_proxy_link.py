@@ -81,12 +81,18 @@ class Recorder:
 
 
 @dataclass
+class FakeConfig:
+    read_coalesce_ms: float = 0.0
+
+
+@dataclass
 class FakeServer:
     audit: FakeAudit
     hooks: Hooks
     closed: list[Link]
     timers: TimerQueue = field(default_factory=TimerQueue)
     stats: GuardStats = field(default_factory=GuardStats)
+    config: FakeConfig = field(default_factory=FakeConfig)
 
     def link_closed(self, link: Link) -> None:
         self.closed.append(link)
@@ -278,3 +284,121 @@ def test_the_agent_is_read_again_only_when_every_reason_to_pause_is_gone() -> No
         ("agent", "pause"), ("broker", "pause"), ("broker", "resume"),
         ("-", "agent drained"), ("agent", "resume"),
     ]
+
+
+# ------------------------------------------------------------ coalescing broker reads
+
+class SignallingTransport(PausableTransport):
+    """Sets ``resumed`` when reading resumes, so a test can await the pause's end."""
+
+    def __init__(self, name: str, journal: Journal) -> None:
+        super().__init__(name, journal)
+        self.resumed = asyncio.Event()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.resumed.set()
+
+
+def coalescing_link(ms: float) -> tuple[Link, Journal, Any, Any]:
+    from iot_guard.proxy.link import AgentProtocol, UpstreamProtocol
+
+    link, journal = make_link()
+    link.server.config.read_coalesce_ms = ms  # type: ignore[attr-defined]
+    link = Link(link.session, link.server)  # reads the setting when it is made
+    link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
+    link.upstream = SignallingTransport("broker", journal)  # type: ignore[assignment]
+    agent_side = AgentProtocol(link.server)  # type: ignore[arg-type]
+    agent_side.link = link
+    return link, journal, agent_side, UpstreamProtocol(link)
+
+
+def test_a_large_broker_read_pauses_the_broker_until_the_guard_writes_to_it() -> None:
+    from iot_guard.proxy.link import COALESCE_AFTER
+
+    async def go() -> tuple[Journal, int]:
+        link, journal, _, broker_side = coalescing_link(60_000)  # the timer never fires here
+        broker_side.data_received(b"x" * (COALESCE_AFTER - 1))  # a few packets: read on
+        journal.append(("-", "small read"))
+        broker_side.data_received(b"x" * COALESCE_AFTER)  # a stream: pause
+        broker_side.data_received(b"x" * COALESCE_AFTER)  # already paused: once is enough
+        journal.append(("-", "large reads"))
+        link.perform([SendToAgent(b"delivery")])  # the agent's side does not end it
+        link.perform([SendToBroker(b"puback")])  # an ack or request: the answer must not wait
+        link.perform([SendToBroker(b"again")])
+        return journal, link.server.stats.broker_reads_coalesced
+
+    journal, coalesced = run(go())
+    assert journal == [
+        ("-", "small read"), ("broker", "pause"), ("-", "large reads"),
+        ("agent", b"delivery"), ("broker", b"puback"), ("broker", "resume"), ("broker", b"again"),
+    ]
+    assert coalesced == 1
+
+
+def test_a_pause_ends_by_itself_after_read_coalesce_ms() -> None:
+    from iot_guard.proxy.link import COALESCE_AFTER
+
+    async def go() -> tuple[Journal, bool, bool]:
+        link, journal, _, broker_side = coalescing_link(1)
+        broker_side.data_received(b"x" * COALESCE_AFTER)
+        paused = link.coalescing
+        await asyncio.wait_for(link.upstream.resumed.wait(), 5)  # type: ignore[union-attr]
+        return journal, paused, link.coalescing
+
+    journal, paused, still = run(go())
+    assert (paused, still) == (True, False)
+    assert journal == [("broker", "pause"), ("broker", "resume")]
+
+
+def test_zero_read_coalesce_ms_reads_at_once() -> None:
+    async def go() -> tuple[Journal, int]:
+        link, journal, _, broker_side = coalescing_link(0)
+        broker_side.data_received(b"x" * 65536)
+        return journal, link.server.stats.broker_reads_coalesced
+
+    assert run(go()) == ([], 0)
+
+
+def test_coalescing_and_backpressure_read_the_broker_again_only_when_both_are_over() -> None:
+    from iot_guard.proxy.link import COALESCE_AFTER
+
+    async def go() -> Journal:
+        link, journal, agent_side, broker_side = coalescing_link(60_000)
+        broker_side.data_received(b"x" * COALESCE_AFTER)
+        agent_side.pause_writing()  # the agent falls behind while the broker is paused
+        agent_side.resume_writing()  # it caught up, but the pause is not over
+        journal.append(("-", "agent drained"))
+        link.read_broker_again()  # the pause's timer: now read
+        journal.append(("-", "pause over"))
+        agent_side.pause_writing()  # slow again
+        broker_side.data_received(b"x" * COALESCE_AFTER)  # a large read already queued
+        link.perform([SendToBroker(b"puback")])  # nothing to end: backpressure holds
+        agent_side.resume_writing()
+        return journal
+
+    assert run(go()) == [
+        ("broker", "pause"),
+        ("agent", "pause"), ("broker", "pause"),  # backpressure
+        ("agent", "resume"), ("-", "agent drained"),
+        ("broker", "resume"), ("-", "pause over"),
+        ("agent", "pause"), ("broker", "pause"),
+        ("broker", b"puback"),
+        ("agent", "resume"), ("broker", "resume"),
+    ]
+
+
+def test_closing_a_link_cancels_its_pause() -> None:
+    from iot_guard.proxy.link import COALESCE_AFTER
+
+    async def go() -> tuple[Journal, bool, bool]:
+        link, journal, _, broker_side = coalescing_link(60_000)
+        broker_side.data_received(b"x" * COALESCE_AFTER)
+        timer = link._coalescing
+        assert timer is not None
+        link.close("test over")
+        return journal, link.coalescing, timer.cancelled()
+
+    journal, coalescing, cancelled = run(go())
+    assert journal == [("broker", "pause"), ("agent", "closed"), ("broker", "closed")]
+    assert not coalescing and cancelled  # a closed link keeps no timer alive

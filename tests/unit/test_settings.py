@@ -128,6 +128,8 @@ def test_missing_settings_say_every_way_to_give_them() -> None:
         ({"upstream_ca": "ca.pem"}, "upstream_ca is set but upstream_tls is false"),
         ({"max_packet_size": 10}, "--max-packet-size: Input should be greater than or equal"),
         ({"connect_timeout": 0}, "--connect-timeout: Input should be greater than 0"),
+        ({"read_coalesce_ms": -1}, "--read-coalesce-ms: Input should be greater than or equal"),
+        ({"read_coalesce_ms": 500}, "--read-coalesce-ms: Input should be less than or equal"),
     ],
 )
 def test_settings_that_contradict_or_are_out_of_range(
