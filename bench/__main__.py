@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         # Last: it leaves 1,000 requests pending in the guard's state.
                         "approvals": lambda: [
                             *run_approval_timing(broker, args.policy, workdir, log),
-                            *run_relay_with_pending(setup, args.relay_n, 1000, log),
+                            *run_relay_with_pending(setup, args.relay_n, 1000, log, args.repeat),
                         ],
                     }
                     titles = {
