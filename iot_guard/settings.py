@@ -150,7 +150,8 @@ class RunSettings(BaseSettings):
     )
     read_coalesce_ms: float = Field(
         1.0, ge=0, le=100, description="after a broker read of 1 KiB or more, read that "
-        "connection again after this many ms or the guard's next write to it (0: at once)",
+        "connection again after this many ms or the guard's next write to it (0: at once; "
+        "plain TCP only, never with upstream_tls)",
     )
     upstream_check_interval: float = Field(
         30.0, gt=0, description="seconds between checks of the guard's own broker login"

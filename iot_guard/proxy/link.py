@@ -87,7 +87,7 @@ class Link:
         self.backpressured = False  # the agent reads slower than the broker sends
         self._agent_paused = 0  # PAUSED_* bits
         self.refused = 0  # requests refused so far, for the console log's disconnect line
-        self._coalesce_s = server.config.read_coalesce_ms / 1000
+        self._coalesce_s = server.broker_read_pause_s
         self._coalescing: asyncio.TimerHandle | None = None  # the broker is read again then
 
     @property
@@ -313,7 +313,17 @@ class Link:
         if self._closed:
             transport.close()
             return
+        self.upstream_opened(transport, connect)
+
+    def upstream_opened(self, transport: asyncio.Transport, connect: bytes) -> None:
+        """The broker connection is up: send the CONNECT and what the agent sent meanwhile,
+        then read the agent again."""
         self.upstream = transport
+        if self._agent_paused & PAUSED_AGENT_SLOW:
+            # The agent fell behind before the broker answered: its pause_writing came
+            # when there was no broker to stop reading, and will not come again.
+            self.backpressured = True
+            transport.pause_reading()
         transport.write(connect)
         if self._to_broker_backlog:
             transport.write(b"".join(self._to_broker_backlog))

@@ -145,6 +145,13 @@ class GuardServer:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
         self.upstream_ssl = self._upstream_context()
+        # Coalesced broker reads (proxy/link.py), plain TCP only: over TLS the socket is
+        # read anyway (the broker is spared nothing), and uvloop's TLS transport drops
+        # what it holds for a paused reader when the broker closes (MagicStack/uvloop
+        # PR #661): the broker's last packets, a DISCONNECT 0x8B among them, were lost.
+        self.broker_read_pause_s = (
+            0.0 if self.upstream_ssl is not None else config.read_coalesce_ms / 1000
+        )
 
     def _listener_context(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None:

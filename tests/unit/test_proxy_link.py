@@ -81,18 +81,13 @@ class Recorder:
 
 
 @dataclass
-class FakeConfig:
-    read_coalesce_ms: float = 0.0
-
-
-@dataclass
 class FakeServer:
     audit: FakeAudit
     hooks: Hooks
     closed: list[Link]
     timers: TimerQueue = field(default_factory=TimerQueue)
     stats: GuardStats = field(default_factory=GuardStats)
-    config: FakeConfig = field(default_factory=FakeConfig)
+    broker_read_pause_s: float = 0.0  # GuardServer's, from read_coalesce_ms
 
     def link_closed(self, link: Link) -> None:
         self.closed.append(link)
@@ -304,7 +299,7 @@ def coalescing_link(ms: float) -> tuple[Link, Journal, Any, Any]:
     from iot_guard.proxy.link import AgentProtocol, UpstreamProtocol
 
     link, journal = make_link()
-    link.server.config.read_coalesce_ms = ms  # type: ignore[attr-defined]
+    link.server.broker_read_pause_s = ms / 1000  # type: ignore[attr-defined]
     link = Link(link.session, link.server)  # reads the setting when it is made
     link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
     link.upstream = SignallingTransport("broker", journal)  # type: ignore[assignment]
@@ -402,3 +397,66 @@ def test_closing_a_link_cancels_its_pause() -> None:
     journal, coalescing, cancelled = run(go())
     assert journal == [("broker", "pause"), ("agent", "closed"), ("broker", "closed")]
     assert not coalescing and cancelled  # a closed link keeps no timer alive
+
+
+def test_the_pause_ending_while_the_agent_is_slow_leaves_the_broker_unread() -> None:
+    from iot_guard.proxy.link import COALESCE_AFTER
+
+    async def go() -> Journal:
+        link, journal, agent_side, broker_side = coalescing_link(60_000)
+        broker_side.data_received(b"x" * COALESCE_AFTER)
+        agent_side.pause_writing()  # the agent falls behind during the pause
+        link.read_broker_again()  # the pause's timer: backpressure still holds
+        journal.append(("-", "pause over"))
+        agent_side.resume_writing()  # now both are over
+        return journal
+
+    # Reading the broker for an agent that does not read would grow memory without bound.
+    assert run(go()) == [
+        ("broker", "pause"), ("agent", "pause"), ("broker", "pause"), ("-", "pause over"),
+        ("agent", "resume"), ("broker", "resume"),
+    ]
+
+
+def test_a_broker_opened_while_the_agent_is_slow_is_not_read() -> None:
+    from iot_guard.proxy.link import AgentProtocol
+
+    async def go() -> tuple[Journal, bool]:
+        link, journal = make_link()
+        link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
+        link.upstream = None
+        agent_side = AgentProtocol(link.server)  # type: ignore[arg-type]
+        agent_side.link = link
+        agent_side.pause_writing()  # no broker yet to stop reading
+        link.upstream_opened(PausableTransport("broker", journal), b"connect")  # type: ignore[arg-type]
+        backpressured = link.backpressured
+        agent_side.resume_writing()
+        return journal, backpressured
+
+    journal, backpressured = run(go())
+    assert backpressured
+    assert journal == [
+        ("agent", "pause"), ("broker", "pause"), ("broker", b"connect"),
+        ("agent", "resume"), ("broker", "resume"),
+    ]
+
+
+@pytest.mark.parametrize(("upstream_tls", "pause_s"), [(False, 0.001), (True, 0.0)])
+def test_broker_reads_are_coalesced_over_plain_tcp_only(
+    tmp_path: Any, upstream_tls: bool, pause_s: float
+) -> None:
+    """Over TLS the socket is read anyway, and uvloop's TLS transport drops what it holds
+    for a paused reader when the broker closes: the broker's last packets would be lost."""
+    from pathlib import Path
+
+    from iot_guard.proxy.server import GuardConfig, GuardServer
+
+    config = GuardConfig(
+        policy_dir=Path(__file__).parents[2] / "device_policies", secret=b"s" * 32,
+        audit_path=tmp_path / "audit.jsonl", upstream_tls=upstream_tls,
+    )
+    server = GuardServer(config)
+    try:
+        assert server.broker_read_pause_s == pause_s
+    finally:
+        server.audit.close()
