@@ -74,6 +74,7 @@ class Link:
     __slots__ = (
         "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
         "_closed", "backpressured", "_agent_paused", "refused", "_coalesce_s", "_coalescing",
+        "_opening",
     )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
@@ -89,6 +90,7 @@ class Link:
         self.refused = 0  # requests refused so far, for the console log's disconnect line
         self._coalesce_s = server.broker_read_pause_s
         self._coalescing: asyncio.TimerHandle | None = None  # the broker is read again then
+        self._opening: asyncio.Task[None] | None = None  # reaching the broker
 
     @property
     def closed(self) -> bool:
@@ -295,7 +297,9 @@ class Link:
         # Hold the agent's further packets until the broker has the CONNECT: what the
         # agent sent meanwhile is kept in order in the backlog.
         self.pause_agent(PAUSED_UPSTREAM_OPENING)
-        asyncio.get_running_loop().create_task(self._connect_upstream(connect))
+        # Kept: the loop holds tasks weakly, and this one must finish even after the
+        # session has ended (see _connect_upstream).
+        self._opening = asyncio.get_running_loop().create_task(self._connect_upstream(connect))
 
     async def _connect_upstream(self, connect: bytes) -> None:
         cfg = self.server.config
@@ -308,9 +312,21 @@ class Link:
                 timeout=cfg.connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self.feed(BrokerUnreachable(str(exc) or type(exc).__name__))
+            self._opening = None
+            if not self._closed:
+                self.feed(BrokerUnreachable(str(exc) or type(exc).__name__))
             return
+        self._opening = None
         if self._closed:
+            # The session ended while the broker was being reached: the agent sent its
+            # packets, perhaps a DISCONNECT, and closed without waiting for the CONNACK,
+            # which MQTT allows (MQTT 5.0 and 3.1.1, section 3.1.4). What the guard
+            # accepted (and audited) reaches the broker in order, then the connection
+            # closes, as a broker reached directly would have read it.
+            transport.write(connect)
+            if self._to_broker_backlog:
+                transport.write(b"".join(self._to_broker_backlog))
+            self._to_broker_backlog = None
             transport.close()
             return
         self.upstream_opened(transport, connect)

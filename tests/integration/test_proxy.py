@@ -25,6 +25,7 @@ from iot_guard.mqtt import (
     SubAck,
     Subscribe,
     Subscription,
+    Will,
     encode,
 )
 from iot_guard.proxy.server import GuardThread
@@ -321,6 +322,44 @@ def test_a_fast_stream_from_the_broker_arrives_whole_and_in_order(
         assert isinstance(ack, PubAck) and ack.packet_id == 9 and ack.reason_code < 0x80
         coalesced = guard.call(lambda: guard.server.stats.broker_reads_coalesced)
     assert (coalesced > 0) == bool(coalesce_ms), coalesced
+
+
+def test_packets_sent_before_the_connack_reach_the_broker_when_the_agent_closes_at_once(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A client may send packets right after its CONNECT without waiting for the CONNACK
+    (MQTT 5.0 and 3.1.1, section 3.1.4), then close. What the guard accepted reaches the
+    broker in order: the publish, and the DISCONNECT that keeps the will from being sent;
+    without a DISCONNECT the broker sends the will. (Before, both were dropped with the
+    connection the guard was still opening, while the audit log said the publish was
+    forwarded.)"""
+    secret = b"pipelined-secret-pipelined-secret-0000"
+    first, second = "tenants/acme/devices/therm-001", "tenants/acme/devices/therm-002"
+    with start_guard(own_broker, tmp_path / "audit.jsonl", secret) as guard:
+        watcher = RawMqtt(own_broker.port, level=4)
+        watcher.connect(None, None, client_id="watcher")
+        watcher.send_packet(Subscribe(1, [Subscription("tenants/acme/devices/+/shadow/get", 0)]))
+        watcher.read_until(SubAck)
+
+        def pipelined(client_id: str, publish_to: str, disconnect: bool) -> None:
+            connect = Connect(client_id=client_id, protocol_level=5, username="ops-agent",
+                              password=issue_token(secret, "ops-agent").encode(),
+                              will=Will(f"{second}/shadow/get", b""))
+            sock = socket.create_connection(("127.0.0.1", guard.port))
+            sock.sendall(encode(connect, 5) + encode(Publish(f"{publish_to}/shadow/get", b""), 5)
+                         + (encode(Disconnect(0), 5) if disconnect else b""))
+            sock.close()
+
+        def topics(count: int) -> list[str]:
+            return [watcher.read_until(Publish, timeout=10).topic  # type: ignore[attr-defined]
+                    for _ in range(count)]
+
+        pipelined("leaves-cleanly", first, disconnect=True)
+        assert topics(1) == [f"{first}/shadow/get"]
+        pipelined("drops-off", first, disconnect=False)
+        # Had the clean client's will been sent, it would come first: its connection
+        # closed before this client's opened.
+        assert topics(2) == [f"{first}/shadow/get", f"{second}/shadow/get"]
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
