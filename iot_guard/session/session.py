@@ -144,7 +144,7 @@ class GuardSession:
         "_client_max", "_connect_expiry", "_guard_filters", "_events_subscribed",
         "_held_agent_qos2", "_dropped_broker_qos2", "_pending_subscribes",
         "_pending_unsubscribes", "_holds", "_dry_run", "_mode", "_wants_publish",
-        "_wants_receive", "_recorder",
+        "_wants_receive", "_recorder", "_before_connack",
     )
 
     def __init__(
@@ -189,6 +189,8 @@ class GuardSession:
         self._wants_publish = self.pipeline.wants("publish")
         self._wants_receive = self.pipeline.wants("receive")
         self._recorder: AuditRecorder | None = None  # made at the first message audited
+        # What the guard answers to packets sent before the CONNACK, held until it is sent.
+        self._before_connack: list[bytes] | None = None
 
     @property
     def state(self) -> State:
@@ -541,7 +543,15 @@ class GuardSession:
         self._audit_session_event(actions, now, "connect", "success", "token accepted")
         if self.protocol_level != 5:
             actions.append(SendToAgent(connack.raw))
-            return
+        else:
+            self._send(actions, self._agent_connack(connack))
+        if self._before_connack is not None:
+            actions.extend(SendToAgent(data) for data in self._before_connack)
+            self._before_connack = None
+
+    def _agent_connack(self, connack: Connack) -> Connack:
+        """The broker's v5 CONNACK as the agent gets it, with the guard's limits and id
+        (from here on the agent's parser holds it to that maximum packet size)."""
         properties = dict(connack.properties)
         # Absent Topic Alias Maximum means the client may send no aliases
         # [MQTT-3.2.2-17]; the guard checks every publish on its real topic.
@@ -558,8 +568,8 @@ class GuardSession:
             # The upstream id was made from the session id; the client must learn it to
             # resume the session [MQTT-3.2.2-16].
             properties[PropertyId.ASSIGNED_CLIENT_IDENTIFIER] = self.session_id
-        self._send(actions, Connack(reason_code=0, session_present=connack.session_present,
-                                    properties=properties))
+        return Connack(reason_code=0, session_present=connack.session_present,
+                       properties=properties)
 
     # ------------------------------------------------------------------ DISCONNECT
 
@@ -837,6 +847,14 @@ class GuardSession:
                 data = encode(packet, self.protocol_level)
             if len(data) > limit:
                 return
+        if self._state is State.CONNECTING and packet.__class__ is not Connack:
+            # A client may send packets before its CONNACK arrives (section 3.1.4), but
+            # the first packet it gets must be the CONNACK [MQTT-3.2.0-1]: the guard's
+            # own answers to them (refusals, events) wait for it, in order.
+            if self._before_connack is None:
+                self._before_connack = []
+            self._before_connack.append(data)
+            return
         actions.append(SendToAgent(data))
 
     def _reason_properties(self, reason: str) -> dict[int, object]:

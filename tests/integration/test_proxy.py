@@ -17,6 +17,7 @@ import pytest
 
 from iot_guard.audit import AuditLog
 from iot_guard.mqtt import (
+    Connack,
     Connect,
     Disconnect,
     PubAck,
@@ -360,6 +361,25 @@ def test_packets_sent_before_the_connack_reach_the_broker_when_the_agent_closes_
         # Had the clean client's will been sent, it would come first: its connection
         # closed before this client's opened.
         assert topics(2) == [f"{first}/shadow/get", f"{second}/shadow/get"]
+
+
+def test_the_first_packet_an_agent_gets_is_its_connack_even_when_it_does_not_wait(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """CONNECT and a refused QoS 1 publish in one write: the guard's refusal comes after
+    the broker's CONNACK [MQTT-3.2.0-1] (before, it came first and a strict client's
+    parser, this one's, stopped at it)."""
+    secret = b"first-packet-secret-first-packet-000000"
+    with start_guard(own_broker, tmp_path / "audit.jsonl", secret) as guard:
+        client = RawMqtt(guard.port, level=5)
+        connect = Connect(client_id="eager", protocol_level=5, username="ops-agent",
+                          password=issue_token(secret, "ops-agent").encode())
+        foreign = Publish("tenants/globex/devices/therm-101/shadow/update", b"{}", qos=1,
+                          packet_id=4)
+        client.send(encode(connect, 5) + encode(foreign, 5))
+        connack, ack = client.read(10), client.read(10)
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        assert isinstance(ack, PubAck) and ack.packet_id == 4 and ack.reason_code == 0x87
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -368,6 +368,40 @@ def test_refused_publish_v5_gets_reason_code_and_reason_string() -> None:
     assert ack.properties[PropertyId.REASON_STRING]
 
 
+@pytest.mark.parametrize("level", [5, 4])
+def test_answers_to_packets_sent_before_the_connack_follow_it(level: int) -> None:
+    """A client may publish right after its CONNECT (section 3.1.4); the guard's own answer
+    to a refused publish must still come after the CONNACK [MQTT-3.2.0-1]."""
+    session = fresh()
+    refused = encode(Publish(FOREIGN_UPDATE, b"{}", qos=1, packet_id=9), level)
+    commands = session.handle(AgentData(connect_bytes(level) + refused), NOW)
+    assert not any(isinstance(c, SendToAgent) for c in commands)  # held for the CONNACK
+    assert session.state is State.CONNECTING
+    commands = session.handle(BrokerData(encode(Connack(), level)), NOW)
+    data = b"".join(c.data for c in commands if isinstance(c, SendToAgent))
+    connack, ack = StreamParser(side="client", protocol_level=level).feed(data)
+    assert isinstance(connack, Connack) and connack.reason_code == 0
+    # (3.1.1 has no reason codes: the refused publish is acked and dropped.)
+    assert isinstance(ack, PubAck) and ack.packet_id == 9
+    assert ack.reason_code == (0x87 if level == 5 else 0)
+    # Once connected, answers go out at once again.
+    again = encode(Publish(FOREIGN_UPDATE, b"{}", qos=1, packet_id=10), level)
+    (ack,) = sent_to_agent(session.handle(AgentData(again), NOW), level)
+    assert ack.packet_id == 10
+
+
+def test_answers_held_for_a_connack_that_refuses_are_never_sent() -> None:
+    session = fresh()
+    refused = encode(Publish(FOREIGN_UPDATE, b"{}", qos=1, packet_id=9), 5)
+    commands = session.handle(AgentData(connect_bytes() + refused), NOW)
+    assert not any(isinstance(c, SendToAgent) for c in commands)
+    commands = session.handle(BrokerData(encode(Connack(reason_code=0x86), 5)), NOW)
+    (connack,) = StreamParser(side="client", protocol_level=5).feed(
+        b"".join(c.data for c in commands if isinstance(c, SendToAgent)))
+    assert isinstance(connack, Connack) and connack.reason_code == 0x88  # server unavailable
+    assert any(isinstance(c, Close) for c in commands)
+
+
 def test_invalid_payload_is_refused_with_0x99_naming_the_field() -> None:
     session = connected()
     raw = encode(Publish(SHADOW_UPDATE, b'{"state":{"desired":{"target_temp_c":45}}}', qos=1,
