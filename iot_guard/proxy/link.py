@@ -54,7 +54,7 @@ class UnknownCommand(TypeError):
 
 
 # Why the agent is not being read (a bit each); it is read again when none is left.
-PAUSED_UPSTREAM_OPENING = 1  # the broker is being reached and the backlog is full
+PAUSED_UPSTREAM_OPENING = 1  # the broker has not got the CONNECT yet: keep order
 PAUSED_BROKER_SLOW = 2  # the upstream write buffer is above its high-water mark
 PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our answers
 
@@ -66,9 +66,6 @@ PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our a
 # broker's socket unread for ``read_coalesce_ms``, or until it next writes to the broker
 # (an agent's ack or request: the broker's answer must not wait), whichever is first.
 COALESCE_AFTER = 1024
-# What an agent may send before the broker connection is open, kept in the link's
-# backlog; past it the agent is not read until the connection opens.
-BACKLOG_HIGH_WATER = 64 * 1024
 
 
 class Link:
@@ -85,7 +82,7 @@ class Link:
         self.server = server
         self.agent: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self._to_broker_backlog: bytearray | None = None  # written once the upstream is open
+        self._to_broker_backlog: list[bytes] | None = None  # written once the upstream is open
         self._timers: dict[str, int] | None = None  # key -> sequence number in server.timers
         self._closed = False
         self.backpressured = False  # the agent reads slower than the broker sends
@@ -191,12 +188,9 @@ class Link:
             if agent is not None and not agent.is_closing():
                 agent.write(data)
         elif self.upstream is None:
-            backlog = self._to_broker_backlog
-            if backlog is None:
-                backlog = self._to_broker_backlog = bytearray()
-            backlog += data
-            if len(backlog) > BACKLOG_HIGH_WATER:
-                self.pause_agent(PAUSED_UPSTREAM_OPENING)
+            if self._to_broker_backlog is None:
+                self._to_broker_backlog = []
+            self._to_broker_backlog.append(data)
         elif not self.upstream.is_closing():
             self.upstream.write(data)
             if self._coalescing is not None:
@@ -300,12 +294,9 @@ class Link:
             upstream.resume_reading()
 
     def _open_upstream(self, connect: bytes) -> None:
-        # The agent is read on while the broker is reached: what it sends meanwhile is
-        # judged and kept in order in the backlog (the session holds its own answers
-        # for the CONNACK), and only a backlog above BACKLOG_HIGH_WATER stops the reads.
-        # Pausing at once lost data over TLS: asyncio's and uvloop's TLS transports
-        # drop what they hold for a paused reader when the peer closes, so a client
-        # that sent CONNECT, then PUBLISH and DISCONNECT and closed lost both.
+        # Hold the agent's further packets until the broker has the CONNECT: what the
+        # agent sent meanwhile is kept in order in the backlog.
+        self.pause_agent(PAUSED_UPSTREAM_OPENING)
         # Kept: the loop holds tasks weakly, and this one must finish even after the
         # session has ended (see _connect_upstream).
         self._opening = asyncio.get_running_loop().create_task(self._connect_upstream(connect))
@@ -334,7 +325,7 @@ class Link:
             # closes, as a broker reached directly would have read it.
             transport.write(connect)
             if self._to_broker_backlog:
-                transport.write(self._to_broker_backlog)
+                transport.write(b"".join(self._to_broker_backlog))
             self._to_broker_backlog = None
             transport.close()
             return
@@ -351,7 +342,7 @@ class Link:
             transport.pause_reading()
         transport.write(connect)
         if self._to_broker_backlog:
-            transport.write(self._to_broker_backlog)
+            transport.write(b"".join(self._to_broker_backlog))
         self._to_broker_backlog = None
         self.resume_agent(PAUSED_UPSTREAM_OPENING)
 

@@ -136,7 +136,7 @@ def test_the_shapes_of_one_read_are_carried_out_as_the_general_loop_does(
         link.perform([*lead, *commands])
         backlog = link._to_broker_backlog  # written as one, once the upstream is open
         return (journal, link.server.stats.records, link.refused,
-                None if backlog is None else bytes(backlog))
+                None if backlog is None else b"".join(backlog))
 
     for upstream in (True, False):
         fast = run(go([], upstream))
@@ -460,27 +460,3 @@ def test_broker_reads_are_coalesced_over_plain_tcp_only(
         assert server.broker_read_pause_s == pause_s
     finally:
         server.audit.close()
-
-
-def test_the_agent_is_read_while_the_broker_is_reached_until_the_backlog_is_full() -> None:
-    from iot_guard.proxy.link import BACKLOG_HIGH_WATER
-
-    async def go() -> Journal:
-        link, journal = make_link()
-        link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
-        link.upstream = None
-        half = b"p" * (BACKLOG_HIGH_WATER // 2)
-        link.perform([SendToBroker(half)])
-        link.perform([SendToBroker(half)])  # at the mark: read on
-        journal.append(("-", "full"))
-        link.perform([SendToBroker(b"q")])  # past it: the agent waits for the broker
-        link.upstream_opened(PausableTransport("broker", journal), b"c")  # type: ignore[arg-type]
-        return journal
-
-    # Nothing paused until the backlog passed its mark; then the CONNECT, the backlog in
-    # order, and the agent read again.
-    assert run(go()) == [
-        ("-", "full"), ("agent", "pause"),
-        ("broker", b"c"), ("broker", bytearray(b"p" * BACKLOG_HIGH_WATER + b"q")),
-        ("agent", "resume"),
-    ]
