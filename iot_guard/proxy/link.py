@@ -168,7 +168,7 @@ class Link:
                                            command.session_id, command.topic_filter)
                 elif isinstance(command, Close):
                     self._flush(audits, to_agent, to_broker)
-                    self.close(command.reason)
+                    self.close(command.reason, command.agent_ended)
                     return
                 else:
                     raise UnknownCommand(f"the proxy cannot carry out {command!r}")
@@ -318,6 +318,7 @@ class Link:
             return
         self._opening = None
         if self._closed:
+            # (Only when the agent ended the session: close() cancels this task otherwise.)
             # The session ended while the broker was being reached: the agent sent its
             # packets, perhaps a DISCONNECT, and closed without waiting for the CONNACK,
             # which MQTT allows (MQTT 5.0 and 3.1.1, section 3.1.4). What the guard
@@ -346,10 +347,16 @@ class Link:
         self._to_broker_backlog = None
         self.resume_agent(PAUSED_UPSTREAM_OPENING)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, agent_ended: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._opening is not None and not agent_ended:
+            # The guard ended the session (kill switch, revocation, refusal, shutdown):
+            # nothing more reaches the broker. Only an agent that ended it itself is
+            # owed what it sent (_connect_upstream).
+            self._opening.cancel()
+            self._opening = None
         log.debug("session %s closed: %s", self.session.session_id, reason)
         if self._coalescing is not None:
             self._coalescing.cancel()

@@ -89,9 +89,12 @@ class GuardSubscribed:
 
 @dataclass(slots=True)
 class Close:
-    """Close both connections (whatever had to be said was said by earlier commands)."""
+    """Close both connections (whatever had to be said was said by earlier commands).
+    ``agent_ended``: the agent ended the session itself (its DISCONNECT, or its
+    connection closed); what it sent before is still owed to the broker."""
 
     reason: str
+    agent_ended: bool = False
 
 
 Command = (

@@ -134,6 +134,11 @@ class _PendingSubscribe:
     reasons: list[str] = field(default_factory=list)
 
 
+# What the guard holds for an agent before its CONNACK (its answers to packets sent
+# before it): past this the connection ends.
+BEFORE_CONNACK_LIMIT = 64 * 1024
+
+
 class GuardSession:
     # Thousands live at once: without slots, past 30 attributes every instance carries a
     # dict of its own (~1.6 KB, a quarter of an idle session). A new attribute goes here.
@@ -190,7 +195,7 @@ class GuardSession:
         self._wants_receive = self.pipeline.wants("receive")
         self._recorder: AuditRecorder | None = None  # made at the first message audited
         # What the guard answers to packets sent before the CONNACK, held until it is sent.
-        self._before_connack: list[bytes] | None = None
+        self._before_connack: bytearray | None = None
 
     @property
     def state(self) -> State:
@@ -332,7 +337,7 @@ class GuardSession:
                     actions, now, "disconnect", "success", "agent connection closed"
                 )
             self._to(Trigger.CLOSE)
-            actions.append(Close("agent connection closed"))
+            actions.append(Close("agent connection closed", agent_ended=True))
         return actions
 
     def _on_timer(self, event: TimerFired, now: float) -> list[Command]:
@@ -546,7 +551,7 @@ class GuardSession:
         else:
             self._send(actions, self._agent_connack(connack))
         if self._before_connack is not None:
-            actions.extend(SendToAgent(data) for data in self._before_connack)
+            actions.append(SendToAgent(bytes(self._before_connack)))
             self._before_connack = None
 
     def _agent_connack(self, connack: Connack) -> Connack:
@@ -587,7 +592,7 @@ class GuardSession:
         self._audit_session_event(actions, now, "disconnect", "success", "agent disconnected",
                                   packet.reason_code)
         self._to(Trigger.CLOSE)
-        actions.append(Close("agent sent DISCONNECT"))
+        actions.append(Close("agent sent DISCONNECT", agent_ended=True))
 
     # ------------------------------------------------------------------ PUBLISH
 
@@ -851,9 +856,17 @@ class GuardSession:
             # A client may send packets before its CONNACK arrives (section 3.1.4), but
             # the first packet it gets must be the CONNACK [MQTT-3.2.0-1]: the guard's
             # own answers to them (refusals, events) wait for it, in order.
-            if self._before_connack is None:
-                self._before_connack = []
-            self._before_connack.append(data)
+            held = self._before_connack
+            if held is None:
+                held = self._before_connack = bytearray()
+            held += data
+            if len(held) > BEFORE_CONNACK_LIMIT:
+                # A flood of refused packets before the CONNACK: each held answer costs
+                # memory until then, so the guard ends the connection instead.
+                self._before_connack = None
+                self._to(Trigger.CLOSE)
+                actions.append(Close(f"more than {BEFORE_CONNACK_LIMIT} bytes of answers "
+                                     "held for the CONNACK"))
             return
         actions.append(SendToAgent(data))
 

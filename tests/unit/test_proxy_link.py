@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -460,3 +461,64 @@ def test_broker_reads_are_coalesced_over_plain_tcp_only(
         assert server.broker_read_pause_s == pause_s
     finally:
         server.audit.close()
+
+
+# ------------------------------------------------------------ a session ended while connecting
+
+async def _what_the_broker_gets(end: Any) -> tuple[list[str], bool]:
+    """A real session on a link whose broker is a local listener: CONNECT and a publish
+    are judged, then ``end(link)`` runs before the broker connection can open. Returns
+    the packets the broker read, and whether the connect task is gone."""
+    from iot_guard.mqtt import Publish, StreamParser, encode
+    from iot_guard.session import AgentData, AgentOpened, GuardSession
+    from tests.unit.test_session import POLICY, SETTINGS, connect_bytes
+
+    got = bytearray()
+    done = asyncio.Event()
+
+    class Broker(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.extend(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            done.set()
+
+    listener = await asyncio.get_running_loop().create_server(Broker, "127.0.0.1", 0)
+    try:
+        port = listener.sockets[0].getsockname()[1]
+        journal = Journal()
+        server = FakeServer(FakeAudit(journal), Hooks(()), [])
+        server.config = SimpleNamespace(  # type: ignore[attr-defined]
+            upstream_host="127.0.0.1", upstream_port=port, connect_timeout=5.0)
+        server.upstream_ssl = None  # type: ignore[attr-defined]
+        server.audit.write_many = lambda records: None  # type: ignore[method-assign]
+        link = Link(GuardSession(POLICY, SETTINGS, "s-1"), server)  # type: ignore[arg-type]
+        link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
+        link.feed(AgentOpened("127.0.0.1:1"))
+        link.feed(AgentData(connect_bytes() + encode(
+            Publish("tenants/acme/devices/therm-001/shadow/get", b""), 5)))
+        end(link)
+        opening = link._opening
+        if opening is not None:
+            await asyncio.wait_for(done.wait(), 5)  # delivered, then closed
+        else:
+            await asyncio.sleep(0)  # a cancelled task has nothing left to run
+        packets = StreamParser(side="server").feed(bytes(got)) if got else []
+        return [type(p).__name__ for p in packets], link._opening is None
+    finally:
+        listener.close()
+
+
+def test_a_session_the_guard_ends_while_connecting_sends_the_broker_nothing() -> None:
+    from iot_guard.session import Kick
+
+    # A kill switch (or revocation, refusal, shutdown) while the broker is being reached.
+    got, gone = run(_what_the_broker_gets(lambda link: link.feed(Kick(0x98, "kill switch"))))
+    assert got == [] and gone
+
+
+def test_an_agent_that_ends_its_session_while_connecting_is_owed_what_it_sent() -> None:
+    from iot_guard.session import AgentClosed
+
+    got, gone = run(_what_the_broker_gets(lambda link: link.feed(AgentClosed())))
+    assert got == ["Connect", "Publish"] and gone

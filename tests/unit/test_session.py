@@ -402,6 +402,24 @@ def test_answers_held_for_a_connack_that_refuses_are_never_sent() -> None:
     assert any(isinstance(c, Close) for c in commands)
 
 
+def test_a_flood_of_refusals_before_the_connack_ends_the_connection() -> None:
+    """Each held answer costs memory until the CONNACK (and a refusal sends nothing to
+    the broker, so no backlog bound applies): past the limit the guard closes."""
+    from iot_guard.session.session import BEFORE_CONNACK_LIMIT
+
+    session = fresh()
+    refused = encode(Publish(FOREIGN_UPDATE, b"{}", qos=1, packet_id=9), 5)
+    commands = session.handle(AgentData(connect_bytes()), NOW)
+    sent = 0
+    while session.state is State.CONNECTING:
+        commands = session.handle(AgentData(refused * 100), NOW)
+        sent += 100
+        assert sent < BEFORE_CONNACK_LIMIT  # every refusal answer is bigger than a byte
+    assert not any(isinstance(c, SendToAgent) for c in commands)
+    (close,) = [c for c in commands if isinstance(c, Close)]
+    assert not close.agent_ended and "held for the CONNACK" in close.reason
+
+
 def test_invalid_payload_is_refused_with_0x99_naming_the_field() -> None:
     session = connected()
     raw = encode(Publish(SHADOW_UPDATE, b'{"state":{"desired":{"target_temp_c":45}}}', qos=1,
@@ -523,7 +541,7 @@ def test_client_disconnect_is_forwarded_and_audited_with_its_reason_code() -> No
         >> AgentData(raw)
         << SendToBroker(raw)
         << audit(packet="disconnect", result_status="success", reason_code=0x04)
-        << Close("agent sent DISCONNECT")
+        << Close("agent sent DISCONNECT", agent_ended=True)
     )
 
 
@@ -598,7 +616,7 @@ def test_agent_close_is_audited_once() -> None:
         Playbook(session)
         >> AgentClosed()
         << audit(packet="disconnect")
-        << Close("agent connection closed")
+        << Close("agent connection closed", agent_ended=True)
         >> AgentClosed()
     )
 
