@@ -58,6 +58,10 @@ PAUSED_UPSTREAM_OPENING = 1  # the broker has not got the CONNECT yet: keep orde
 PAUSED_BROKER_SLOW = 2  # the upstream write buffer is above its high-water mark
 PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our answers
 
+# Why the broker is not being read (a bit each, as for the agent); read again when none is left.
+BROKER_PAUSED_AGENT_SLOW = 1  # the agent's write buffer is above its high-water mark
+BROKER_PAUSED_COALESCING = 2  # a moment after a large read (COALESCE_AFTER)
+
 # Read coalescing on the broker side, as a NIC's interrupt moderation does for a host. A
 # read of at least this many bytes means a stream is queueing behind the guard; reading
 # again as soon as a few packets land costs the *broker* a wake-up of this process every
@@ -73,8 +77,7 @@ class Link:
 
     __slots__ = (
         "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
-        "_closed", "backpressured", "_agent_paused", "refused", "_coalesce_s", "_coalescing",
-        "_opening",
+        "_closed", "_agent_paused", "_broker_paused", "refused", "_coalescing", "_opening",
     )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
@@ -85,16 +88,20 @@ class Link:
         self._to_broker_backlog: list[bytes] | None = None  # written once the upstream is open
         self._timers: dict[str, int] | None = None  # key -> sequence number in server.timers
         self._closed = False
-        self.backpressured = False  # the agent reads slower than the broker sends
         self._agent_paused = 0  # PAUSED_* bits
+        self._broker_paused = 0  # BROKER_PAUSED_* bits
         self.refused = 0  # requests refused so far, for the console log's disconnect line
-        self._coalesce_s = server.broker_read_pause_s
-        self._coalescing: asyncio.TimerHandle | None = None  # the broker is read again then
+        self._coalescing: asyncio.TimerHandle | None = None  # ends BROKER_PAUSED_COALESCING
         self._opening: asyncio.Task[None] | None = None  # reaching the broker
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def backpressured(self) -> bool:
+        """The agent reads slower than the broker sends: the broker is not read."""
+        return bool(self._broker_paused & BROKER_PAUSED_AGENT_SLOW)
 
     def feed(self, event: Event) -> None:
         """Hand the session one event and carry out what it asks."""
@@ -264,22 +271,35 @@ class Link:
 
     # ------------------------------------------------------------ reading the broker
 
+    def pause_broker(self, why: int) -> None:
+        # Paused on every new reason, as asyncio calls pause_reading (it is idempotent).
+        self._broker_paused |= why
+        upstream = self.upstream
+        if upstream is not None and not upstream.is_closing():
+            upstream.pause_reading()
+
+    def resume_broker(self, why: int) -> None:
+        was = self._broker_paused
+        self._broker_paused = was & ~why
+        upstream = self.upstream
+        if was and not self._broker_paused and upstream is not None \
+                and not upstream.is_closing():
+            upstream.resume_reading()
+
     @property
     def coalescing(self) -> bool:
         """The broker's socket is left unread for a moment (``COALESCE_AFTER``)."""
         return self._coalescing is not None
 
-    def broker_read(self, size: int) -> None:
-        """A read of ``size`` bytes from the broker was handled: coalesce the next ones
-        when it was a large one."""
-        if size < COALESCE_AFTER or not self._coalesce_s or self._coalescing is not None:
+    def coalesce_broker_reads(self) -> None:
+        """A large read from the broker was handled: leave the next ones for a moment."""
+        if self._coalescing is not None or self._broker_paused or self._closed:
+            return  # already paused; backpressure's end (resume_writing) reads it again
+        delay = self.server.broker_read_pause_s
+        if not delay or self.upstream is None:
             return
-        upstream = self.upstream
-        if self._closed or self.backpressured or upstream is None or upstream.is_closing():
-            return  # backpressure already stopped the reads; resume_writing restarts them
-        upstream.pause_reading()
-        self._coalescing = asyncio.get_running_loop().call_later(
-            self._coalesce_s, self.read_broker_again)
+        self.pause_broker(BROKER_PAUSED_COALESCING)
+        self._coalescing = asyncio.get_running_loop().call_later(delay, self.read_broker_again)
         self.server.stats.broker_reads_coalesced += 1
 
     def read_broker_again(self) -> None:
@@ -289,9 +309,7 @@ class Link:
             return
         self._coalescing = None
         handle.cancel()  # ended early by a write; harmless once it has fired
-        upstream = self.upstream
-        if not self.backpressured and upstream is not None and not upstream.is_closing():
-            upstream.resume_reading()
+        self.resume_broker(BROKER_PAUSED_COALESCING)
 
     def _open_upstream(self, connect: bytes) -> None:
         # Hold the agent's further packets until the broker has the CONNECT: what the
@@ -312,11 +330,11 @@ class Link:
                 timeout=cfg.connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._opening = None
             if not self._closed:
                 self.feed(BrokerUnreachable(str(exc) or type(exc).__name__))
             return
-        self._opening = None
+        finally:
+            self._opening = None
         if self._closed:
             # (Only when the agent ended the session: close() cancels this task otherwise.)
             # The session ended while the broker was being reached: the agent sent its
@@ -324,10 +342,7 @@ class Link:
             # which MQTT allows (MQTT 5.0 and 3.1.1, section 3.1.4). What the guard
             # accepted (and audited) reaches the broker in order, then the connection
             # closes, as a broker reached directly would have read it.
-            transport.write(connect)
-            if self._to_broker_backlog:
-                transport.write(b"".join(self._to_broker_backlog))
-            self._to_broker_backlog = None
+            self._write_connect(transport, connect)
             transport.close()
             return
         self.upstream_opened(transport, connect)
@@ -336,16 +351,19 @@ class Link:
         """The broker connection is up: send the CONNECT and what the agent sent meanwhile,
         then read the agent again."""
         self.upstream = transport
-        if self._agent_paused & PAUSED_AGENT_SLOW:
+        if self._broker_paused:
             # The agent fell behind before the broker answered: its pause_writing came
             # when there was no broker to stop reading, and will not come again.
-            self.backpressured = True
             transport.pause_reading()
+        self._write_connect(transport, connect)
+        self.resume_agent(PAUSED_UPSTREAM_OPENING)
+
+    def _write_connect(self, transport: asyncio.Transport, connect: bytes) -> None:
+        """The CONNECT, then what the session sent the broker while it was being reached."""
         transport.write(connect)
         if self._to_broker_backlog:
             transport.write(b"".join(self._to_broker_backlog))
         self._to_broker_backlog = None
-        self.resume_agent(PAUSED_UPSTREAM_OPENING)
 
     def close(self, reason: str, agent_ended: bool = False) -> None:
         if self._closed:
@@ -409,19 +427,14 @@ class AgentProtocol(asyncio.Protocol):
         if link is None:
             return
         link.pause_agent(PAUSED_AGENT_SLOW)
-        if link.upstream is not None:
-            link.backpressured = True
-            link.upstream.pause_reading()
+        link.pause_broker(BROKER_PAUSED_AGENT_SLOW)
 
     def resume_writing(self) -> None:
         link = self.link
         if link is None:
             return
         link.resume_agent(PAUSED_AGENT_SLOW)
-        if link.upstream is not None:
-            link.backpressured = False
-            if not link.coalescing:  # else its timer (or a write) reads the broker again
-                link.upstream.resume_reading()
+        link.resume_broker(BROKER_PAUSED_AGENT_SLOW)
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -434,9 +447,11 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         link = self.link
-        link.server.stats.bytes_from_broker += len(data)
+        size = len(data)
+        link.server.stats.bytes_from_broker += size
         link.feed(BrokerData(data))
-        link.broker_read(len(data))
+        if size >= COALESCE_AFTER:  # (the size first: a call less per small read)
+            link.coalesce_broker_reads()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.feed(BrokerClosed())
