@@ -11,7 +11,9 @@ walked, which ``jsondoc.members_match`` compares with the text (no duplicate key
 accepted document is then the strict parser's, value for value: every dict in it was
 counted, and every other value is a checked scalar (no float read from a too-big
 integer). Anything else, a refusal included, is decided again from scratch on the
-strict parse (``jsondoc.strict_parse_object``), which gives every refusal its reason.
+check with its reasons, on orjson's reading when ``jsondoc.proven`` shows it is the strict
+parser's value (a well-formed payload with a bad value: most refusals), else on the
+strict parse (``jsondoc.strict_parse_object``), which gives a malformed payload its reason.
 
 Shadow documents follow AWS IoT device shadow semantics (see DESIGN.md):
 ``{"state": {"desired": {...}}, "version": N, "clientToken": "..."}``.
@@ -35,6 +37,7 @@ from .jsondoc import (
     kind_name,
     members_match,
     parse_object,
+    proven,
     show,
     strict_parse_object,
 )
@@ -442,9 +445,13 @@ class PayloadValidators:
                 payload.count(b":") == sure[1] or members_match(payload, sure[1])
             ):
                 return doc, sure
-        strict, problem = strict_parse_object(payload)
-        if strict is None:
-            return _refused(problem)
+        strict: dict[str, object] | None
+        if type(doc) is dict and proven(payload, doc, MAX_DEPTH):
+            strict = doc  # the strict parser's value: no second parse to find the reason
+        else:
+            strict, problem = strict_parse_object(payload)
+            if strict is None:
+                return _refused(problem)
         result = check(target, strict, False)
         if isinstance(result, tuple):
             return strict, result
