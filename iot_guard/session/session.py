@@ -100,6 +100,7 @@ _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS  # an enum member: looked up once, not per
 
 # Timer keys (``SetTimer`` / ``TimerFired``).
 CONNECT_TIMER = "connect"
+CONNACK_TIMER = "connack"
 TOKEN_TIMER = "token-expiry"
 
 # What a guard-built packet may lose to fit the client's Maximum Packet Size: the spec
@@ -114,7 +115,9 @@ class SessionSettings:
     upstream_password: bytes | None = None
     max_packet_size: int = 256 * 1024
     client_id_prefix: str = "iotguard"
-    # A client that never sends CONNECT is closed after this long [MQTT-3.1.4].
+    # A client that never sends CONNECT is closed after this long [MQTT-3.1.4]; and a
+    # broker that has not answered the guard's CONNECT this long after it was asked for
+    # is unavailable: the agent gets a refusal, not a wait with no end.
     connect_timeout: float = 10.0
     # True when something resolves holds (the approvals service); without it a held
     # action is refused and says so, never parked where nobody will look.
@@ -345,6 +348,12 @@ class GuardSession:
         if event.key == CONNECT_TIMER and self._state is State.AWAITING_CONNECT:
             self._to(Trigger.CLOSE)
             actions.append(Close("no CONNECT in time"))
+        elif event.key == CONNACK_TIMER and self._state is State.CONNECTING:
+            self._refuse_connect(
+                actions, now, ReasonCode.SERVER_UNAVAILABLE,
+                f"upstream broker did not answer the CONNECT within "
+                f"{self.settings.connect_timeout:g} s",
+            )
         elif event.key == TOKEN_TIMER and self._state is not State.CLOSED:
             self._audit_session_event(actions, now, "disconnect", "denied", "token expired",
                                       ReasonCode.MAXIMUM_CONNECT_TIME)
@@ -512,6 +521,7 @@ class GuardSession:
         self._broker_parser = StreamParser(side="client", protocol_level=connect.protocol_level)
         self._to(Trigger.CONNECT_ACCEPTED)
         actions.append(OpenUpstream(encode(upstream, connect.protocol_level)))
+        actions.append(SetTimer(CONNACK_TIMER, now + self.settings.connect_timeout))
         actions.append(SetTimer(TOKEN_TIMER, claims.expires_at))
 
     def _upstream_client_id(self, client_id: str) -> str:
@@ -536,6 +546,7 @@ class GuardSession:
             self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
                              "second CONNACK")
             return
+        actions.append(CancelTimer(CONNACK_TIMER))
         if connack.reason_code != 0:
             # Upstream refused the guard's own account: that is the guard's problem, not
             # the agent's, and the broker's reason would leak how the guard connects.

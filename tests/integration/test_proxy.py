@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,6 +22,7 @@ from iot_guard.mqtt import (
     Connack,
     Connect,
     Disconnect,
+    PropertyId,
     PubAck,
     Publish,
     PubRec,
@@ -232,6 +235,40 @@ def test_broker_going_away_disconnects_agents_cleanly_and_the_guard_recovers(
         own_broker.start()
         again = RawMqtt(guard.port)
         assert again.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+
+
+def test_a_broker_that_stops_answering_gets_agents_a_refusal_not_a_hang(
+    own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A broker that takes the connection and never answers the CONNECT (here: a real
+    Mosquitto, stopped with SIGSTOP, whose kernel still completes the TCP handshake).
+    The agent gets CONNACK 0x88 once connect_timeout has passed, not a wait with no end;
+    once the broker runs again, the next agent connects."""
+    secret = b"silent-broker-secret-silent-broker-000"
+    config = own_broker.guard_config(POLICY_DIR, secret, tmp_path / "audit.jsonl")
+    config.connect_timeout = 1.0
+    pid = own_broker.pid
+    assert pid is not None, "this test stops a local Mosquitto process"
+    with GuardThread(config) as guard:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            client = RawMqtt(guard.port)
+            started = time.monotonic()
+            connack = client.connect("ops-agent", issue_token(secret, "ops-agent"))
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert isinstance(connack, Connack) and connack.reason_code == 0x88, connack
+        assert connack.properties[PropertyId.REASON_STRING] == (
+            "upstream broker did not answer the CONNECT within 1 s")
+        assert 0.9 <= waited < 4, waited
+        client.wait_closed(timeout=5)
+        again = RawMqtt(guard.port)
+        assert again.connect("ops-agent", issue_token(secret, "ops-agent")).reason_code == 0
+    denied = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+              if '"packet":"connect"' in line]
+    assert [(r["result_status"], r["reason_code"]) for r in denied] == [
+        ("denied", 0x88), ("success", 0)]
 
 
 def test_unwritable_audit_log_forwards_nothing(own_broker: MosquittoBroker,

@@ -104,7 +104,9 @@ def connected(level: int = 5, settings: SessionSettings = SETTINGS,
               broker_connack: Connack | None = None, **connect_kw: object) -> GuardSession:
     session = fresh(settings, **{k: connect_kw.pop(k) for k in ("pipeline",) if k in connect_kw})
     commands = session.handle(AgentData(connect_bytes(level, **connect_kw)), NOW)
-    assert [type(c) for c in commands][-2:] == [OpenUpstream, SetTimer], commands
+    assert [type(c) for c in commands][-3:] == [OpenUpstream, SetTimer, SetTimer], commands
+    # The broker has connect_timeout to answer the guard's CONNECT.
+    assert commands[-2] == SetTimer("connack", NOW + settings.connect_timeout)
     session.handle(BrokerData(encode(broker_connack or Connack(), level)), NOW)
     assert session.state is State.CONNECTED
     return session
@@ -171,8 +173,10 @@ def test_connect_is_rewritten_with_guard_credentials_and_namespaced_client_id(le
         << CancelTimer("connect")
         # The agent can never present a device's client id to the broker; no alias maximum.
         << OpenUpstream(encode(upstream, level))
+        << SetTimer("connack", NOW + 10)
         << SetTimer("token-expiry", NOW + 900)
         >> BrokerData(encode(Connack(), level))
+        << CancelTimer("connack")
         << audit(packet="connect", result_status="success", agent_id="ops-agent")
         << (ANY if level == 5 else to_agent(Connack(), level))
     )
@@ -325,6 +329,36 @@ def test_no_connect_in_time_closes_on_the_sessions_own_timer() -> None:
 def test_a_stale_timer_after_connect_does_nothing() -> None:
     session = connected()
     assert Playbook(session) >> TimerFired("connect")  # no command at all
+
+
+@pytest.mark.parametrize(("level", "code"), [(5, 0x88), (4, 0x03)])
+def test_a_broker_that_never_answers_the_connect_is_unavailable_to_the_agent(
+    level: int, code: int
+) -> None:
+    # The broker took the TCP connection and the CONNECT, and said nothing: without a
+    # timer of the session's own the agent would wait for a CONNACK that never comes.
+    session = fresh()
+    session.handle(AgentData(connect_bytes(level)), NOW)
+    assert session.state is State.CONNECTING
+    reason = "upstream broker did not answer the CONNECT within 10 s"
+    assert (
+        Playbook(session).at(NOW + 10)
+        >> TimerFired("connack")
+        << audit(packet="connect", result_status="denied", reason_code=0x88, reason=reason)
+        << to_agent(Connack(reason_code=0x88, properties={PropertyId.REASON_STRING: reason}),
+                    level)
+        << Close(reason)
+    )
+    assert session.state is State.CLOSED
+    # What the agent reads: 0x88 in MQTT 5, return code 3 (server unavailable) in 3.1.1.
+    assert encode(Connack(reason_code=0x88), level)[-1 if level == 4 else 3] == code
+
+
+def test_a_connack_timer_after_the_connack_does_nothing() -> None:
+    # The session cancelled it when the CONNACK came; one the proxy delivers late is stale.
+    session = connected()
+    assert Playbook(session).at(NOW + 10) >> TimerFired("connack")
+    assert session.state is State.CONNECTED
 
 
 def test_token_expiry_disconnects_with_maximum_connect_time() -> None:
