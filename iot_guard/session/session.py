@@ -43,7 +43,7 @@ from ..mqtt import (
     Unsubscribe,
     encode,
 )
-from ..mqtt.reason_codes import CONNACK_CODES
+from ..mqtt.reason_codes import CONNACK_CODES, CONNACK_V5_TO_V3
 from ..mqtt.topics import topic_matches, validate_topic_filter
 from ..policy.compiler import AgentPolicy, CompiledPolicy
 from ..policy.decision import Decision, Verdict
@@ -356,7 +356,7 @@ class GuardSession:
             )
         elif event.key == TOKEN_TIMER and self._state is not State.CLOSED:
             self._audit_session_event(actions, now, "disconnect", "denied", "token expired",
-                                      ReasonCode.MAXIMUM_CONNECT_TIME)
+                                      self._ending_code(ReasonCode.MAXIMUM_CONNECT_TIME))
             self._disconnect(
                 actions, ReasonCode.MAXIMUM_CONNECT_TIME,
                 "token expired: reconnect with a fresh token",
@@ -369,7 +369,7 @@ class GuardSession:
         if self._state is State.CLOSED:
             return actions
         self._audit_session_event(actions, now, "disconnect", "denied", event.reason,
-                                  event.reason_code)
+                                  self._ending_code(event.reason_code))
         self._disconnect(actions, event.reason_code, event.reason)
         return actions
 
@@ -641,8 +641,14 @@ class GuardSession:
             actions.append(SendToBroker(publish.raw))
             return
         if verdict is Verdict.HOLD and self.settings.holds:
-            self._hold(publish, decision, now, actions)
-            return
+            if self._state is not State.CONNECTING:
+                self._hold(publish, decision, now, actions)
+                return
+            # Sent before its CONNACK (section 3.1.4): a hold outlives the packet, and the
+            # broker may yet refuse the session, so nothing is parked; refused as by a
+            # guard without holds, and the reason says when to ask again.
+            decision = replace(decision, reason=f"{decision.reason}; not parked before "
+                               "the CONNACK: send it again once connected")
         self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain)
         self._send_event(actions, now, decision, "publish", publish.topic)
@@ -874,10 +880,9 @@ class GuardSession:
             if len(held) > BEFORE_CONNACK_LIMIT:
                 # A flood of refused packets before the CONNACK: each held answer costs
                 # memory until then, so the guard ends the connection instead.
-                self._before_connack = None
-                self._to(Trigger.CLOSE)
-                actions.append(Close(f"more than {BEFORE_CONNACK_LIMIT} bytes of answers "
-                                     "held for the CONNACK"))
+                self._disconnect(actions, ReasonCode.QUOTA_EXCEEDED,
+                                 f"more than {BEFORE_CONNACK_LIMIT} bytes of answers held "
+                                 "for the CONNACK")
             return
         actions.append(SendToAgent(data))
 
@@ -988,13 +993,33 @@ class GuardSession:
         return actions
 
     def _disconnect(self, actions: list[Command], code: int, reason: str) -> None:
-        if self._state is not State.CLOSED and self.protocol_level == 5:
-            properties: dict[int, object] = (
-                {PropertyId.REASON_STRING: reason} if self._problem_information else {}
-            )
+        """End the session, telling the agent why where MQTT has a packet for it: a v5
+        DISCONNECT; before the broker's CONNACK, a CONNACK that refuses, since the first
+        packet the agent gets must be a CONNACK [MQTT-3.2.0-1] (3.1.1 has return codes
+        for only some reasons, and no server DISCONNECT: otherwise it is only closed)."""
+        properties: dict[int, object] = (
+            {PropertyId.REASON_STRING: reason} if self._problem_information else {}
+        )
+        if self._state is State.CONNECTING:
+            self._before_connack = None  # answers held for a CONNACK that will not come
+            code = self._ending_code(code)
+            if self.protocol_level == 5 or code in CONNACK_V5_TO_V3:
+                self._send(actions, Connack(reason_code=code, properties=properties))
+        elif self._state is not State.CLOSED and self.protocol_level == 5:
             self._send(actions, Disconnect(code, properties))
         self._to(Trigger.CLOSE)
         actions.append(Close(reason))
+
+    def _ending_code(self, code: int) -> int:
+        """The reason code the agent gets when the guard ends the session for ``code``:
+        before the CONNACK, one a CONNACK may carry (a protocol error for the two
+        DISCONNECT-only protocol errors; else unspecified error, the reason string says
+        the rest)."""
+        if self._state is not State.CONNECTING or code in CONNACK_CODES:
+            return code
+        if code in (ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, ReasonCode.TOPIC_ALIAS_INVALID):
+            return ReasonCode.PROTOCOL_ERROR
+        return ReasonCode.UNSPECIFIED_ERROR
 
 
 # One handler per event type (``GuardSession.handle``): adding an event means adding a

@@ -449,9 +449,65 @@ def test_a_flood_of_refusals_before_the_connack_ends_the_connection() -> None:
         commands = session.handle(AgentData(refused * 100), NOW)
         sent += 100
         assert sent < BEFORE_CONNACK_LIMIT  # every refusal answer is bigger than a byte
-    assert not any(isinstance(c, SendToAgent) for c in commands)
+    # The agent learns why, in the one packet it may get first: a CONNACK, 0x97.
+    (connack,) = sent_to_agent(commands)
+    assert isinstance(connack, Connack) and connack.reason_code == 0x97
+    assert "held for the CONNACK" in connack.properties[PropertyId.REASON_STRING]
     (close,) = [c for c in commands if isinstance(c, Close)]
     assert not close.agent_ended and "held for the CONNACK" in close.reason
+
+
+def test_a_protocol_error_before_the_connack_is_answered_with_a_connack() -> None:
+    """A session the guard ends before the broker's CONNACK ends with a CONNACK that
+    refuses [MQTT-3.2.0-1]: before, the agent's connection closed with no packet at all
+    (its DISCONNECT was held for a CONNACK that never came)."""
+    session = fresh()
+    aliased = encode(Publish(FOREIGN_UPDATE, b"{}", properties={PropertyId.TOPIC_ALIAS: 1}), 5)
+    commands = session.handle(AgentData(connect_bytes() + aliased), NOW)
+    # A DISCONNECT-only code (0x94) becomes the CONNACK's protocol error; the reason says which.
+    (connack,) = sent_to_agent(commands)
+    assert isinstance(connack, Connack) and connack.reason_code == 0x82
+    assert "topic aliases" in connack.properties[PropertyId.REASON_STRING]
+    assert isinstance(commands[-1], Close) and session.state is State.CLOSED
+    # The broker's CONNACK, should it still arrive, changes nothing.
+    assert Playbook(session) >> BrokerData(encode(Connack(), 5))
+
+
+@pytest.mark.parametrize(("level", "code", "audited", "answered"), [
+    (5, 0x98, 0x80, b"\x80"),  # administrative action: no CONNACK code, so unspecified error
+    (5, 0x87, 0x87, b"\x87"),
+    (4, 0x98, 0x80, b""),  # 3.1.1 has no return code for it: the connection just closes
+    (4, 0x87, 0x87, b"\x05"),  # not authorized
+])
+def test_a_kick_before_the_connack_is_a_refusing_connack_and_audited_as_sent(
+    level: int, code: int, audited: int, answered: bytes
+) -> None:
+    session = fresh()
+    session.handle(AgentData(connect_bytes(level)), NOW)
+    commands = session.handle(Kick(code, "revoked by alice"), NOW)
+    assert commands[0] == audit(packet="disconnect", result_status="denied",
+                                reason_code=audited)
+    sent = b"".join(c.data for c in commands if isinstance(c, SendToAgent))
+    assert sent[:1] == (b"\x20" if answered else b"")  # a CONNACK, or nothing
+    assert sent[3:4] == answered, sent  # its reason (5) or return code (3.1.1)
+    assert isinstance(commands[-1], Close) and session.state is State.CLOSED
+
+
+def test_a_publish_needing_approval_before_the_connack_is_refused_not_parked() -> None:
+    """A hold outlives its packet and the broker may still refuse the session: nothing
+    is parked before the CONNACK; the refusal follows the CONNACK and says why."""
+    session = fresh(HOLDING)
+    push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
+    commands = session.handle(AgentData(connect_bytes() + push), NOW)
+    assert not any(isinstance(c, (StartHold, SendToBroker)) for c in commands)
+    assert any(c == audit(decision="hold", reason_code=0x87) for c in commands)
+    connack, ack = sent_to_agent(session.handle(BrokerData(encode(Connack(), 5)), NOW))
+    assert isinstance(connack, Connack) and connack.reason_code == 0
+    assert isinstance(ack, PubAck) and ack.reason_code == 0x87
+    assert "send it again once connected" in ack.properties[PropertyId.REASON_STRING]
+    # Once connected, the same publish is parked.
+    held = session.handle(AgentData(push), NOW)
+    assert any(isinstance(c, StartHold) for c in held)
 
 
 def test_invalid_payload_is_refused_with_0x99_naming_the_field() -> None:
