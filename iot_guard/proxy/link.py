@@ -54,7 +54,7 @@ class UnknownCommand(TypeError):
 
 
 # Why the agent is not being read (a bit each); it is read again when none is left.
-PAUSED_UPSTREAM_OPENING = 1  # the broker has not got the CONNECT yet: keep order
+PAUSED_UPSTREAM_OPENING = 1  # the broker is being reached and HELD_READS_LIMIT is reached
 PAUSED_BROKER_SLOW = 2  # the upstream write buffer is above its high-water mark
 PAUSED_AGENT_SLOW = 4  # the agent's own write buffer is: it does not read our answers
 
@@ -71,6 +71,14 @@ BROKER_PAUSED_COALESCING = 2  # a moment after a large read (COALESCE_AFTER)
 # (an agent's ack or request: the broker's answer must not wait), whichever is first.
 COALESCE_AFTER = 1024
 
+# While the broker is being reached, what the agent sends next is kept here, unjudged,
+# and handed to the session once the CONNECT is on its way: the session sees it then,
+# in order, as it would after a pause. Kept, not paused: a TLS transport goes on reading
+# the socket for a paused reader and drops what it holds when the peer closes
+# (asyncio's and uvloop's alike), so an agent that sent CONNECT, then PUBLISH and
+# DISCONNECT, and closed lost both. Past this many bytes the agent is paused (memory).
+HELD_READS_LIMIT = 64 * 1024
+
 
 class Link:
     """Ties a session to its two transports, the server's audit log, hooks and timers."""
@@ -78,6 +86,7 @@ class Link:
     __slots__ = (
         "session", "server", "agent", "upstream", "_to_broker_backlog", "_timers",
         "_closed", "_agent_paused", "_broker_paused", "refused", "_coalescing", "_opening",
+        "_held_reads",
     )
 
     def __init__(self, session: GuardSession, server: GuardServer) -> None:
@@ -93,6 +102,7 @@ class Link:
         self.refused = 0  # requests refused so far, for the console log's disconnect line
         self._coalescing: asyncio.TimerHandle | None = None  # ends BROKER_PAUSED_COALESCING
         self._opening: asyncio.Task[None] | None = None  # reaching the broker
+        self._held_reads: bytearray | None = None  # the agent's reads meanwhile (HELD_READS_LIMIT)
 
     @property
     def closed(self) -> bool:
@@ -311,10 +321,32 @@ class Link:
         handle.cancel()  # ended early by a write; harmless once it has fired
         self.resume_broker(BROKER_PAUSED_COALESCING)
 
+    @property
+    def holding_reads(self) -> bool:
+        """The broker is being reached: the agent's reads are kept (``hold_read``)."""
+        return self._held_reads is not None
+
+    def hold_read(self, data: bytes) -> None:
+        """Keep a read from the agent until the broker has the CONNECT."""
+        held = self._held_reads
+        assert held is not None
+        held += data
+        if len(held) >= HELD_READS_LIMIT:
+            self.pause_agent(PAUSED_UPSTREAM_OPENING)
+
+    def agent_lost(self) -> None:
+        """The agent's connection ended: what it sent is judged first (the session is
+        still reaching the broker when some is kept, and owes it the broker)."""
+        held = self._held_reads
+        self._held_reads = None
+        if held:
+            self.feed(AgentData(bytes(held)))
+        self.feed(AgentClosed())
+        self.close("agent connection lost")
+
     def _open_upstream(self, connect: bytes) -> None:
-        # Hold the agent's further packets until the broker has the CONNECT: what the
-        # agent sent meanwhile is kept in order in the backlog.
-        self.pause_agent(PAUSED_UPSTREAM_OPENING)
+        # What the agent sends until the broker has the CONNECT is kept (HELD_READS_LIMIT).
+        self._held_reads = bytearray()
         # Kept: the loop holds tasks weakly, and this one must finish even after the
         # session has ended (see _connect_upstream).
         self._opening = asyncio.get_running_loop().create_task(self._connect_upstream(connect))
@@ -356,6 +388,10 @@ class Link:
             # when there was no broker to stop reading, and will not come again.
             transport.pause_reading()
         self._write_connect(transport, connect)
+        held = self._held_reads
+        self._held_reads = None
+        if held:
+            self.feed(AgentData(bytes(held)))  # after the CONNECT and its backlog, in order
         self.resume_agent(PAUSED_UPSTREAM_OPENING)
 
     def _write_connect(self, transport: asyncio.Transport, connect: bytes) -> None:
@@ -376,6 +412,7 @@ class Link:
             self._opening.cancel()
             self._opening = None
         log.debug("session %s closed: %s", self.session.session_id, reason)
+        self._held_reads = None
         if self._coalescing is not None:
             self._coalescing.cancel()
             self._coalescing = None
@@ -411,12 +448,14 @@ class AgentProtocol(asyncio.Protocol):
         link = self.link
         assert link is not None
         self._server.stats.bytes_from_agents += len(data)
-        link.feed(AgentData(data))
+        if link._held_reads is None:  # (the attribute, not holding_reads: a call less per read)
+            link.feed(AgentData(data))
+        else:
+            link.hold_read(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.link is not None:
-            self.link.feed(AgentClosed())
-            self.link.close("agent connection lost")
+            self.link.agent_lost()
 
     def pause_writing(self) -> None:
         # The agent reads slowly: stop reading what fills its buffer until it catches

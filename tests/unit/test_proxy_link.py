@@ -522,3 +522,72 @@ def test_an_agent_that_ends_its_session_while_connecting_is_owed_what_it_sent() 
 
     got, gone = run(_what_the_broker_gets(lambda link: link.feed(AgentClosed())))
     assert got == ["Connect", "Publish"] and gone
+
+
+# ------------------------------------------------------------ reads kept while connecting
+
+
+class JournalledSession(Recorder):
+    """A session stand-in that writes what it is fed into the link's journal."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def handle(self, event: object, now: float) -> list[object]:
+        self.journal.append(("session", getattr(event, "data", type(event).__name__)))
+        return super().handle(event, now)
+
+
+def test_reads_kept_while_the_broker_is_reached_reach_the_session_after_the_connect() -> None:
+    from iot_guard.proxy.link import HELD_READS_LIMIT, AgentProtocol
+
+    async def go() -> Journal:
+        link, journal = make_link()
+        link = Link(JournalledSession(journal), link.server)  # type: ignore[arg-type]
+        link.agent = PausableTransport("agent", journal)  # type: ignore[assignment]
+        agent_side = AgentProtocol(link.server)  # type: ignore[arg-type]
+        agent_side.link = link
+        link._held_reads = bytearray()  # as _open_upstream leaves it: the broker is reached
+        half = b"p" * (HELD_READS_LIMIT // 2)
+        agent_side.data_received(half)
+        agent_side.data_received(half[:-1])  # one byte short of the limit: read on
+        journal.append(("-", "full"))
+        agent_side.data_received(b"qq")  # at the limit: the agent waits for the broker
+        assert link.holding_reads
+        link.upstream_opened(PausableTransport("broker", journal), b"c")  # type: ignore[arg-type]
+        assert not link.holding_reads
+        agent_side.data_received(b"r")  # read on, straight to the session
+        return journal
+
+    # The session saw nothing while the broker was reached and nothing was paused until
+    # the limit; then the CONNECT, the kept reads in order (one event), and reads again.
+    assert run(go()) == [
+        ("-", "full"), ("agent", "pause"),
+        ("broker", b"c"), ("session", b"p" * (HELD_READS_LIMIT - 1) + b"qq"),
+        ("agent", "resume"), ("session", b"r"),
+    ]
+
+
+def test_an_agent_that_sends_and_closes_while_the_broker_is_reached_is_never_paused() -> None:
+    """What the agent sends after its CONNECT, while the broker is reached, is kept, not
+    left to a paused transport: a TLS transport drops what it holds for a paused reader
+    when the peer closes (the old link paused here). The kept reads are judged when the
+    agent closes, and reach the broker after the CONNECT."""
+    from iot_guard.mqtt import Disconnect, Publish, encode
+    from iot_guard.proxy.link import AgentProtocol
+
+    def send_more_and_close(link: Link) -> None:
+        agent_side = AgentProtocol(link.server)
+        agent_side.link = link
+        assert link.holding_reads
+        agent_side.data_received(
+            encode(Publish("tenants/acme/devices/therm-002/shadow/get", b""), 5)
+            + encode(Disconnect(0), 5))
+        agent_side.connection_lost(None)
+        paused.extend(e for e in link.agent.journal if e == ("agent", "pause"))  # type: ignore[union-attr]
+
+    paused: list[object] = []
+    got, gone = run(_what_the_broker_gets(send_more_and_close))
+    assert got == ["Connect", "Publish", "Publish", "Disconnect"] and gone
+    assert paused == []
