@@ -146,8 +146,8 @@ class RunSettings(BaseSettings):
         256 * 1024, ge=128, le=MQTT_MAX_PACKET, description="largest packet an agent may send"
     )
     connect_timeout: float = Field(
-        10.0, gt=0, le=600, description="seconds for a CONNECT, and for the broker to answer "
-        "the guard's (its CONNACK)"
+        10.0, gt=0, le=600, description="seconds for a CONNECT, and for the broker to be reached "
+        "and accept the session (its CONNACK)"
     )
     read_coalesce_ms: float = Field(
         1.0, ge=0, le=100, description="after a broker read of 1 KiB or more, read that "

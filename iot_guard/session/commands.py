@@ -90,8 +90,9 @@ class GuardSubscribed:
 @dataclass(slots=True)
 class Close:
     """Close both connections (whatever had to be said was said by earlier commands).
-    ``agent_ended``: the agent ended the session itself (its DISCONNECT, or its
-    connection closed); what it sent before is still owed to the broker."""
+    ``agent_ended``: the agent ended the session itself (its DISCONNECT, its connection
+    closed, or a protocol error of its own); what the guard accepted from it before is
+    still owed to the broker, as a broker reached directly would have read it."""
 
     reason: str
     agent_ended: bool = False

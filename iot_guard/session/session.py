@@ -116,8 +116,9 @@ class SessionSettings:
     max_packet_size: int = 256 * 1024
     client_id_prefix: str = "iotguard"
     # A client that never sends CONNECT is closed after this long [MQTT-3.1.4]; and a
-    # broker that has not answered the guard's CONNECT this long after it was asked for
-    # is unavailable: the agent gets a refusal, not a wait with no end.
+    # broker that has not accepted the session this long after the CONNECT was judged
+    # (reached, and answered the guard's CONNECT) is unavailable: the agent gets a
+    # refusal, not a wait with no end.
     connect_timeout: float = 10.0
     # True when something resolves holds (the approvals service); without it a held
     # action is refused and says so, never parked where nobody will look.
@@ -152,7 +153,7 @@ class GuardSession:
         "_client_max", "_connect_expiry", "_guard_filters", "_events_subscribed",
         "_held_agent_qos2", "_dropped_broker_qos2", "_pending_subscribes",
         "_pending_unsubscribes", "_holds", "_dry_run", "_mode", "_wants_publish",
-        "_wants_receive", "_recorder", "_before_connack",
+        "_wants_receive", "_recorder", "_before_connack", "_early_holds", "_now",
     )
 
     def __init__(
@@ -199,6 +200,11 @@ class GuardSession:
         self._recorder: AuditRecorder | None = None  # made at the first message audited
         # What the guard answers to packets sent before the CONNACK, held until it is sent.
         self._before_connack: bytearray | None = None
+        # Holds asked for before the CONNACK: started once it accepts (a hold outlives its
+        # packet, and the broker may still refuse the session), else withdrawn.
+        self._early_holds: list[StartHold] | None = None
+        # The time of the event being handled, for what is audited deep in a call chain.
+        self._now = 0.0
 
     @property
     def state(self) -> State:
@@ -207,10 +213,28 @@ class GuardSession:
     def _to(self, trigger: Trigger) -> None:
         self._state = next_state(self._state, trigger)
 
+    def _close(self, actions: list[Command], reason: str, agent_ended: bool = False) -> None:
+        """The one way the session ends: holds asked for before a CONNACK that never came
+        are withdrawn (audited), then Close."""
+        if self._early_holds:
+            for start in self._early_holds:
+                held = start.held
+                self._holds.discard(held.hold_id)
+                self._audit(actions, self._now, replace(
+                    held.decision, verdict=Verdict.DENY,
+                    reason=f"approval request {held.hold_id} withdrawn: the session ended "
+                           f"before the broker's CONNACK ({reason})",
+                ), "publish", held.topic, payload=held.payload, qos=held.qos,
+                    retain=held.retain, note=f"approval request {held.hold_id}")
+        self._early_holds = None
+        self._to(Trigger.CLOSE)
+        actions.append(Close(reason, agent_ended))
+
     # ------------------------------------------------------------------ the one input
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Everything that happens to the session comes in here."""
+        self._now = now
         return _HANDLERS[type(event)](self, event, now)
 
     def _on_agent_opened(self, event: AgentOpened, now: float) -> list[Command]:
@@ -300,8 +324,7 @@ class GuardSession:
                 actions.append(SendToBroker(encode(PubComp(packet.packet_id), self.protocol_level)))
             elif type(packet) is Disconnect:
                 actions.append(SendToAgent(packet.raw))
-                self._to(Trigger.CLOSE)
-                actions.append(Close("broker sent DISCONNECT"))
+                self._close(actions, "broker sent DISCONNECT")
             else:
                 actions.append(SendToAgent(packet.raw))
         if relayed:
@@ -339,19 +362,20 @@ class GuardSession:
                 self._audit_session_event(
                     actions, now, "disconnect", "success", "agent connection closed"
                 )
-            self._to(Trigger.CLOSE)
-            actions.append(Close("agent connection closed", agent_ended=True))
+            self._close(actions, "agent connection closed", agent_ended=True)
         return actions
 
     def _on_timer(self, event: TimerFired, now: float) -> list[Command]:
         actions: list[Command] = []
         if event.key == CONNECT_TIMER and self._state is State.AWAITING_CONNECT:
-            self._to(Trigger.CLOSE)
-            actions.append(Close("no CONNECT in time"))
+            self._close(actions, "no CONNECT in time")
         elif event.key == CONNACK_TIMER and self._state is State.CONNECTING:
+            # The agent is told its session never started, so a broker that was only slow
+            # must not act on it: a DISCONNECT (normal) keeps it from sending the will.
+            actions.append(SendToBroker(encode(Disconnect(0), self.protocol_level)))
             self._refuse_connect(
                 actions, now, ReasonCode.SERVER_UNAVAILABLE,
-                f"upstream broker did not answer the CONNECT within "
+                f"upstream broker did not accept the session within "
                 f"{self.settings.connect_timeout:g} s",
             )
         elif event.key == TOKEN_TIMER and self._state is not State.CLOSED:
@@ -538,8 +562,7 @@ class GuardSession:
             self._audit_session_event(actions, now, "connect", "denied", reason, code)
         self._send(actions, Connack(reason_code=code,
                                     properties={PropertyId.REASON_STRING: reason}))
-        self._to(Trigger.CLOSE)
-        actions.append(Close(reason))
+        self._close(actions, reason)
 
     def _connack(self, connack: Connack, now: float, actions: list[Command]) -> None:
         if self._state is not State.CONNECTING:
@@ -564,6 +587,9 @@ class GuardSession:
         if self._before_connack is not None:
             actions.append(SendToAgent(bytes(self._before_connack)))
             self._before_connack = None
+        if self._early_holds is not None:
+            actions.extend(self._early_holds)
+            self._early_holds = None
 
     def _agent_connack(self, connack: Connack) -> Connack:
         """The broker's v5 CONNACK as the agent gets it, with the guard's limits and id
@@ -597,13 +623,12 @@ class GuardSession:
             reason = "session expiry interval in DISCONNECT when CONNECT set none [MQTT-3.14.2-2]"
             self._audit(actions, now, guard_refusal(reason, ReasonCode.PROTOCOL_ERROR),
                         "disconnect", self.peer, status="error")
-            self._disconnect(actions, ReasonCode.PROTOCOL_ERROR, reason)
+            self._disconnect(actions, ReasonCode.PROTOCOL_ERROR, reason, agent_fault=True)
             return
         actions.append(SendToBroker(packet.raw))
         self._audit_session_event(actions, now, "disconnect", "success", "agent disconnected",
                                   packet.reason_code)
-        self._to(Trigger.CLOSE)
-        actions.append(Close("agent sent DISCONNECT", agent_ended=True))
+        self._close(actions, "agent sent DISCONNECT", agent_ended=True)
 
     # ------------------------------------------------------------------ PUBLISH
 
@@ -617,10 +642,12 @@ class GuardSession:
                 # The guard advertised no Topic Alias Maximum, so any alias is a protocol
                 # error [MQTT-3.3.2-9]; this also keeps every decision on a real topic.
                 self._audit(actions, now, guard_refusal(
-                    "topic aliases are not accepted by the guard", ReasonCode.TOPIC_ALIAS_INVALID,
+                    "topic aliases are not accepted by the guard",
+                    self._ending_code(ReasonCode.TOPIC_ALIAS_INVALID),
                 ), "publish", publish.topic)
                 self._disconnect(actions, ReasonCode.TOPIC_ALIAS_INVALID,
-                                 "topic aliases are not accepted: the guard advertised none")
+                                 "topic aliases are not accepted: the guard advertised none",
+                                 agent_fault=True)
                 return
             decision = self._check_response_topic(properties)
         if decision is None:
@@ -641,14 +668,8 @@ class GuardSession:
             actions.append(SendToBroker(publish.raw))
             return
         if verdict is Verdict.HOLD and self.settings.holds:
-            if self._state is not State.CONNECTING:
-                self._hold(publish, decision, now, actions)
-                return
-            # Sent before its CONNACK (section 3.1.4): a hold outlives the packet, and the
-            # broker may yet refuse the session, so nothing is parked; refused as by a
-            # guard without holds, and the reason says when to ask again.
-            decision = replace(decision, reason=f"{decision.reason}; not parked before "
-                               "the CONNACK: send it again once connected")
+            self._hold(publish, decision, now, actions)
+            return
         self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain)
         self._send_event(actions, now, decision, "publish", publish.topic)
@@ -666,12 +687,21 @@ class GuardSession:
         decision = replace(decision, reason_code=ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
         self._audit(actions, now, decision, "publish", publish.topic, payload=publish.payload,
                     qos=publish.qos, retain=publish.retain, note=f"approval request {hold_id}")
-        actions.append(StartHold(HeldAction(
+        start = StartHold(HeldAction(
             hold_id=hold_id, agent_id=self.agent_id, session_id=self.session_id,
             token_id=self.token_id, tool=decision.tool, topic=publish.topic, qos=publish.qos,
             retain=publish.retain, payload=publish.payload, properties=dict(publish.properties),
             decision=decision, created_at=now,
-        )))
+        ))
+        if self._state is State.CONNECTING:
+            # Sent before its CONNACK (section 3.1.4): the broker may still refuse the
+            # session, and a hold outlives its packet, so it starts once the CONNACK
+            # accepts (its answer, like every answer, follows the CONNACK).
+            if self._early_holds is None:
+                self._early_holds = []
+            self._early_holds.append(start)
+        else:
+            actions.append(start)
         if self._events_subscribed:
             body = event_payload(decision, "publish", publish.topic, now, approval_id=hold_id)
             self._send(actions, Publish(EVENTS_TOPIC, body))
@@ -859,6 +889,8 @@ class GuardSession:
         [MQTT-3.1.2-24]: the reason string and user properties go first; what still does
         not fit is not sent [MQTT-3.1.2-25] (in practice an event: an ack without
         properties is a few bytes)."""
+        if self._state is State.CLOSED:
+            return  # the session ended in this very handler (the answers-held bound)
         data = encode(packet, self.protocol_level)
         limit = self._client_max
         if limit is not None and len(data) > limit:
@@ -880,9 +912,10 @@ class GuardSession:
             if len(held) > BEFORE_CONNACK_LIMIT:
                 # A flood of refused packets before the CONNACK: each held answer costs
                 # memory until then, so the guard ends the connection instead.
-                self._disconnect(actions, ReasonCode.QUOTA_EXCEEDED,
-                                 f"more than {BEFORE_CONNACK_LIMIT} bytes of answers held "
-                                 "for the CONNACK")
+                reason = f"more than {BEFORE_CONNACK_LIMIT} bytes of answers held for the CONNACK"
+                self._audit_session_event(actions, self._now, "connect", "denied", reason,
+                                          ReasonCode.QUOTA_EXCEEDED)
+                self._disconnect(actions, ReasonCode.QUOTA_EXCEEDED, reason, agent_fault=True)
             return
         actions.append(SendToAgent(data))
 
@@ -974,7 +1007,8 @@ class GuardSession:
         """A malformed packet: close the connection, forwarding nothing from it [MQTT-4.8.0-1].
         v5 clients get a DISCONNECT (or CONNACK before CONNECT) with the reason first."""
         actions: list[Command] = []
-        decision = guard_refusal(f"protocol error: {err.message}", err.reason_code)
+        decision = guard_refusal(f"protocol error: {err.message}",
+                                 self._ending_code(err.reason_code))
         self._audit(actions, now, decision, "protocol", self.peer, status="error")
         level = err.protocol_level
         if self._state is State.AWAITING_CONNECT:
@@ -986,17 +1020,20 @@ class GuardSession:
                 connack = Connack(reason_code=err.reason_code,
                                   properties={PropertyId.REASON_STRING: err.message})
                 actions.append(SendToAgent(encode(connack, 5)))
-            self._to(Trigger.CLOSE)
-            actions.append(Close(err.message))
+            self._close(actions, err.message)
             return actions
-        self._disconnect(actions, err.reason_code, err.message)
+        self._disconnect(actions, err.reason_code, err.message, agent_fault=True)
         return actions
 
-    def _disconnect(self, actions: list[Command], code: int, reason: str) -> None:
+    def _disconnect(
+        self, actions: list[Command], code: int, reason: str, agent_fault: bool = False
+    ) -> None:
         """End the session, telling the agent why where MQTT has a packet for it: a v5
         DISCONNECT; before the broker's CONNACK, a CONNACK that refuses, since the first
         packet the agent gets must be a CONNACK [MQTT-3.2.0-1] (3.1.1 has return codes
-        for only some reasons, and no server DISCONNECT: otherwise it is only closed)."""
+        for only some reasons, and no server DISCONNECT: otherwise it is only closed).
+        ``agent_fault``: the agent broke the protocol; what the guard accepted from it
+        before still reaches the broker (``Close.agent_ended``)."""
         properties: dict[int, object] = (
             {PropertyId.REASON_STRING: reason} if self._problem_information else {}
         )
@@ -1007,18 +1044,19 @@ class GuardSession:
                 self._send(actions, Connack(reason_code=code, properties=properties))
         elif self._state is not State.CLOSED and self.protocol_level == 5:
             self._send(actions, Disconnect(code, properties))
-        self._to(Trigger.CLOSE)
-        actions.append(Close(reason))
+        self._close(actions, reason, agent_fault)
 
     def _ending_code(self, code: int) -> int:
         """The reason code the agent gets when the guard ends the session for ``code``:
         before the CONNACK, one a CONNACK may carry (a protocol error for the two
-        DISCONNECT-only protocol errors; else unspecified error, the reason string says
-        the rest)."""
+        DISCONNECT-only protocol errors, server unavailable for a shutdown; else
+        unspecified error, the reason string says the rest)."""
         if self._state is not State.CONNECTING or code in CONNACK_CODES:
             return code
         if code in (ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, ReasonCode.TOPIC_ALIAS_INVALID):
             return ReasonCode.PROTOCOL_ERROR
+        if code == ReasonCode.SERVER_SHUTTING_DOWN:
+            return ReasonCode.SERVER_UNAVAILABLE
         return ReasonCode.UNSPECIFIED_ERROR
 
 

@@ -260,7 +260,7 @@ def test_a_broker_that_stops_answering_gets_agents_a_refusal_not_a_hang(
             os.kill(pid, signal.SIGCONT)
         assert isinstance(connack, Connack) and connack.reason_code == 0x88, connack
         assert connack.properties[PropertyId.REASON_STRING] == (
-            "upstream broker did not answer the CONNECT within 1 s")
+            "upstream broker did not accept the session within 1 s")
         assert 0.9 <= waited < 4, waited
         client.wait_closed(timeout=5)
         again = RawMqtt(guard.port)

@@ -591,3 +591,24 @@ def test_an_agent_that_sends_and_closes_while_the_broker_is_reached_is_never_pau
     got, gone = run(_what_the_broker_gets(send_more_and_close))
     assert got == ["Connect", "Publish", "Publish", "Disconnect"] and gone
     assert paused == []
+
+
+def test_an_agent_that_breaks_the_protocol_while_connecting_is_owed_what_came_before() -> None:
+    """Kept reads judged when the agent closes: an allowed publish, then one with a topic
+    alias (a protocol error). The publishes the guard accepted (and audited) reach the
+    broker after the CONNECT, as a broker reached directly would have read them; the
+    aliased one does not."""
+    from iot_guard.mqtt import PropertyId, Publish, encode
+    from iot_guard.proxy.link import AgentProtocol
+
+    def send_bad_and_close(link: Link) -> None:
+        agent_side = AgentProtocol(link.server)
+        agent_side.link = link
+        agent_side.data_received(
+            encode(Publish("tenants/acme/devices/therm-002/shadow/get", b""), 5)
+            + encode(Publish("tenants/acme/devices/therm-003/shadow/get", b"",
+                             properties={PropertyId.TOPIC_ALIAS: 1}), 5))
+        agent_side.connection_lost(None)
+
+    got, gone = run(_what_the_broker_gets(send_bad_and_close))
+    assert got == ["Connect", "Publish", "Publish"] and gone

@@ -340,10 +340,13 @@ def test_a_broker_that_never_answers_the_connect_is_unavailable_to_the_agent(
     session = fresh()
     session.handle(AgentData(connect_bytes(level)), NOW)
     assert session.state is State.CONNECTING
-    reason = "upstream broker did not answer the CONNECT within 10 s"
+    reason = "upstream broker did not accept the session within 10 s"
     assert (
         Playbook(session).at(NOW + 10)
         >> TimerFired("connack")
+        # A broker that was only slow must not act on a session the agent was told never
+        # started (no will): a normal DISCONNECT follows the CONNECT (here, the backlog).
+        << to_broker(Disconnect(0), level)
         << audit(packet="connect", result_status="denied", reason_code=0x88, reason=reason)
         << to_agent(Connack(reason_code=0x88, properties={PropertyId.REASON_STRING: reason}),
                     level)
@@ -449,12 +452,15 @@ def test_a_flood_of_refusals_before_the_connack_ends_the_connection() -> None:
         commands = session.handle(AgentData(refused * 100), NOW)
         sent += 100
         assert sent < BEFORE_CONNACK_LIMIT  # every refusal answer is bigger than a byte
-    # The agent learns why, in the one packet it may get first: a CONNACK, 0x97.
+    # The agent learns why, in the one packet it may get first: a CONNACK, 0x97; audited.
     (connack,) = sent_to_agent(commands)
     assert isinstance(connack, Connack) and connack.reason_code == 0x97
     assert "held for the CONNACK" in connack.properties[PropertyId.REASON_STRING]
-    (close,) = [c for c in commands if isinstance(c, Close)]
-    assert not close.agent_ended and "held for the CONNACK" in close.reason
+    assert audit(packet="connect", result_status="denied", reason_code=0x97) in commands
+    # Nothing after the Close (the read's other refusals are not answered).
+    assert isinstance(commands[-1], Close) and "held for the CONNACK" in commands[-1].reason
+    # The agent's own doing: what the guard accepted before still reaches the broker.
+    assert commands[-1].agent_ended
 
 
 def test_a_protocol_error_before_the_connack_is_answered_with_a_connack() -> None:
@@ -468,7 +474,12 @@ def test_a_protocol_error_before_the_connack_is_answered_with_a_connack() -> Non
     (connack,) = sent_to_agent(commands)
     assert isinstance(connack, Connack) and connack.reason_code == 0x82
     assert "topic aliases" in connack.properties[PropertyId.REASON_STRING]
+    # Audited with the code the agent got.
+    assert audit(packet="publish", result_status="denied", reason_code=0x82) in commands
     assert isinstance(commands[-1], Close) and session.state is State.CLOSED
+    # The agent broke the protocol: what the guard accepted before it is still owed
+    # to the broker, as a broker reached directly would have read it.
+    assert commands[-1].agent_ended
     # The broker's CONNACK, should it still arrive, changes nothing.
     assert Playbook(session) >> BrokerData(encode(Connack(), 5))
 
@@ -476,8 +487,10 @@ def test_a_protocol_error_before_the_connack_is_answered_with_a_connack() -> Non
 @pytest.mark.parametrize(("level", "code", "audited", "answered"), [
     (5, 0x98, 0x80, b"\x80"),  # administrative action: no CONNACK code, so unspecified error
     (5, 0x87, 0x87, b"\x87"),
+    (5, 0x8B, 0x88, b"\x88"),  # the guard shutting down: server unavailable
     (4, 0x98, 0x80, b""),  # 3.1.1 has no return code for it: the connection just closes
     (4, 0x87, 0x87, b"\x05"),  # not authorized
+    (4, 0x8B, 0x88, b"\x03"),  # server unavailable
 ])
 def test_a_kick_before_the_connack_is_a_refusing_connack_and_audited_as_sent(
     level: int, code: int, audited: int, answered: bytes
@@ -493,21 +506,40 @@ def test_a_kick_before_the_connack_is_a_refusing_connack_and_audited_as_sent(
     assert isinstance(commands[-1], Close) and session.state is State.CLOSED
 
 
-def test_a_publish_needing_approval_before_the_connack_is_refused_not_parked() -> None:
-    """A hold outlives its packet and the broker may still refuse the session: nothing
-    is parked before the CONNACK; the refusal follows the CONNACK and says why."""
+def test_a_publish_needing_approval_before_the_connack_is_parked_once_it_accepts() -> None:
+    """A hold outlives its packet and the broker may still refuse the session: a hold
+    asked for before the CONNACK starts after a CONNACK that accepts, and its answer
+    (0x83, held) follows the CONNACK like every answer."""
     session = fresh(HOLDING)
     push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
     commands = session.handle(AgentData(connect_bytes() + push), NOW)
-    assert not any(isinstance(c, (StartHold, SendToBroker)) for c in commands)
-    assert any(c == audit(decision="hold", reason_code=0x87) for c in commands)
-    connack, ack = sent_to_agent(session.handle(BrokerData(encode(Connack(), 5)), NOW))
+    assert not any(isinstance(c, (StartHold, SendToBroker, SendToAgent)) for c in commands)
+    assert audit(decision="hold", reason_code=0x83, note="approval request s-1.1") in commands
+    commands = session.handle(BrokerData(encode(Connack(), 5)), NOW)
+    connack, ack = sent_to_agent(commands)
     assert isinstance(connack, Connack) and connack.reason_code == 0
-    assert isinstance(ack, PubAck) and ack.reason_code == 0x87
-    assert "send it again once connected" in ack.properties[PropertyId.REASON_STRING]
-    # Once connected, the same publish is parked.
-    held = session.handle(AgentData(push), NOW)
-    assert any(isinstance(c, StartHold) for c in held)
+    assert isinstance(ack, PubAck) and ack.reason_code == 0x83
+    (hold,) = [c for c in commands if isinstance(c, StartHold)]
+    assert hold.held.hold_id == "s-1.1" and commands[-1] is hold  # after the answers
+
+
+@pytest.mark.parametrize("end", ["refused", "kick", "agent closed"])
+def test_a_hold_asked_for_before_a_connack_that_never_accepts_is_withdrawn(end: str) -> None:
+    session = fresh(HOLDING)
+    push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
+    session.handle(AgentData(connect_bytes() + push), NOW)
+    event = {"refused": BrokerData(encode(Connack(reason_code=0x86), 5)),
+             "kick": Kick(0x98, "kill switch"), "agent closed": AgentClosed()}[end]
+    commands = session.handle(event, NOW + 1)
+    assert not any(isinstance(c, StartHold) for c in commands)
+    # Audited as withdrawn, before the Close; the agent never got its 0x83.
+    (withdrawn,) = [c for c in commands if isinstance(c, WriteAudit)
+                    and "withdrawn" in str(c.record.get("reason"))]
+    assert withdrawn.record["decision"] == "deny"
+    assert withdrawn.record["note"] == "approval request s-1.1"
+    assert commands.index(withdrawn) < len(commands) - 1 and isinstance(commands[-1], Close)
+    assert not any(isinstance(p, PubAck) for p in sent_to_agent(commands))
+    assert session.state is State.CLOSED
 
 
 def test_invalid_payload_is_refused_with_0x99_naming_the_field() -> None:
@@ -644,7 +676,7 @@ def test_session_expiry_in_disconnect_when_connect_set_none_is_a_protocol_error(
         >> AgentData(raw)
         << audit(packet="disconnect", result_status="error", reason_code=0x82)
         << to_agent(Disconnect(0x82, {PropertyId.REASON_STRING: reason}))
-        << Close(reason)
+        << Close(reason, agent_ended=True)  # its own doing: what came before is owed
     )
     keeping = connected(properties={PropertyId.SESSION_EXPIRY_INTERVAL: 60})
     assert SendToBroker(raw) in keeping.handle(AgentData(raw), NOW)
