@@ -214,12 +214,15 @@ class GuardSession:
         self._state = next_state(self._state, trigger)
 
     def _close(self, actions: list[Command], reason: str, agent_ended: bool = False) -> None:
-        """The one way the session ends: holds asked for before a CONNACK that never came
-        are withdrawn (audited), then Close."""
-        if self._early_holds:
+        """The one way the session ends. Holds asked for before a CONNACK that never came:
+        started when the agent ended the session itself (its CONNECT and packets still
+        reach the broker, and a hold outlives the session, as once connected), else
+        withdrawn (audited). Then Close."""
+        if self._early_holds and agent_ended:
+            actions.extend(self._early_holds)
+        elif self._early_holds:
             for start in self._early_holds:
                 held = start.held
-                self._holds.discard(held.hold_id)
                 self._audit(actions, self._now, replace(
                     held.decision, verdict=Verdict.DENY,
                     reason=f"approval request {held.hold_id} withdrawn: the session ended "
@@ -267,10 +270,12 @@ class GuardSession:
             elif isinstance(packet, Disconnect):
                 self._agent_disconnect(packet, now, actions)
             elif isinstance(packet, Auth):
-                self._disconnect(
-                    actions, ReasonCode.BAD_AUTHENTICATION_METHOD,
-                    "enhanced authentication is not supported: use a token as password",
-                )
+                reason = "enhanced authentication is not supported: use a token as password"
+                code = self._ending_code(ReasonCode.BAD_AUTHENTICATION_METHOD)
+                self._audit(actions, now, guard_refusal(reason, code), "auth", self.peer,
+                            status="error")
+                self._disconnect(actions, ReasonCode.BAD_AUTHENTICATION_METHOD, reason,
+                                 agent_fault=True)
             else:
                 # PUBACK/PUBREC/PUBREL/PUBCOMP for flows the broker started, PINGREQ.
                 actions.append(SendToBroker(packet.raw))
@@ -810,6 +815,8 @@ class GuardSession:
                 pending.slots.append(decision.reason_code)  # 3.1.1 encodes it as 0x80
                 pending.reasons.append(f"{topic_filter}: {decision.reason}")
                 self._send_event(actions, now, decision, "subscribe", topic_filter)
+                if self._state is State.CLOSED:
+                    return  # the event passed the answers-held bound: the session ended
         if not forwarded:
             self._answer_filters(SubAck, subscribe.packet_id, pending, [], actions)
             return

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from iot_guard.audit.records import GENESIS, record_line
+from iot_guard.audit.records import GENESIS, record_line, utc_iso
 from iot_guard.checks import Request
 from iot_guard.mqtt import (
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -439,7 +440,8 @@ def test_answers_held_for_a_connack_that_refuses_are_never_sent() -> None:
     assert any(isinstance(c, Close) for c in commands)
 
 
-def test_a_flood_of_refusals_before_the_connack_ends_the_connection() -> None:
+@pytest.mark.parametrize("events", [False, True])
+def test_a_flood_of_refusals_before_the_connack_ends_the_connection(events: bool) -> None:
     """Each held answer costs memory until the CONNACK (and a refusal sends nothing to
     the broker, so no backlog bound applies): past the limit the guard closes."""
     from iot_guard.session.session import BEFORE_CONNACK_LIMIT
@@ -447,6 +449,8 @@ def test_a_flood_of_refusals_before_the_connack_ends_the_connection() -> None:
     session = fresh()
     refused = encode(Publish(FOREIGN_UPDATE, b"{}", qos=1, packet_id=9), 5)
     commands = session.handle(AgentData(connect_bytes()), NOW)
+    if events:  # each refusal then also holds an event: the bound is passed mid-refusal
+        session.handle(AgentData(encode(Subscribe(1, [Subscription("$guard/events")]), 5)), NOW)
     sent = 0
     while session.state is State.CONNECTING:
         commands = session.handle(AgentData(refused * 100), NOW)
@@ -523,23 +527,54 @@ def test_a_publish_needing_approval_before_the_connack_is_parked_once_it_accepts
     assert hold.held.hold_id == "s-1.1" and commands[-1] is hold  # after the answers
 
 
-@pytest.mark.parametrize("end", ["refused", "kick", "agent closed"])
+@pytest.mark.parametrize("end", ["refused", "kick"])
 def test_a_hold_asked_for_before_a_connack_that_never_accepts_is_withdrawn(end: str) -> None:
     session = fresh(HOLDING)
     push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
     session.handle(AgentData(connect_bytes() + push), NOW)
     event = {"refused": BrokerData(encode(Connack(reason_code=0x86), 5)),
-             "kick": Kick(0x98, "kill switch"), "agent closed": AgentClosed()}[end]
+             "kick": Kick(0x98, "kill switch")}[end]
     commands = session.handle(event, NOW + 1)
     assert not any(isinstance(c, StartHold) for c in commands)
-    # Audited as withdrawn, before the Close; the agent never got its 0x83.
+    # Audited as withdrawn (at the time of the event that ended it), before the Close;
+    # the agent never got its 0x83.
     (withdrawn,) = [c for c in commands if isinstance(c, WriteAudit)
                     and "withdrawn" in str(c.record.get("reason"))]
     assert withdrawn.record["decision"] == "deny"
     assert withdrawn.record["note"] == "approval request s-1.1"
+    assert withdrawn.record["timestamp"] == utc_iso(NOW + 1)
     assert commands.index(withdrawn) < len(commands) - 1 and isinstance(commands[-1], Close)
     assert not any(isinstance(p, PubAck) for p in sent_to_agent(commands))
     assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize("end", ["disconnect", "closed"])
+def test_a_hold_asked_for_before_the_agent_ends_its_own_session_still_starts(end: str) -> None:
+    """A fire-and-forget agent: CONNECT, a publish needing approval, DISCONNECT (or just
+    closing), without waiting. Its CONNECT and packets still reach the broker, and a
+    hold outlives the session once connected too: the hold starts, before the Close."""
+    session = fresh(HOLDING)
+    push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=0), 5)
+    commands = session.handle(AgentData(connect_bytes() + push), NOW)
+    if end == "disconnect":
+        commands += session.handle(AgentData(encode(Disconnect(0), 5)), NOW)
+    else:
+        commands += session.handle(AgentClosed(), NOW)
+    (hold,) = [c for c in commands if isinstance(c, StartHold)]
+    assert hold.held.hold_id == "s-1.1"
+    assert commands.index(hold) == len(commands) - 2 and commands[-1].agent_ended
+    assert not any("withdrawn" in str(getattr(c, "record", {}).get("reason")) for c in commands)
+
+
+def test_a_hold_started_at_the_connack_is_not_withdrawn_later() -> None:
+    session = fresh(HOLDING)
+    push = encode(Publish(GROUP_PUSH, b'{"firmware_channel":"beta"}', qos=1, packet_id=8), 5)
+    session.handle(AgentData(connect_bytes() + push), NOW)
+    started = session.handle(BrokerData(encode(Connack(), 5)), NOW)
+    assert sum(isinstance(c, StartHold) for c in started) == 1
+    ended = session.handle(Kick(0x98, "kill switch"), NOW + 1)
+    assert not any(isinstance(c, StartHold) for c in ended)
+    assert not any("withdrawn" in str(getattr(c, "record", {}).get("reason")) for c in ended)
 
 
 def test_invalid_payload_is_refused_with_0x99_naming_the_field() -> None:
@@ -1017,3 +1052,46 @@ def test_enforce_mode_is_written_into_every_record() -> None:
     commands = session.handle(AgentData(raw), NOW)
     records = [c.record for c in commands if isinstance(c, WriteAudit)]
     assert records and all(r["mode"] == "enforce" for r in records)
+
+
+@pytest.mark.parametrize("bad", [
+    bytes((0x00, 0x00)),  # packet type 0 is reserved: malformed
+    encode(Auth(), 5),  # AUTH: enhanced authentication is not supported
+], ids=["malformed", "auth"])
+def test_an_agents_own_protocol_error_before_the_connack_keeps_what_was_accepted(
+    bad: bytes
+) -> None:
+    """Its own doing, as a DISCONNECT would be: the publish the guard accepted before it
+    still reaches the broker (Close.agent_ended), and the error is audited with the code
+    the agent got in its CONNACK."""
+    session = fresh()
+    allowed = encode(Publish(SHADOW_UPDATE, GOOD_SHADOW, qos=0), 5)
+    commands = session.handle(AgentData(connect_bytes() + allowed), NOW)
+    # (A read the parser refuses is refused whole: the allowed publish comes in its own.)
+    commands += session.handle(AgentData(bad), NOW)
+    assert to_broker_raw(commands) == allowed
+    (connack,) = sent_to_agent(commands)
+    assert isinstance(connack, Connack) and connack.reason_code >= 0x80
+    errors = [c for c in commands if isinstance(c, WriteAudit)
+              and c.record["result_status"] == "error"]
+    assert [e.record["reason_code"] for e in errors] == [connack.reason_code]
+    assert isinstance(commands[-1], Close) and commands[-1].agent_ended
+
+
+def to_broker_raw(commands: list) -> bytes:
+    return b"".join(c.data for c in commands if isinstance(c, SendToBroker))
+
+
+def test_a_subscribe_that_passes_the_answers_held_bound_stops_there() -> None:
+    """Each refused filter's event is held for the CONNACK; the one that passes the bound
+    ends the session in the middle of the SUBSCRIBE: nothing is judged, audited or
+    forwarded after the Close (the link would drop it unwritten)."""
+    session = fresh()
+    events = encode(Subscribe(1, [Subscription("$guard/events")]), 5)
+    refused = [Subscription(f"tenants/globex/devices/d{i}/telemetry") for i in range(600)]
+    allowed = [Subscription("tenants/acme/devices/+/telemetry")]
+    commands = session.handle(AgentData(
+        connect_bytes() + events + encode(Subscribe(2, refused + allowed), 5)), NOW)
+    assert session.state is State.CLOSED
+    assert isinstance(commands[-1], Close) and "held for the CONNACK" in commands[-1].reason
+    assert not any(isinstance(c, SendToBroker) and c.data[0] >> 4 == 8 for c in commands)
