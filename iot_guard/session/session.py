@@ -153,7 +153,7 @@ class GuardSession:
         "_client_max", "_connect_expiry", "_guard_filters", "_events_subscribed",
         "_held_agent_qos2", "_dropped_broker_qos2", "_pending_subscribes",
         "_pending_unsubscribes", "_holds", "_dry_run", "_mode", "_wants_publish",
-        "_wants_receive", "_recorder", "_before_connack", "_early_holds", "_now",
+        "_wants_receive", "_recorder", "_before_connack", "_after_connack", "_now",
     )
 
     def __init__(
@@ -200,9 +200,11 @@ class GuardSession:
         self._recorder: AuditRecorder | None = None  # made at the first message audited
         # What the guard answers to packets sent before the CONNACK, held until it is sent.
         self._before_connack: bytearray | None = None
-        # Holds asked for before the CONNACK: started once it accepts (a hold outlives its
-        # packet, and the broker may still refuse the session), else withdrawn.
-        self._early_holds: list[StartHold] | None = None
+        # What the agent asked of the guard itself before the CONNACK, carried out once it
+        # accepts: holds (a hold outlives its packet, and the broker may still refuse the
+        # session; else withdrawn) and subscriptions to the guard's topics (their replay
+        # would meet a session not yet connected).
+        self._after_connack: list[StartHold | GuardSubscribed] | None = None
         # The time of the event being handled, for what is audited deep in a call chain.
         self._now = 0.0
 
@@ -213,15 +215,28 @@ class GuardSession:
     def _to(self, trigger: Trigger) -> None:
         self._state = next_state(self._state, trigger)
 
+    def _once_connected(
+        self, actions: list[Command], command: StartHold | GuardSubscribed
+    ) -> None:
+        """``command`` now, or after a CONNACK that accepts the session (``_after_connack``)."""
+        if self._state is not State.CONNECTING:
+            actions.append(command)
+        elif self._after_connack is None:
+            self._after_connack = [command]
+        else:
+            self._after_connack.append(command)
+
     def _close(self, actions: list[Command], reason: str, agent_ended: bool = False) -> None:
         """The one way the session ends. Holds asked for before a CONNACK that never came:
         started when the agent ended the session itself (its CONNECT and packets still
         reach the broker, and a hold outlives the session, as once connected), else
-        withdrawn (audited). Then Close."""
-        if self._early_holds and agent_ended:
-            actions.extend(self._early_holds)
-        elif self._early_holds:
-            for start in self._early_holds:
+        withdrawn (audited); its subscriptions to the guard's topics are moot. Then Close."""
+        holds = [c for c in self._after_connack if isinstance(c, StartHold)] \
+            if self._after_connack else []
+        if holds and agent_ended:
+            actions.extend(holds)
+        else:
+            for start in holds:
                 held = start.held
                 self._audit(actions, self._now, replace(
                     held.decision, verdict=Verdict.DENY,
@@ -229,7 +244,7 @@ class GuardSession:
                            f"before the broker's CONNACK ({reason})",
                 ), "publish", held.topic, payload=held.payload, qos=held.qos,
                     retain=held.retain, note=f"approval request {held.hold_id}")
-        self._early_holds = None
+        self._after_connack = None
         self._to(Trigger.CLOSE)
         actions.append(Close(reason, agent_ended))
 
@@ -592,9 +607,9 @@ class GuardSession:
         if self._before_connack is not None:
             actions.append(SendToAgent(bytes(self._before_connack)))
             self._before_connack = None
-        if self._early_holds is not None:
-            actions.extend(self._early_holds)
-            self._early_holds = None
+        if self._after_connack is not None:
+            actions.extend(self._after_connack)
+            self._after_connack = None
 
     def _agent_connack(self, connack: Connack) -> Connack:
         """The broker's v5 CONNACK as the agent gets it, with the guard's limits and id
@@ -698,15 +713,10 @@ class GuardSession:
             retain=publish.retain, payload=publish.payload, properties=dict(publish.properties),
             decision=decision, created_at=now,
         ))
-        if self._state is State.CONNECTING:
-            # Sent before its CONNACK (section 3.1.4): the broker may still refuse the
-            # session, and a hold outlives its packet, so it starts once the CONNACK
-            # accepts (its answer, like every answer, follows the CONNACK).
-            if self._early_holds is None:
-                self._early_holds = []
-            self._early_holds.append(start)
-        else:
-            actions.append(start)
+        # Sent before its CONNACK (section 3.1.4): the broker may still refuse the session,
+        # and a hold outlives its packet, so it starts once the CONNACK accepts (its
+        # answer, like every answer, follows the CONNACK).
+        self._once_connected(actions, start)
         if self._events_subscribed:
             body = event_payload(decision, "publish", publish.topic, now, approval_id=hold_id)
             self._send(actions, Publish(EVENTS_TOPIC, body))
@@ -843,7 +853,8 @@ class GuardSession:
         self._events_subscribed = any(topic_matches(f, EVENTS_TOPIC) for f in self._guard_filters)
         if topic_filter != EVENTS_TOPIC:
             assert self.agent_id is not None
-            actions.append(GuardSubscribed(self.agent_id, self.session_id, topic_filter))
+            self._once_connected(
+                actions, GuardSubscribed(self.agent_id, self.session_id, topic_filter))
         return 0  # granted QoS 0
 
     def _filter_ack(

@@ -1095,3 +1095,21 @@ def test_a_subscribe_that_passes_the_answers_held_bound_stops_there() -> None:
     assert session.state is State.CLOSED
     assert isinstance(commands[-1], Close) and "held for the CONNACK" in commands[-1].reason
     assert not any(isinstance(c, SendToBroker) and c.data[0] >> 4 == 8 for c in commands)
+
+
+def test_a_subscription_to_approvals_before_the_connack_is_announced_after_it() -> None:
+    """The approvals service replays an agent's requests when it subscribes to them
+    (GuardSubscribed); a replay before the CONNACK would meet a session not yet
+    connected and be dropped, so the subscription is announced after the CONNACK."""
+    session = fresh(HOLDING)
+    subscribe = encode(Subscribe(1, [Subscription("$guard/approvals/+")]), 5)
+    commands = session.handle(AgentData(connect_bytes() + subscribe), NOW)
+    assert not any(isinstance(c, GuardSubscribed) for c in commands)
+    commands = session.handle(BrokerData(encode(Connack(), 5)), NOW)
+    connack, suback = sent_to_agent(commands)
+    assert isinstance(connack, Connack) and isinstance(suback, SubAck)
+    assert commands[-1] == GuardSubscribed("ops-agent", "s-1", "$guard/approvals/+")
+    # Once connected, announced at once.
+    again = encode(Subscribe(2, [Subscription("$guard/approvals/s-1.9")]), 5)
+    assert GuardSubscribed("ops-agent", "s-1", "$guard/approvals/s-1.9") in session.handle(
+        AgentData(again), NOW)
