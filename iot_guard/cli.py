@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
-    from .admin import AdminApp
+    from .admin.app import AdminApp
     from .approvals.addon import ApprovalsAddon
     from .approvals.webhooks import WebhookNotifier
     from .proxy.server import GuardServer

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iot_guard.admin import AdminApp
+from iot_guard.admin.app import AdminApp
 from iot_guard.approvals.addon import ApprovalsAddon
 from iot_guard.approvals.webhooks import WebhookNotifier
 from iot_guard.proxy.server import GuardThread

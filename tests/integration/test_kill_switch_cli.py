@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iot_guard.admin import AdminApp
+from iot_guard.admin.app import AdminApp
 from iot_guard.approvals.addon import ApprovalsAddon
 from iot_guard.proxy.server import GuardThread
 from iot_guard.tokens import ROLE_ADMIN, ROLE_APPROVER, issue_token

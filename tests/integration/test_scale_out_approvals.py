@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from iot_guard.admin import AdminApp
+from iot_guard.admin.app import AdminApp
 from iot_guard.admin.client import AdminClient, Refused
 from iot_guard.approvals.addon import EXECUTOR_PREFIX, ApprovalsAddon
 from iot_guard.approvals.request import ApprovalError, ApprovalRequest

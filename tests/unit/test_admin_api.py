@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from iot_guard.admin import AdminApp
+from iot_guard.admin.app import AdminApp
 from iot_guard.admin.cli import format_list, format_view
 from iot_guard.cli import main
 from iot_guard.tokens import issue_token
