@@ -889,6 +889,12 @@ class GuardSession:
                 # 0x11: no subscription existed [3.11.2.1]
                 pending.slots.append(0 if topic_filter in self._guard_filters else 0x11)
                 self._guard_filters.discard(topic_filter)
+                if self._after_connack:
+                    # Subscribed and unsubscribed before the CONNACK: nothing to announce.
+                    self._after_connack = [
+                        c for c in self._after_connack
+                        if not (isinstance(c, GuardSubscribed) and c.topic_filter == topic_filter)
+                    ]
             else:
                 forwarded.append(topic_filter)
                 pending.slots.append(None)

@@ -1113,3 +1113,14 @@ def test_a_subscription_to_approvals_before_the_connack_is_announced_after_it() 
     again = encode(Subscribe(2, [Subscription("$guard/approvals/s-1.9")]), 5)
     assert GuardSubscribed("ops-agent", "s-1", "$guard/approvals/s-1.9") in session.handle(
         AgentData(again), NOW)
+
+
+def test_a_guard_subscription_undone_before_the_connack_is_never_announced() -> None:
+    session = fresh(HOLDING)
+    subscribe = encode(Subscribe(1, [Subscription("$guard/approvals/+")]), 5)
+    unsubscribe = encode(Unsubscribe(2, ["$guard/approvals/+"]), 5)
+    session.handle(AgentData(connect_bytes() + subscribe + unsubscribe), NOW)
+    commands = session.handle(BrokerData(encode(Connack(), 5)), NOW)
+    connack, suback, unsuback = sent_to_agent(commands)
+    assert isinstance(unsuback, UnsubAck) and unsuback.reason_codes == [0]
+    assert not any(isinstance(c, GuardSubscribed) for c in commands)
