@@ -337,12 +337,16 @@ class Link:
     def agent_lost(self) -> None:
         """The agent's connection ended: what it sent is judged first (the session is
         still reaching the broker when some is kept, and owes it the broker)."""
+        self._release_held_reads()
+        self.feed(AgentClosed())
+        self.close("agent connection lost")
+
+    def _release_held_reads(self) -> None:
+        """The agent's reads kept while the broker was reached go to the session now."""
         held = self._held_reads
         self._held_reads = None
         if held:
             self.feed(AgentData(bytes(held)))
-        self.feed(AgentClosed())
-        self.close("agent connection lost")
 
     def _open_upstream(self, connect: bytes) -> None:
         # What the agent sends until the broker has the CONNECT is kept (HELD_READS_LIMIT).
@@ -388,10 +392,7 @@ class Link:
             # when there was no broker to stop reading, and will not come again.
             transport.pause_reading()
         self._write_connect(transport, connect)
-        held = self._held_reads
-        self._held_reads = None
-        if held:
-            self.feed(AgentData(bytes(held)))  # after the CONNECT and its backlog, in order
+        self._release_held_reads()  # after the CONNECT and its backlog, in order
         self.resume_agent(PAUSED_UPSTREAM_OPENING)
 
     def _write_connect(self, transport: asyncio.Transport, connect: bytes) -> None:

@@ -221,10 +221,10 @@ class GuardSession:
         """``command`` now, or after a CONNACK that accepts the session (``_after_connack``)."""
         if self._state is not State.CONNECTING:
             actions.append(command)
-        elif self._after_connack is None:
-            self._after_connack = [command]
-        else:
-            self._after_connack.append(command)
+            return
+        if self._after_connack is None:
+            self._after_connack = []
+        self._after_connack.append(command)
 
     def _close(self, actions: list[Command], reason: str, agent_ended: bool = False) -> None:
         """The one way the session ends. Holds asked for before a CONNACK that never came:
@@ -245,6 +245,7 @@ class GuardSession:
                 ), "publish", held.topic, payload=held.payload, qos=held.qos,
                     retain=held.retain, note=f"approval request {held.hold_id}")
         self._after_connack = None
+        self._before_connack = None  # answers held for a CONNACK that will not come
         self._to(Trigger.CLOSE)
         actions.append(Close(reason, agent_ended))
 
@@ -285,12 +286,11 @@ class GuardSession:
             elif isinstance(packet, Disconnect):
                 self._agent_disconnect(packet, now, actions)
             elif isinstance(packet, Auth):
-                reason = "enhanced authentication is not supported: use a token as password"
-                code = self._ending_code(ReasonCode.BAD_AUTHENTICATION_METHOD)
-                self._audit(actions, now, guard_refusal(reason, code), "auth", self.peer,
-                            status="error")
-                self._disconnect(actions, ReasonCode.BAD_AUTHENTICATION_METHOD, reason,
-                                 agent_fault=True)
+                self._violation(
+                    actions, now, ReasonCode.BAD_AUTHENTICATION_METHOD,
+                    "enhanced authentication is not supported: use a token as password",
+                    "auth", self.peer,
+                )
             else:
                 # PUBACK/PUBREC/PUBREL/PUBCOMP for flows the broker started, PINGREQ.
                 actions.append(SendToBroker(packet.raw))
@@ -640,10 +640,11 @@ class GuardSession:
         if expiry and not self._connect_expiry:
             # Setting a session expiry at DISCONNECT when CONNECT set none is a protocol
             # error [MQTT-3.14.2-2]; forwarded, the broker would see an abnormal close.
-            reason = "session expiry interval in DISCONNECT when CONNECT set none [MQTT-3.14.2-2]"
-            self._audit(actions, now, guard_refusal(reason, ReasonCode.PROTOCOL_ERROR),
-                        "disconnect", self.peer, status="error")
-            self._disconnect(actions, ReasonCode.PROTOCOL_ERROR, reason, agent_fault=True)
+            self._violation(
+                actions, now, ReasonCode.PROTOCOL_ERROR,
+                "session expiry interval in DISCONNECT when CONNECT set none [MQTT-3.14.2-2]",
+                "disconnect", self.peer,
+            )
             return
         actions.append(SendToBroker(packet.raw))
         self._audit_session_event(actions, now, "disconnect", "success", "agent disconnected",
@@ -661,13 +662,11 @@ class GuardSession:
             if _TOPIC_ALIAS in properties:
                 # The guard advertised no Topic Alias Maximum, so any alias is a protocol
                 # error [MQTT-3.3.2-9]; this also keeps every decision on a real topic.
-                self._audit(actions, now, guard_refusal(
-                    "topic aliases are not accepted by the guard",
-                    self._ending_code(ReasonCode.TOPIC_ALIAS_INVALID),
-                ), "publish", publish.topic)
-                self._disconnect(actions, ReasonCode.TOPIC_ALIAS_INVALID,
-                                 "topic aliases are not accepted: the guard advertised none",
-                                 agent_fault=True)
+                self._violation(
+                    actions, now, ReasonCode.TOPIC_ALIAS_INVALID,
+                    "topic aliases are not accepted by the guard", "publish", publish.topic,
+                    status=None, said="topic aliases are not accepted: the guard advertised none",
+                )
                 return
             decision = self._check_response_topic(properties)
         if decision is None:
@@ -1031,23 +1030,35 @@ class GuardSession:
         """A malformed packet: close the connection, forwarding nothing from it [MQTT-4.8.0-1].
         v5 clients get a DISCONNECT (or CONNACK before CONNECT) with the reason first."""
         actions: list[Command] = []
-        decision = guard_refusal(f"protocol error: {err.message}",
-                                 self._ending_code(err.reason_code))
-        self._audit(actions, now, decision, "protocol", self.peer, status="error")
-        level = err.protocol_level
-        if self._state is State.AWAITING_CONNECT:
-            if err.reason_code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and level is not None:
-                # Answer in a form the client can read: v3 CONNACK code 1 [MQTT-3.1.2-2].
-                connack = Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION)
-                actions.append(SendToAgent(encode(connack, 5 if level == 5 else 4)))
-            elif level == 5:
-                connack = Connack(reason_code=err.reason_code,
-                                  properties={PropertyId.REASON_STRING: err.message})
-                actions.append(SendToAgent(encode(connack, 5)))
-            self._close(actions, err.message)
+        reason = f"protocol error: {err.message}"
+        if self._state is not State.AWAITING_CONNECT:
+            self._violation(actions, now, err.reason_code, reason, "protocol", self.peer,
+                            said=err.message)
             return actions
-        self._disconnect(actions, err.reason_code, err.message, agent_fault=True)
+        self._audit(actions, now, guard_refusal(reason, err.reason_code), "protocol", self.peer,
+                    status="error")
+        level = err.protocol_level
+        if err.reason_code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and level is not None:
+            # Answer in a form the client can read: v3 CONNACK code 1 [MQTT-3.1.2-2].
+            connack = Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION)
+            actions.append(SendToAgent(encode(connack, 5 if level == 5 else 4)))
+        elif level == 5:
+            connack = Connack(reason_code=err.reason_code,
+                              properties={PropertyId.REASON_STRING: err.message})
+            actions.append(SendToAgent(encode(connack, 5)))
+        self._close(actions, err.message)
         return actions
+
+    def _violation(
+        self, actions: list[Command], now: float, code: int, reason: str, packet: str,
+        scope: str, *, status: str | None = "error", said: str | None = None,
+    ) -> None:
+        """The agent broke the protocol: audited with the code it gets, then the session
+        ends as its own doing (``_disconnect``'s ``agent_fault``); ``said``: the reason
+        the agent is told, when not ``reason``."""
+        self._audit(actions, now, guard_refusal(reason, self._ending_code(code)), packet, scope,
+                    status=status)
+        self._disconnect(actions, code, said or reason, agent_fault=True)
 
     def _disconnect(
         self, actions: list[Command], code: int, reason: str, agent_fault: bool = False
@@ -1062,7 +1073,6 @@ class GuardSession:
             {PropertyId.REASON_STRING: reason} if self._problem_information else {}
         )
         if self._state is State.CONNECTING:
-            self._before_connack = None  # answers held for a CONNACK that will not come
             code = self._ending_code(code)
             if self.protocol_level == 5 or code in CONNACK_V5_TO_V3:
                 self._send(actions, Connack(reason_code=code, properties=properties))
