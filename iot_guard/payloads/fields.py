@@ -11,7 +11,10 @@ spec, so every reason has the same shape ("<path>: <value> <rule>").
 Per packet, pydantic is asked only when in doubt: each field also has a plain predicate
 (``sure_value``) that is true only for values pydantic surely accepts (the usual case: a
 number within its bounds, a word of its enum). False means "ask pydantic", never
-"refused", so the answer is pydantic's whatever the predicate says.
+"refused", so the answer is pydantic's whatever the predicate says. A refusal is as
+cheap: where ``field_problem`` surely answers as pydantic would (``alike``: the usual
+refused values, a number out of its bounds, a word out of its enum, a wrong type),
+its reason is the answer and pydantic is not asked.
 """
 
 from __future__ import annotations
@@ -154,6 +157,52 @@ def sure_value(spec: FieldSpec, nullable: bool) -> Callable[[object], bool]:
     return sure
 
 
+def alike(spec: FieldSpec) -> Callable[[object], bool]:
+    """A predicate true only for values that ``field_problem`` and ``value_type(spec)``
+    (with None as field_problem's ``nullable`` says) judge alike: on those, the reason
+    field_problem gives, or its None, is pydantic's verdict, and pydantic need not be
+    asked. False at the edges where the two may differ (numbers beyond 2**53, integers
+    beyond 64 bits, NaN and infinities, lone surrogates): there, false means "ask
+    pydantic", as for ``sure_value``."""
+    if spec.type == "number":
+        # pydantic compares a number as a double, Python exactly: alike when the value
+        # and the enum's integers are exact doubles (the bounds are floats already).
+        if any(type(v) is int and not -_EXACT_INT <= v <= _EXACT_INT for v in spec.enum or ()):
+            return _never
+
+        def same(v: Any) -> bool:
+            kind = type(v)
+            if kind is int:
+                return -_EXACT_INT <= v <= _EXACT_INT
+            if kind is float:
+                return math.isfinite(v)
+            return True  # any other type: refused by both (strict: not even a bool)
+
+    elif spec.type == "integer":
+        # pydantic gets the bounds as integers (value_type): compared exactly, within
+        # 64 bits (checked as integers: compiled, a float compared with an int is a
+        # double, and 2.0**63 would pass for 2**63 - 1).
+        bounds = [math.ceil(spec.minimum) if spec.minimum is not None else 0,
+                  math.floor(spec.maximum) if spec.maximum is not None else 0]
+        if any(not _INT64[0] <= b <= _INT64[1] for b in bounds):
+            return _never
+
+        def same(v: Any) -> bool:
+            return type(v) is not int or _INT64[0] <= v <= _INT64[1]
+
+    else:
+        # A string or a boolean: type, enum and length are checked alike, but a str
+        # with a lone surrogate is refused by pydantic only (the parsers never make one).
+        def same(v: Any) -> bool:
+            return type(v) is not str or _valid_unicode(v)
+
+    return same
+
+
+def _never(value: object) -> bool:
+    return False
+
+
 def _member_of(allowed: frozenset[object]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value not in allowed:
@@ -229,9 +278,11 @@ class FieldSet:
         )
         self.nullable = nullable
         self._rank = {name: RISK_ORDER[spec.risk] for name, spec in self.specs.items()}
-        # name -> (risk rank, sure_value predicate): one lookup per key on the usual path.
-        self._sure: dict[str, tuple[int, Callable[[object], bool]]] = {
-            name: (RISK_ORDER[spec.risk], sure_value(spec, nullable))
+        # name -> (risk rank, sure_value predicate, alike predicate, spec): one lookup per
+        # key on the usual path, and on a refusal's.
+        self._sure: dict[str, tuple[int, Callable[[object], bool], Callable[[object], bool],
+                                    FieldSpec]] = {
+            name: (RISK_ORDER[spec.risk], sure_value(spec, nullable), alike(spec), spec)
             for name, spec in self.specs.items()
         }
         members: dict[str, Any] = {}
@@ -255,6 +306,9 @@ class FieldSet:
         rank = self.sure_rank(obj)
         if rank >= 0:
             return "", rank, None
+        refusal = self.sure_refusal(obj, prefix)
+        if refusal is not None:
+            return refusal
         rank = 0
         ranks = self._rank
         for key in obj:
@@ -280,7 +334,7 @@ class FieldSet:
             entry = sure.get(key)
             if entry is None:
                 return -1
-            key_rank, sure_value = entry
+            key_rank, sure_value = entry[0], entry[1]
             if not sure_value(value):
                 return -1
             if key_rank > rank:
@@ -289,6 +343,31 @@ class FieldSet:
             if name not in obj:
                 return -1
         return rank
+
+    def sure_refusal(
+        self, obj: dict[str, object], prefix: str
+    ) -> tuple[str, int, str | None] | None:
+        """``check``'s refusal when it is sure without pydantic: at the first key, in
+        payload order, that is not a writable field, or whose value ``field_problem``
+        refuses where it judges as pydantic does (``alike``), every key before it valid.
+        None when in doubt (then pydantic is asked), or when nothing is refused."""
+        entries = self._sure
+        for key, value in obj.items():
+            entry = entries.get(key)
+            if entry is None:
+                return self._explain(obj, prefix, None)  # named without pydantic
+            _, sure, same, spec = entry
+            if sure(value):
+                continue
+            if not same(value):
+                return None
+            problem = field_problem(spec, value, nullable=self.nullable)
+            if problem is not None:
+                return self._refusal(prefix, key, problem)
+        return None
+
+    def _refusal(self, prefix: str, key: str, problem: str) -> tuple[str, int, str | None]:
+        return f"{prefix}{key}: {problem}", 0, self.rules.get(key)
 
     def _explain(
         self, obj: dict[str, object], prefix: str, exc: ValidationError | None
@@ -311,7 +390,7 @@ class FieldSet:
                 errors = _errors(exc) if errors is None else errors
                 problem = next((e["msg"] for e in errors if e["loc"][:1] == (key,)), None)
             if problem:
-                return f"{prefix}{key}: {problem}", 0, rules.get(key)
+                return self._refusal(prefix, key, problem)
         for name in self.required:
             if name not in obj:
                 return f"{prefix}{name}: required by {self.owner} but missing", 0, rules.get(name)

@@ -100,6 +100,8 @@ _SCAN: Callable[[str, int], tuple[object, int]] = _DECODER.scan_once  # type: ig
 # json.dumps with any non-default option builds a new encoder per call, about half of a
 # refusal's wording cost: one encoder, built once, with dumps' defaults otherwise.
 _ascii_json = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+# The function that encoder calls for a str (C, in CPython's _json).
+_ascii_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def show(value: object, limit: int = 40) -> str:
@@ -108,10 +110,18 @@ def show(value: object, limit: int = 40) -> str:
     ASCII keeps the reason valid UTF-8 without U+0000 whatever the agent sent, as an
     MQTT 5 reason string must be [MQTT-1.5.4-1] [MQTT-1.5.4-2].
     """
-    try:
-        text = _ascii_json(value)
-    except (TypeError, ValueError):  # pragma: no cover - parsed JSON always dumps
-        text = ascii(value)
+    # A refused field's value is mostly a scalar: written here as the encoder writes it
+    # (repr for an int and a finite float, its own escaping for a str), without the
+    # encoder's Python-level dispatch, the larger part of a refusal's wording cost.
+    if type(value) is str:
+        text = _ascii_str(value)
+    elif type(value) is int or (type(value) is float and math.isfinite(value)):
+        text = repr(value)
+    else:
+        try:
+            text = _ascii_json(value)
+        except (TypeError, ValueError):  # pragma: no cover - parsed JSON always dumps
+            text = ascii(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 
@@ -21,11 +22,11 @@ def from_source(name: str) -> ModuleType:
     copy_name = f"{package}._source_{leaf}"
     if copy_name in sys.modules:
         return sys.modules[copy_name]
-    installed = sys.modules.get(name) or importlib.import_module(name)
-    path = installed.__spec__.origin if installed.__spec__ else None
-    if path is not None and not path.endswith(".py"):
-        path = path[: path.index(".", path.rindex("/"))] + ".py"
-    assert path is not None and path.endswith(".py"), f"no source file for {name}"
+    importlib.import_module(name)
+    # Beside the package's other files: a compiled module's own __file__ may name
+    # another directory (mypyc's shared library sets it).
+    path = Path(importlib.import_module(package).__path__[0]) / f"{leaf}.py"
+    assert path.is_file(), f"no source file for {name}"
     spec = importlib.util.spec_from_file_location(copy_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -3,8 +3,9 @@ answer of the strict one (the standard library's parser, pydantic), on valid and
 payloads, written out and generated (seeded, so a failure replays).
 
 The reference is the strict path forced: ``strict_parse_json`` for the parser, and for
-the validators the same checks on the strict parse with ``FieldSet.sure_rank`` turned
-off (so pydantic decides every field, as before the fast path existed).
+the validators the same checks on the strict parse with ``FieldSet.sure_rank`` and
+``FieldSet.sure_refusal`` turned off (so pydantic decides every field, as before the
+fast paths existed).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from iot_guard.payloads import (
     PayloadVerdict,
     compile_schema,
 )
-from iot_guard.payloads.fields import FieldSet, sure_value, value_type
+from iot_guard.payloads.fields import alike, field_problem, sure_value, value_type
 from iot_guard.payloads.jsondoc import (
     MAX_DEPTH,
     members_match,
     parse_json,
+    show,
     strict_parse_json,
     strict_parse_object,
 )
@@ -284,15 +286,19 @@ def policy() -> PolicyDocument:
     return load_policy(POLICY_DIR)
 
 
-# The reference runs from the source: a compiled build's calls skip the patches below.
+# The reference runs from the source, its field sets too: a compiled build's calls skip
+# the patches below (a compiled FieldSet.check calls its own sure_rank directly).
 _SOURCE = from_source("iot_guard.payloads.validators")
+_FIELDS = from_source("iot_guard.payloads.fields")
 _TWINS: dict[int, tuple[PayloadValidators, Any]] = {}
 
 
 def build(doc: PolicyDocument, agent: bool = True) -> PayloadValidators:
     """``PayloadValidators.build``, with its twin from the source for ``strict_answer``."""
     v = PayloadValidators.build(doc, agent=agent)
-    _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_SOURCE, "FieldSet", _FIELDS.FieldSet)
+        _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent))
     return v
 
 
@@ -309,7 +315,8 @@ def strict_answer(
 
         mp.setattr(_SOURCE, "_loads", refuse)
         mp.setattr(_SOURCE, "parse_object", strict_parse_object)
-        mp.setattr(FieldSet, "sure_rank", lambda self, obj: -1)
+        mp.setattr(_FIELDS.FieldSet, "sure_rank", lambda self, obj: -1)
+        mp.setattr(_FIELDS.FieldSet, "sure_refusal", lambda self, obj, prefix: None)
         verdict: PayloadVerdict = twin.for_types(kind, types, payload, command)
         return verdict
 
@@ -446,6 +453,23 @@ def test_groups_and_odd_kinds_answer_as_the_strict_path(policy: PolicyDocument) 
                 assert_same_answer(v, kind, types, payload)
 
 
+def test_the_reference_asks_pydantic_about_every_field(
+    policy: PolicyDocument, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The strict path is what the fast ones are checked against: pydantic decides every
+    field there, a valid one and a refused one (compiled or not)."""
+    v = build(policy)
+    asked: list[object] = []
+    real = TypeAdapter.validate_python
+    monkeypatch.setattr(TypeAdapter, "validate_python",
+                        lambda self, obj, **kw: (asked.append(obj), real(self, obj, **kw))[1])
+    assert strict_answer(v, "shadow_update", (T,), BENCH, None).ok
+    assert asked == [{"target_temp_c": 21.5}]
+    refused = b'{"state":{"desired":{"target_temp_c":99}}}'
+    assert not strict_answer(v, "shadow_update", (T,), refused, None).ok
+    assert asked[1:] == [{"target_temp_c": 99}]
+
+
 def test_a_valid_update_takes_the_fast_path(
     policy: PolicyDocument, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -520,6 +544,104 @@ def test_sure_values_cover_the_usual_values(policy: PolicyDocument) -> None:
     for doubtful in ({"target_temp_c": 31}, {"mode": "warm"}, {"admin_pin": "1"},
                      {"telemetry_interval_s": 1.0}, {"target_temp_c": True}, {"x": 1}):
         assert config.sure_rank(doubtful) == -1
+
+
+@settings(max_examples=400, deadline=None)
+@given(field_specs(), st.booleans(), st.lists(values, max_size=10))
+def test_alike_values_get_pydantic_verdict_from_field_problem(
+    spec: FieldSpec, nullable: bool, samples: list[object]
+) -> None:
+    """Where ``alike`` holds, field_problem's None or reason is pydantic's verdict: the
+    ground on which a refusal skips pydantic."""
+    vtype = value_type(spec)
+    adapter: TypeAdapter[Any] = TypeAdapter(vtype | None if nullable else vtype)
+    same = alike(spec)
+    for value in samples:
+        if not same(value):
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        problem = field_problem(spec, value, nullable=nullable)
+        assert (problem is None) == accepted, (spec, nullable, value, problem)
+
+
+def test_alike_covers_the_usual_refusals_and_leaves_the_edges() -> None:
+    def spec(**data: object) -> FieldSpec:
+        return FieldSpec.model_validate(data)
+
+    temp = alike(spec(type="number", minimum=5, maximum=30))
+    for usual in (99, 4.5, -1, "21", True, None, [21], {"v": 1}, 2**53):
+        assert temp(usual), usual
+    for edge in (2**53 + 1, -(2**53) - 1, float("nan"), float("inf")):
+        assert not temp(edge), edge
+    # An enum member no double holds: pydantic compares it as a double, so always ask.
+    assert not alike(spec(type="number", enum=[2**53 + 1]))(3)
+    assert alike(spec(type="number", enum=[2**53]))(3)
+    whole = alike(spec(type="integer", minimum=1, maximum=3600))
+    for usual in (0, 3601, 60.0, True, "60", None):
+        assert whole(usual), usual
+    assert not whole(2**63)
+    assert not alike(spec(type="integer", maximum=2.0**63))(1)
+    word = alike(spec(type="string", enum=["heat", "off"]))
+    assert word("warm") and word(1) and word(None) and not word("\ud800")
+    assert alike(spec(type="boolean"))(1)
+
+
+def test_a_usual_refusal_asks_no_pydantic(
+    policy: PolicyDocument, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value out of its bounds, out of its enum or of the wrong type is refused with
+    the strict path's words and rule, without a call to pydantic; a doubtful value
+    before it still goes to pydantic."""
+    v = build(policy)
+    refused = [
+        (b'{"state":{"desired":{"target_temp_c":99}}}', None),
+        (b'{"state":{"desired":{"mode":"heat","target_temp_c":"21"}}}', None),
+        (b'{"state":{"desired":{"mode":"warm"}}}', None),
+        (b'{"state":{"desired":{"telemetry_interval_s":60.0}},"clientToken":"t"}', None),
+        (b'{"mode":"off","telemetry_interval_s":0}', "config_patch"),
+        (b'{"delay_s":301}', "reboot"),
+        (b'{"delay_s":true}', "reboot"),
+    ]
+    wants = []
+    for payload, how in refused:
+        kind, command = ("command", how) if how == "reboot" else (how or "shadow_update", None)
+        want = strict_answer(v, kind, (T,), payload, command)
+        assert not want.ok, payload
+        wants.append((kind, command, payload, want))
+    doubtful = b'{"state":{"desired":{"target_temp_c":9007199254740993,"mode":"warm"}}}'
+    doubt_want = strict_answer(v, "shadow_update", (T,), doubtful, None)
+    asked: list[object] = []
+    real = TypeAdapter.validate_python
+    monkeypatch.setattr(TypeAdapter, "validate_python",
+                        lambda self, obj, **kw: (asked.append(obj), real(self, obj, **kw))[1])
+    for kind, command, payload, want in wants:
+        assert v.judge(kind, (T,), payload, command) == (want.risk, want.reason, want.rule)
+    assert asked == []
+    assert v.judge("shadow_update", (T,), doubtful) == (
+        doubt_want.risk, doubt_want.reason, doubt_want.rule)
+    assert asked, "a value beyond 2**53 is left to pydantic"
+
+
+scalars = (
+    st.integers() | st.floats() | st.text() | st.booleans() | st.none()
+    | st.sampled_from(["\ud800", "\x00", "\u2028", "\U0001f600", '"\\/', -0.0, 5e-324,
+                       1e300, 2**64])
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(scalars, st.integers(4, 60))
+def test_show_writes_a_scalar_as_ascii_json(value: object, limit: int) -> None:
+    try:
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    except ValueError:
+        text = ascii(value)  # NaN and the infinities: not JSON
+    want = text if len(text) <= limit else text[: limit - 3] + "..."
+    assert show(value, limit) == want
 
 
 def test_sure_value_leaves_the_edges_to_pydantic() -> None:
