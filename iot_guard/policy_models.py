@@ -67,11 +67,15 @@ class FieldSpec(StrictModel):
 
     type: FieldType = Field(description="JSON type of the value (integer excludes 1.5).")
     description: str | None = Field(default=None, description="What the field means.")
+    # Finite: a NaN bound (YAML .nan) would refuse every value without a reason a
+    # person can act on, and an infinite one cannot bound an integer.
     minimum: float | None = Field(
-        default=None, description="Smallest allowed value (number and integer fields)."
+        default=None, allow_inf_nan=False,
+        description="Smallest allowed value (number and integer fields).",
     )
     maximum: float | None = Field(
-        default=None, description="Largest allowed value (number and integer fields)."
+        default=None, allow_inf_nan=False,
+        description="Largest allowed value (number and integer fields).",
     )
     enum: list[str] | list[int] | None = Field(
         default=None,

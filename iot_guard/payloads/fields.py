@@ -11,8 +11,8 @@ spec, so every reason has the same shape ("<path>: <value> <rule>").
 Per packet, pydantic is asked only when in doubt: each field also has a plain predicate
 (``sure_value``) that is true only for values pydantic surely accepts (the usual case: a
 number within its bounds, a word of its enum). False means "ask pydantic", never
-"refused", so the answer is pydantic's whatever the predicate says. A refusal is as
-cheap: where ``field_problem`` surely answers as pydantic would (``alike``: the usual
+"refused", so the answer is pydantic's whatever the predicate says. A refusal is
+cheap too: where ``field_problem`` surely answers as pydantic would (``alike``: the usual
 refused values, a number out of its bounds, a word out of its enum, a wrong type),
 its reason is the answer and pydantic is not asked.
 """
@@ -166,7 +166,8 @@ def alike(spec: FieldSpec) -> Callable[[object], bool]:
     pydantic", as for ``sure_value``."""
     if spec.type == "number":
         # pydantic compares a number as a double, Python exactly: alike when the value
-        # and the enum's integers are exact doubles (the bounds are floats already).
+        # and the enum's integers are exact doubles (the bounds are finite floats: the
+        # policy refuses NaN and infinities).
         if any(type(v) is int and not -_EXACT_INT <= v <= _EXACT_INT for v in spec.enum or ()):
             return _never
 
@@ -179,9 +180,10 @@ def alike(spec: FieldSpec) -> Callable[[object], bool]:
             return True  # any other type: refused by both (strict: not even a bool)
 
     elif spec.type == "integer":
-        # pydantic gets the bounds as integers (value_type): compared exactly, within
-        # 64 bits (checked as integers: compiled, a float compared with an int is a
-        # double, and 2.0**63 would pass for 2**63 - 1).
+        # pydantic gets the bounds as integers (value_type). Judged alike only within
+        # 64 bits, as sure_value does: beyond that is left to pydantic. (Checked as
+        # integers: compiled, a float compared with an int is a double, and 2.0**63
+        # would pass for 2**63 - 1.)
         bounds = [math.ceil(spec.minimum) if spec.minimum is not None else 0,
                   math.floor(spec.maximum) if spec.maximum is not None else 0]
         if any(not _INT64[0] <= b <= _INT64[1] for b in bounds):
@@ -334,8 +336,8 @@ class FieldSet:
             entry = sure.get(key)
             if entry is None:
                 return -1
-            key_rank, sure_value = entry[0], entry[1]
-            if not sure_value(value):
+            key_rank, sure_ok = entry[0], entry[1]
+            if not sure_ok(value):
                 return -1
             if key_rank > rank:
                 rank = key_rank

@@ -113,6 +113,8 @@ def show(value: object, limit: int = 40) -> str:
     # A refused field's value is mostly a scalar: written here as the encoder writes it
     # (repr for an int and a finite float, its own escaping for a str), without the
     # encoder's Python-level dispatch, the larger part of a refusal's wording cost.
+    # Exact types only (a subclass may have its own repr); NaN and infinities go the
+    # encoder's way, which refuses them (allow_nan=False).
     if type(value) is str:
         text = _ascii_str(value)
     elif type(value) is int or (type(value) is float and math.isfinite(value)):

@@ -293,12 +293,16 @@ _FIELDS = from_source("iot_guard.payloads.fields")
 _TWINS: dict[int, tuple[PayloadValidators, Any]] = {}
 
 
+def _rule_of(path: tuple[str, ...]) -> str:
+    return "rule:" + ".".join(path)  # each field's own, so a wrong one shows
+
+
 def build(doc: PolicyDocument, agent: bool = True) -> PayloadValidators:
     """``PayloadValidators.build``, with its twin from the source for ``strict_answer``."""
-    v = PayloadValidators.build(doc, agent=agent)
+    v = PayloadValidators.build(doc, agent=agent, rule_of=_rule_of)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_SOURCE, "FieldSet", _FIELDS.FieldSet)
-        _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent))
+        _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent, rule_of=_rule_of))
     return v
 
 
@@ -610,7 +614,7 @@ def test_a_usual_refusal_asks_no_pydantic(
     for payload, how in refused:
         kind, command = ("command", how) if how == "reboot" else (how or "shadow_update", None)
         want = strict_answer(v, kind, (T,), payload, command)
-        assert not want.ok, payload
+        assert not want.ok and want.rule and want.rule.startswith("rule:"), payload
         wants.append((kind, command, payload, want))
     doubtful = b'{"state":{"desired":{"target_temp_c":9007199254740993,"mode":"warm"}}}'
     doubt_want = strict_answer(v, "shadow_update", (T,), doubtful, None)

@@ -256,3 +256,18 @@ def test_compile_refuses_a_typed_payload_without_a_device_in_the_topic(tmp_path:
         f"{path}:6: tools.t.topics.0: payload kind config_patch is validated against a device "
         "type, so the topic needs {device} or {group}"
     ]
+
+
+def test_a_field_bound_must_be_a_finite_number(tmp_path: Path) -> None:
+    """YAML reads .nan and .inf as floats: a NaN bound would refuse every value with no
+    reason a person can act on, and an infinite one cannot bound an integer field."""
+    path = write(
+        tmp_path, "types.yaml",
+        "device_types:\n  t:\n    config:\n      a:\n        type: number\n"
+        "        minimum: .nan\n      b:\n        type: integer\n        maximum: .inf\n",
+    )
+    problems = problems_of(tmp_path)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{path}:6: device_types.t.config.a.minimum: "), problems
+    assert problems[1].startswith(f"{path}:9: device_types.t.config.b.maximum: "), problems
+    assert all("finite" in p for p in problems), problems
