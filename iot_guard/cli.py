@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .audit import AuditError
-from .policy.loader import PolicyError
+from .policy_error import PolicyError
 from .settings import RunSettings, SettingsError, flag_name, parse_host_port, unknown_env
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2

@@ -44,6 +44,10 @@ PayloadKind = Literal[
 # or group); the others fit any topic layout.
 TYPED_PAYLOADS = ("shadow_update", "config_patch", "command")
 FREE_PAYLOADS = ("any", "json", "json_schema")
+# Their limits when a tool does not set its own (Tool.max_bytes, max_depth).
+DEFAULT_ANY_MAX_BYTES = 256 * 1024
+DEFAULT_JSON_MAX_BYTES = 64 * 1024
+DEFAULT_JSON_MAX_DEPTH = 32
 FieldType = Literal["number", "integer", "string", "boolean"]
 
 # A registry name is used as exactly one topic level, so it may not contain the

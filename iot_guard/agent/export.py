@@ -25,11 +25,12 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
-from typing import Any
-
-from iot_guard.policy.compiler import CompiledPolicy
+from typing import TYPE_CHECKING, Any
 
 from .tools import FALLBACK, ExportError, ToolSpec, agent_tool_specs, is_nullable, nullable
+
+if TYPE_CHECKING:  # annotations only: the CLI lists these commands without compiling a policy
+    from iot_guard.policy.compiler import CompiledPolicy
 
 FORMATS = ("openai", "openai-chat", "anthropic", "mcp", "jsonschema")
 # Longest enum of registry names a format gets before the name pattern replaces it.

@@ -34,11 +34,11 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iot_guard.payloads.freeform import DEFAULT_ANY_MAX_BYTES, DEFAULT_JSON_MAX_BYTES
-from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
 from iot_guard.policy_models import (
+    DEFAULT_ANY_MAX_BYTES,
+    DEFAULT_JSON_MAX_BYTES,
     FREE_PAYLOADS,
     NAME_PATTERN,
     RISK_ORDER,
@@ -46,6 +46,9 @@ from iot_guard.policy_models import (
     PolicyDocument,
     Tool,
 )
+
+if TYPE_CHECKING:  # annotations only: the CLI lists these commands without compiling a policy
+    from iot_guard.policy.compiler import AgentPolicy, CompiledPolicy
 
 FALLBACK = "x-fallback-pattern"
 NULL: dict[str, Any] = {"type": "null"}

@@ -25,12 +25,14 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from iot_guard.policy_models import (
+    DEFAULT_ANY_MAX_BYTES,
+    DEFAULT_JSON_MAX_BYTES,
+    DEFAULT_JSON_MAX_DEPTH,
+)
+
 from .jsondoc import kind_name, parse_json
 
-# Defaults when a tool does not set its own limits.
-DEFAULT_ANY_MAX_BYTES = 256 * 1024
-DEFAULT_JSON_MAX_BYTES = 64 * 1024
-DEFAULT_JSON_MAX_DEPTH = 32
 _REASON_LIMIT = 200
 _BASE_URI = "urn:iot-guard:payload-schema"
 

@@ -34,6 +34,7 @@ from typing import Annotated, get_args, get_origin
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ..policy_error import PolicyError
 from ..policy_models import PolicyDocument
 
 SECTIONS = ("device_types", "tenants", "tools", "agents", "approvals", "limits", "anomaly")
@@ -44,14 +45,6 @@ PathKey = tuple[str | int, ...]
 _BOOL_WORDS = frozenset(
     w for base in ("yes", "no", "on", "off", "y", "n") for w in (base, base.title(), base.upper())
 )
-
-
-class PolicyError(Exception):
-    """The policy cannot be loaded; ``problems`` are 'file:line: path: message' strings."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def _is_yaml(path: Path) -> bool:
