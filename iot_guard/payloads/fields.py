@@ -305,20 +305,30 @@ class FieldSet:
 
         ``prefix`` is the path of ``obj`` in the payload, e.g. "state.desired.".
         """
-        rank = self.sure_rank(obj)
-        if rank >= 0:
-            return "", rank, None
-        refusal = self.sure_refusal(obj, prefix)
-        if refusal is not None:
-            return refusal
+        # One walk: every value surely valid (sure_value) answers at once; a refused
+        # value, or a key that is not a writable field, before any doubt answers with
+        # its reason (alike); any doubt leaves the values to pydantic.
         rank = 0
-        ranks = self._rank
-        for key in obj:
-            key_rank = ranks.get(key)
-            if key_rank is None:
-                return self._explain(obj, prefix, None)
+        sure_all = True
+        doubt = False
+        for key, value in obj.items():
+            entry = self._sure.get(key)
+            if entry is None:
+                return self._explain(obj, prefix, None)  # named without pydantic
+            key_rank, sure, same, spec = entry
             if key_rank > rank:
                 rank = key_rank
+            if doubt or sure(value):
+                continue
+            sure_all = False
+            if not same(value):
+                doubt = True  # keys after it are still read for their names
+                continue
+            problem = field_problem(spec, value, nullable=self.nullable)
+            if problem is not None:
+                return self._refusal(prefix, key, problem)
+        if sure_all and all(name in obj for name in self.required):
+            return "", rank, None
         try:
             # Values, and required fields (Required[...] in the shape).
             self._adapter.validate_python(obj)
@@ -329,7 +339,8 @@ class FieldSet:
     def sure_rank(self, obj: dict[str, object]) -> int:
         """The highest risk rank of the keys when every key is a field and every value
         surely valid (``sure_value``) and no required field is missing; else -1 (then
-        ``check`` asks pydantic). Never -1 for a refusal only: -1 is "not sure"."""
+        ``check`` answers). Never -1 for a refusal only: -1 is "not sure". The per-packet
+        question, so it asks nothing else."""
         rank = 0
         sure = self._sure
         for key, value in obj.items():
@@ -345,28 +356,6 @@ class FieldSet:
             if name not in obj:
                 return -1
         return rank
-
-    def sure_refusal(
-        self, obj: dict[str, object], prefix: str
-    ) -> tuple[str, int, str | None] | None:
-        """``check``'s refusal when it is sure without pydantic: at the first key, in
-        payload order, that is not a writable field, or whose value ``field_problem``
-        refuses where it judges as pydantic does (``alike``), every key before it valid.
-        None when in doubt (then pydantic is asked), or when nothing is refused."""
-        entries = self._sure
-        for key, value in obj.items():
-            entry = entries.get(key)
-            if entry is None:
-                return self._explain(obj, prefix, None)  # named without pydantic
-            _, sure, same, spec = entry
-            if sure(value):
-                continue
-            if not same(value):
-                return None
-            problem = field_problem(spec, value, nullable=self.nullable)
-            if problem is not None:
-                return self._refusal(prefix, key, problem)
-        return None
 
     def _refusal(self, prefix: str, key: str, problem: str) -> tuple[str, int, str | None]:
         return f"{prefix}{key}: {problem}", 0, self.rules.get(key)

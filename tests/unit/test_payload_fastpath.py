@@ -3,8 +3,8 @@ answer of the strict one (the standard library's parser, pydantic), on valid and
 payloads, written out and generated (seeded, so a failure replays).
 
 The reference is the strict path forced: ``strict_parse_json`` for the parser, and for
-the validators the same checks on the strict parse with ``FieldSet.sure_rank`` and
-``FieldSet.sure_refusal`` turned off (so pydantic decides every field, as before the
+the validators the same checks on the strict parse with field sets sure of no value
+(``sure_value`` and ``alike`` never true: pydantic decides every field, as before the
 fast paths existed).
 """
 
@@ -287,10 +287,14 @@ def policy() -> PolicyDocument:
 
 
 # The reference runs from the source, its field sets too: a compiled build's calls skip
-# the patches below (a compiled FieldSet.check calls its own sure_rank directly).
+# the patches below (a compiled FieldSet reads its own module's predicates directly).
 _SOURCE = from_source("iot_guard.payloads.validators")
 _FIELDS = from_source("iot_guard.payloads.fields")
 _TWINS: dict[int, tuple[PayloadValidators, Any]] = {}
+
+
+def _never(value: object) -> bool:
+    return False
 
 
 def _rule_of(path: tuple[str, ...]) -> str:
@@ -302,6 +306,9 @@ def build(doc: PolicyDocument, agent: bool = True) -> PayloadValidators:
     v = PayloadValidators.build(doc, agent=agent, rule_of=_rule_of)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_SOURCE, "FieldSet", _FIELDS.FieldSet)
+        # Its field sets are sure of no value: pydantic decides every one.
+        mp.setattr(_FIELDS, "sure_value", lambda spec, nullable: _never)
+        mp.setattr(_FIELDS, "alike", lambda spec: _never)
         _TWINS[id(v)] = (v, _SOURCE.PayloadValidators.build(doc, agent=agent, rule_of=_rule_of))
     return v
 
@@ -319,8 +326,6 @@ def strict_answer(
 
         mp.setattr(_SOURCE, "_loads", refuse)
         mp.setattr(_SOURCE, "parse_object", strict_parse_object)
-        mp.setattr(_FIELDS.FieldSet, "sure_rank", lambda self, obj: -1)
-        mp.setattr(_FIELDS.FieldSet, "sure_refusal", lambda self, obj, prefix: None)
         verdict: PayloadVerdict = twin.for_types(kind, types, payload, command)
         return verdict
 
