@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .args import count, counts, positive
 from .broker import bench_broker, mosquitto_binary
 from .procs import REPO, GuardProcess, PassthroughProcess, raise_fd_limit
 from .report import Row, table
@@ -33,24 +34,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(BENCHES),
                    help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run (~30 s)")
-    p.add_argument("--relay-n", type=int, default=200_000, help="QoS 0 messages relayed")
-    p.add_argument("--shadow-n", type=int, default=30_000, help="shadow updates published")
-    p.add_argument("--window", type=int, default=100, help="QoS 1 messages in flight")
-    p.add_argument("--latency-s", type=float, default=4.0,
+    p.add_argument("--relay-n", type=count, default=200_000, help="QoS 0 messages relayed")
+    p.add_argument("--shadow-n", type=count, default=30_000, help="shadow updates published")
+    p.add_argument("--window", type=count, default=100, help="QoS 1 messages in flight")
+    p.add_argument("--latency-s", type=positive, default=4.0,
                    help="seconds of 1 msg/ms requests per mode")
-    p.add_argument("--rate", type=float, default=1000.0, help="latency requests per second")
-    p.add_argument("--load-sessions", type=int, default=200, help="agent sessions under load")
-    p.add_argument("--load-rate", type=float, default=2000.0,
+    p.add_argument("--rate", type=positive, default=1000.0, help="latency requests per second")
+    p.add_argument("--load-sessions", type=count, default=200, help="agent sessions under load")
+    p.add_argument("--load-rate", type=positive, default=2000.0,
                    help="QoS 1 publishes per second, all load sessions together")
-    p.add_argument("--load-s", type=float, default=5.0, help="seconds measured per load run")
-    p.add_argument("--subscribers", type=int, default=50, help="telemetry subscribers under load")
-    p.add_argument("--telemetry-rate", type=float, default=100.0,
+    p.add_argument("--load-s", type=positive, default=5.0, help="seconds measured per load run")
+    p.add_argument("--subscribers", type=count, default=50, help="telemetry subscribers under load")
+    p.add_argument("--telemetry-rate", type=positive, default=100.0,
                    help="telemetry messages per second under load (each to every subscriber)")
-    p.add_argument("--idle-sessions", type=int, default=5000, help="idle sessions held at once")
-    p.add_argument("--sizes", default="10,100,1000,10000", help="tenant counts for decisions")
+    p.add_argument("--idle-sessions", type=count, default=5000, help="idle sessions held at once")
+    p.add_argument("--sizes", type=counts, default="10,100,1000,10000",
+                   help="tenant counts for decisions")
     p.add_argument("--policy", type=Path, default=REPO / "device_policies",
                    help="policy directory the guard runs with")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--repeat", type=count, default=1,
                    help="run relay, shadow, load and idle direct/guard this many times,"
                         " alternating, and report the median (default 1: one run each)")
     p.add_argument("--profile-guard", type=Path, metavar="FILE",
@@ -59,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.relay_n, args.shadow_n, args.latency_s = 30_000, 5_000, 1.0
         args.load_s, args.idle_sessions = 2.0, 1000
-        args.sizes = "10,1000"
+        args.sizes = [10, 1000]
     if args.profile_guard is not None:
         args.profile_guard = args.profile_guard.resolve()  # the guard runs from the repo root
     args.policy = args.policy.resolve()
@@ -216,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("6. decision latency: compiled policy vs cedarpy (pre-parsed PolicySet and Entities)"
             " on an equivalent policy, N tenants x 10 devices, one agent per tenant")
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        rows += run_decisions(sizes, compiled_n=5_000, cedar_n=2_000, passes=5, log=log)
+        rows += run_decisions(args.sizes, compiled_n=5_000, cedar_n=2_000, passes=5, log=log)
     if "audit" in args.only:
         from .audit import run_audit
 

@@ -42,6 +42,7 @@ from iot_guard.session import (
 from iot_guard.state import open_state
 from iot_guard.tokens import issue_token, new_secret
 
+from .args import count
 from .procs import REPO
 from .workers import shadow_update_payload
 
@@ -138,11 +139,11 @@ async def checkpoint_cost(work: Path, checkpoints: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.audit_path", description=__doc__)
-    p.add_argument("--batches", type=int, default=400)
-    p.add_argument("--batch", type=int, default=35, help="records per read")
-    p.add_argument("--repeat", type=int, default=5, help="best of this many runs")
-    p.add_argument("--checkpoints", type=int, default=200)
-    p.add_argument("--every", type=int, default=1000, help="records per checkpoint")
+    p.add_argument("--batches", type=count, default=400)
+    p.add_argument("--batch", type=count, default=35, help="records per read")
+    p.add_argument("--repeat", type=count, default=5, help="best of this many runs")
+    p.add_argument("--checkpoints", type=count, default=200)
+    p.add_argument("--every", type=count, default=1000, help="records per checkpoint")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
     best: tuple[float, float, float] | None = None
@@ -156,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             s, h = asyncio.run(checkpoint_cost(run, args.checkpoints))
             sign, store = min(sign, s), min(store, h)
     assert best is not None
-    build, write, count = (x * 1e6 for x in best)
+    build, write, counted = (x * 1e6 for x in best)
     print(f"audit path, CPU per record, best of {args.repeat} x {args.batches * args.batch:,} "
           f"records, {args.batch} per read: build {build:.2f} + write_many {write:.2f} + "
-          f"count and log {count:.2f} = {build + write + count:.2f} us")
+          f"count and log {counted:.2f} = {build + write + counted:.2f} us")
     print(f"checkpoint: sign and write {sign * 1e6:.0f} us + store the chain head "
           f"{store * 1e6:.0f} us = {(sign + store) * 1e6:.0f} us CPU; every {args.every} "
           f"records: {(sign + store) * 1e6 / args.every:.2f} us per record (off the packet path)")

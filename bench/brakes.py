@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .args import count
 from .broker import bench_broker
 from .procs import REPO, GuardProcess
 from .relay import Setup, run_relay, run_shadow
@@ -104,10 +105,10 @@ def session_cost(policy_dir: Path, n: int = 20_000) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.brakes", description=__doc__)
-    p.add_argument("--relay-n", type=int, default=200_000)
-    p.add_argument("--shadow-n", type=int, default=30_000)
-    p.add_argument("--window", type=int, default=100)
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--relay-n", type=count, default=200_000)
+    p.add_argument("--shadow-n", type=count, default=30_000)
+    p.add_argument("--window", type=count, default=100)
+    p.add_argument("--repeat", type=count, default=1)
     p.add_argument("--session-only", action="store_true",
                    help="only the in-process decision cost (no broker)")
     args = p.parse_args(argv)

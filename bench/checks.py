@@ -38,6 +38,7 @@ from iot_guard.policy.decision import Decision, Verdict
 from iot_guard.state import FlagView
 from iot_guard.state.ratelimit import LocalRateLimiter
 
+from .args import count
 from .procs import REPO
 from .workers import shadow_update_payload
 
@@ -154,8 +155,8 @@ def digest(answers: list[Any], policy_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.checks", description=__doc__)
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--repeat", type=int, default=5, help="best of this many runs")
+    p.add_argument("--n", type=count, default=100_000)
+    p.add_argument("--repeat", type=count, default=5, help="best of this many runs")
     p.add_argument("--policy", type=Path, default=REPO / "device_policies")
     args = p.parse_args(argv)
     policy_dir = args.policy.resolve()

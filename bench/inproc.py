@@ -37,6 +37,7 @@ from iot_guard.mqtt import (
 )
 from iot_guard.session import AgentData, AgentOpened, BrokerData
 
+from .args import count
 from .procs import REPO
 from .report import Row
 from .workers import shadow_update_payload, telemetry_payload
@@ -190,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     from iot_guard.proxy.server import new_event_loop
 
     p = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
-    p.add_argument("--n", type=int, default=30_000)
-    p.add_argument("--batch", type=int, default=20)
-    p.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    p.add_argument("--n", type=count, default=30_000)
+    p.add_argument("--batch", type=count, default=20)
+    p.add_argument("--repeat", type=count, default=3, help="best of this many runs")
     p.add_argument("--policy", type=Path, default=REPO / "device_policies")
     p.add_argument("--profile", type=Path, help="cProfile stats of the last run to FILE")
     args = p.parse_args(argv)

@@ -442,3 +442,36 @@ def test_the_passthrough_carries_a_session_both_ways_unchanged(tmp_path: Path) -
         finally:
             through.stop()
         assert through.proc.returncode is not None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeat", "0"], "argument --repeat: 0 is less than 1"),
+    (["--window", "-3"], "argument --window: -3 is less than 1"),
+    (["--subscribers", "many"], "argument --subscribers: 'many' is not a whole number"),
+    (["--rate", "0"], "argument --rate: 0 is not a number above 0"),
+    (["--load-s", "nan"], "argument --load-s: nan is not a number above 0"),
+    (["--sizes", "10,x"], "argument --sizes: 'x' is not a whole number"),
+    (["--sizes", ","], "argument --sizes: no sizes given"),
+])
+def test_a_bad_bench_argument_is_one_error_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each of these ran before: a traceback (--repeat 0, --rate 0, --sizes 10,x), a run
+    # that waited for acks a window of 0 never sends, or a negative count "measured".
+    from bench.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"python -m bench: error: {message}"
+    assert "Traceback" not in err
+
+
+def test_bench_arguments_parse_to_numbers() -> None:
+    from bench.__main__ import parse_args
+
+    args = parse_args(["--sizes", "10, 1000", "--load-rate", "500", "--repeat", "2"])
+    assert (args.sizes, args.load_rate, args.repeat) == ([10, 1000], 500.0, 2)
+    assert parse_args([]).sizes == [10, 100, 1000, 10000]
+    assert parse_args(["--quick"]).sizes == [10, 1000]
