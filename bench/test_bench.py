@@ -475,3 +475,13 @@ def test_bench_arguments_parse_to_numbers() -> None:
     assert (args.sizes, args.load_rate, args.repeat) == ([10, 1000], 500.0, 2)
     assert parse_args([]).sizes == [10, 100, 1000, 10000]
     assert parse_args(["--quick"]).sizes == [10, 1000]
+
+
+def test_evict_writes_every_cache_line_of_the_buffer() -> None:
+    # A cold run is only cold if every 64-byte line of the buffer is written.
+    from bench.inproc import evict
+
+    buffer = bytearray(b"\xff" * (64 * 1000))
+    evict(buffer, bytes(len(buffer[::64])))
+    assert buffer[::64] == bytes(1000)
+    assert buffer.count(0) == 1000  # one byte per line, the rest untouched
