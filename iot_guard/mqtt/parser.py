@@ -157,10 +157,12 @@ class StreamParser:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Return the complete packets in ``data`` (plus earlier bytes), in order.
 
-        An empty list means more bytes are needed. On a violation the whole call raises
-        (packets earlier in the same chunk are not returned: the connection is closing).
+        An empty list means more bytes are needed. On a violation the call raises
+        ProtocolError, with the packets complete before it in ``before``; every later call
+        raises it again, with none.
         """
         if self._error is not None:
+            self._error.before = []
             raise self._error
         # bytearray/memoryview from a caller: raw and payload are bytes all the same.
         chunk = data if type(data) is bytes else bytes(data)
@@ -240,10 +242,12 @@ class StreamParser:
                     ready = self._ready
                 pos = end
         except ProtocolError as exc:
+            exc.before = out
             self._die(exc)
             raise
         except (IndexError, ValueError, OverflowError) as exc:  # defensive: never leak these
             err = malformed(f"malformed packet ({exc.__class__.__name__})")
+            err.before = out
             self._die(err)
             raise err from None
         if pos:

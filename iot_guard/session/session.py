@@ -267,7 +267,17 @@ class GuardSession:
         try:
             packets = self._agent_parser.feed(event.data)
         except ProtocolError as err:
-            return self._protocol_error(err, now)
+            # The packets before the violation are judged first: what the guard accepts
+            # from them is owed to the broker (``Close.agent_ended``), and a CONNECT among
+            # them sets the limits the answer must keep [MQTT-3.1.2-24].
+            self._agent_packets(err.before, now, actions)
+            if self._state is not State.CLOSED:
+                actions += self._protocol_error(err, now)
+            return actions
+        self._agent_packets(packets, now, actions)
+        return actions
+
+    def _agent_packets(self, packets: list[Packet], now: float, actions: list[Command]) -> None:
         for packet in packets:
             if self._state is State.CLOSED:
                 break
@@ -294,7 +304,6 @@ class GuardSession:
             else:
                 # PUBACK/PUBREC/PUBREL/PUBCOMP for flows the broker started, PINGREQ.
                 actions.append(SendToBroker(packet.raw))
-        return actions
 
     def _on_broker_data(self, event: BrokerData, now: float) -> list[Command]:
         actions: list[Command] = []
@@ -303,8 +312,11 @@ class GuardSession:
         try:
             packets = self._broker_parser.feed(event.data)
         except ProtocolError as err:
-            self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent a "
-                             f"malformed packet ({err.message})")
+            # What the broker sent before the violation is passed on first, as from the agent.
+            self._broker_packets(err.before, now, actions)
+            if self._state is not State.CLOSED:
+                self._disconnect(actions, ReasonCode.UNSPECIFIED_ERROR, "upstream broker sent "
+                                 f"a malformed packet ({err.message})")
             return actions
         if len(packets) == 1:  # one packet per read (low load): the loop's answer, no lists
             packet = packets[0]
@@ -315,9 +327,15 @@ class GuardSession:
             if type(packet) in _RELAYED and type(packet) is not PubRel:
                 actions.append(SendToAgent(packet.raw))
                 return actions
+        self._broker_packets(packets, now, actions)
+        return actions
+
+    def _broker_packets(self, packets: list[Packet], now: float, actions: list[Command]) -> None:
         # Deliveries and acks passed on as they came: sent as one write, in order.
         relayed: list[bytes] = []
         for packet in packets:
+            if self._state is State.CLOSED:
+                break  # (the broker's DISCONNECT ended the session: nothing after it)
             if type(packet) is Publish:
                 # A refused delivery sends nothing to the agent (its actions are an audit
                 # record and the broker's ack), so the run of relayed bytes goes on.
@@ -349,7 +367,6 @@ class GuardSession:
                 actions.append(SendToAgent(packet.raw))
         if relayed:
             actions.append(SendToAgent(b"".join(relayed) if len(relayed) > 1 else relayed[0]))
-        return actions
 
     def _on_broker_unreachable(self, event: BrokerUnreachable, now: float) -> list[Command]:
         """The upstream connection could not be opened: refuse the CONNECT."""
@@ -598,12 +615,27 @@ class GuardSession:
                 f"upstream broker refused the guard (code {connack.reason_code})",
             )
             return
+        data = connack.raw
+        if self.protocol_level == 5:
+            agent_connack = self._agent_connack(connack)
+            data = encode(agent_connack, 5)
+            limit = self._client_max
+            if limit is not None and len(data) > limit:
+                fitted = self._fit(agent_connack, limit)
+                if fitted is None:
+                    # No smaller CONNACK may stand in for this one (the broker's limits,
+                    # the assigned id), and the agent must get one first [MQTT-3.2.0-1]:
+                    # the session cannot start within the size the agent allows.
+                    self._refuse_connect(
+                        actions, now, ReasonCode.PACKET_TOO_LARGE,
+                        f"the CONNACK ({len(data)} bytes) exceeds the Maximum Packet Size "
+                        f"the client declared ({limit} bytes)",
+                    )
+                    return
+                data = fitted
         self._to(Trigger.CONNACK_ACCEPTED)
         self._audit_session_event(actions, now, "connect", "success", "token accepted")
-        if self.protocol_level != 5:
-            actions.append(SendToAgent(connack.raw))
-        else:
-            self._send(actions, self._agent_connack(connack))
+        actions.append(SendToAgent(data))
         if self._before_connack is not None:
             actions.append(SendToAgent(bytes(self._before_connack)))
             self._before_connack = None
@@ -731,8 +763,12 @@ class GuardSession:
     ) -> None:
         if publish.qos == 0 or publish.packet_id is None:
             return  # nothing to acknowledge; the event is the only feedback possible
-        # The 3.1.1 encoder drops the reason code and properties v3 acks do not have.
-        properties = {**self._reason_properties(reason), **extra}
+        # The 3.1.1 encoder drops the reason code and properties v3 acks do not have. A
+        # client that asked for no problem information gets no user property on an ack
+        # either [MQTT-3.1.2-29] (a held publish's approval id: its event still has it).
+        properties = self._reason_properties(reason)
+        if extra and self._problem_information:
+            properties.update(extra)
         if publish.qos == 1:
             self._send(actions, PubAck(publish.packet_id, code, properties))
             return
@@ -917,13 +953,10 @@ class GuardSession:
         data = encode(packet, self.protocol_level)
         limit = self._client_max
         if limit is not None and len(data) > limit:
-            properties = getattr(packet, "properties", None)
-            if properties and any(p in properties for p in _DROPPABLE_PROPERTIES):
-                for prop in _DROPPABLE_PROPERTIES:
-                    properties.pop(prop, None)
-                data = encode(packet, self.protocol_level)
-            if len(data) > limit:
+            fitted = self._fit(packet, limit)
+            if fitted is None:
                 return
+            data = fitted
         if self._state is State.CONNECTING and packet.__class__ is not Connack:
             # A client may send packets before its CONNACK arrives (section 3.1.4), but
             # the first packet it gets must be the CONNACK [MQTT-3.2.0-1]: the guard's
@@ -941,6 +974,16 @@ class GuardSession:
                 self._disconnect(actions, ReasonCode.QUOTA_EXCEEDED, reason, agent_fault=True)
             return
         actions.append(SendToAgent(data))
+
+    def _fit(self, packet: Packet, limit: int) -> bytes | None:
+        """``packet`` encoded within ``limit`` bytes, without its reason string and user
+        properties if need be [MQTT-3.1.2-25]; None if it cannot fit."""
+        properties = getattr(packet, "properties", None)
+        if properties and any(p in properties for p in _DROPPABLE_PROPERTIES):
+            for prop in _DROPPABLE_PROPERTIES:
+                properties.pop(prop, None)
+        data = encode(packet, self.protocol_level)
+        return data if len(data) <= limit else None
 
     def _reason_properties(self, reason: str) -> dict[int, object]:
         # A reason string only where the client did not ask us to leave it out

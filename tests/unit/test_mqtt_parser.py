@@ -121,6 +121,25 @@ def refused(parser: StreamParser, data: bytes, code: int) -> ProtocolError:
     return info.value
 
 
+def test_a_violation_hands_over_the_packets_before_it_once() -> None:
+    # The packets a read completed before the violation are the caller's to handle (what
+    # the guard accepted must not be lost with the rest of the read); a later feed raises
+    # the same error with none, so nothing is handed over twice.
+    parser = server()
+    connect = encode(Connect("c", 5), 5)
+    publish = encode(Publish("a/b", b"x", 1, packet_id=1), 5)
+    err = refused(parser, connect + publish + b"\x00\x00" + publish, ReasonCode.MALFORMED_PACKET)
+    assert [type(p) for p in err.before] == [Connect, Publish]
+    assert err.protocol_level == 5  # known from the CONNECT before it
+    again = refused(parser, publish, ReasonCode.MALFORMED_PACKET)
+    assert again.before == []
+    # Also for a violation found while parsing a packet, and past the size limit.
+    big = StreamParser(side="server", protocol_level=5, max_packet_size=64)  # past CONNECT
+    err = refused(big, publish + frame(0x30, b"\x00\x01a" + b"x" * 100),
+                  ReasonCode.PACKET_TOO_LARGE)
+    assert [type(p) for p in err.before] == [Publish]
+
+
 # -- fixed header --------------------------------------------------------------------------
 
 

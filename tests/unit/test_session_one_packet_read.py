@@ -33,7 +33,12 @@ def _answer(session: GuardSession, data: bytes) -> list[Any]:
 
 def _without_the_ping(commands: list[Any]) -> list[Any]:
     """The loop's answer to ``packet + PINGRESP`` less the PINGRESP's relay (the last
-    bytes sent to the agent)."""
+    bytes sent to the agent). After a DISCONNECT the PINGRESP is not relayed at all: the
+    session ended with it [MQTT-3.14.4-1]."""
+    if commands and commands[-1][0] == "Close":
+        assert not any(name == "SendToAgent" and c.data.endswith(PINGRESP)
+                       for name, c in commands), commands
+        return commands
     last = max(i for i, (name, _) in enumerate(commands) if name == "SendToAgent")
     data = commands[last][1].data
     assert data.endswith(PINGRESP)
