@@ -836,33 +836,29 @@ class GuardedLink(RuleBasedStateMachine):
     # -- reads: the session gets a peer's bytes, cut anywhere
 
     def read_agent(self, n: int) -> None:
+        self._read(self.agent, AgentData, n)
+
+    def read_broker(self, n: int) -> None:
+        self._read(self.broker, BrokerData, n)
+
+    def _read(self, peer: FakeAgent | FakeBroker, event: type[AgentData] | type[BrokerData],
+              n: int) -> None:
         was_open = self.closed is None
         was_connected = self.session.state is State.CONNECTED
-        chunk, packets = self.agent.outbox.take(n)
-        commands = self.handle(AgentData(chunk))
+        chunk, packets = peer.outbox.take(n)
+        commands = self.handle(event(chunk))
         self.busy = True
-        self.agent.session_read(packets)
-        if self.agent.outbox.garbage_read:
+        peer.session_read(packets)
+        if peer.outbox.garbage_read:
             self._check_protocol_error_ends(commands, was_connected)
-        elif was_open and not self.agent.outbox.garbage_started:
+        elif peer is self.agent and was_open and not peer.outbox.garbage_started:
             # Every PUBLISH the session read is audited once, allowed or not (DESIGN:
             # "records every attempt").
             audited = sum(1 for c in commands
                           if isinstance(c, WriteAudit) and c.record.get("packet") == "publish")
             read = sum(1 for p in packets if isinstance(p, Publish))
             assert audited == read, f"{read} PUBLISH read, {audited} audited: {commands!r}"
-        self.busy = False
-
-    def read_broker(self, n: int) -> None:
-        was_open = self.closed is None
-        was_connected = self.session.state is State.CONNECTED
-        chunk, packets = self.broker.outbox.take(n)
-        commands = self.handle(BrokerData(chunk))
-        self.busy = True
-        self.broker.session_read(packets)
-        if self.broker.outbox.garbage_read:
-            self._check_protocol_error_ends(commands, was_connected)
-        elif was_open and self.closed is None:
+        elif peer is self.broker and was_open and self.closed is None:
             # Every delivery the agent may not read is audited (as refused) once.
             audited = sum(1 for c in commands
                           if isinstance(c, WriteAudit) and c.record.get("packet") == "receive")
