@@ -107,15 +107,12 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _upstream_password(settings: RunSettings) -> str | None:
     if settings.upstream_password_file is not None:
-        path = settings.upstream_password_file
+        from .tokens import read_credential_file
+
         try:
-            password = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = _reason(exc) if isinstance(exc, OSError) else str(exc)
-            raise CliError(f"upstream password file {path}: {reason}") from None
-        if not password:
-            raise CliError(f"upstream password file {path} is empty")
-        return password
+            return read_credential_file(settings.upstream_password_file)
+        except ValueError as exc:
+            raise CliError(f"upstream password file {exc}") from None
     if settings.upstream_password is not None:
         return settings.upstream_password.get_secret_value()
     return None
@@ -211,11 +208,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
+    import ssl
+
     from .admin.app import AdminApp
     from .approvals.addon import ApprovalsAddon
     from .approvals.webhooks import WebhookNotifier
     from .proxy.server import GuardServer
     from .proxy.upstream_check import UpstreamChecker
+    from .state.records import StateError
 
     # The upstream check first: its verdict on the guard's broker login is the first line
     # an operator needs. Held actions become approval requests (in the guard's state store);
@@ -232,7 +232,11 @@ async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
 
         at = parse_host_port(settings.metrics)
         addons.append(MetricsServer(at.host, at.port))
-    server = GuardServer(config, policy, addons=addons)  # AuditError: one line (main)
+    try:
+        server = GuardServer(config, policy, addons=addons)  # AuditError: one line (main)
+    except ssl.SSLError as exc:  # a TLS file that holds no certificate or key
+        raise CliError(f"cannot start: TLS: {exc.reason or exc} (check --tls-cert, "
+                       "--tls-key and --upstream-ca)") from None
     # The handlers go in before the listener opens: a client may connect, be served and
     # send SIGTERM while start() still awaits its addons, and that must stop us cleanly
     # (exit 0, audit closed), not kill the process with the default action.
@@ -250,8 +254,8 @@ async def _serve(settings: RunSettings, config: Any, policy: Any) -> int:
             f"cannot start: {_reason(exc)} (is another guard or broker on that port? "
             f"choose another {ports})"
         ) from None
-    except ValueError as exc:  # e.g. a webhook secret missing from the environment
-        await server.stop()
+    except (ValueError, StateError) as exc:  # a webhook secret missing; a state store
+        await server.stop()                   # that cannot open (--state)
         raise CliError(f"cannot start: {exc}") from None
     if admin is not None:
         log.info("admin API and approval console on %s", admin.url)

@@ -71,6 +71,21 @@ def check_secret(secret: bytes) -> bytes:
     return secret
 
 
+def read_credential_file(path: Path | str) -> str:
+    """A token or password kept in a file as one line of UTF-8 text (surrounding whitespace
+    ignored). Raises ValueError with one line naming the file: unreadable, not UTF-8 text,
+    or empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text
+
+
 def read_secret_file(path: Path | str) -> bytes:
     """The secret file holds the key as text (surrounding whitespace ignored)."""
     return check_secret(Path(path).read_bytes().strip())

@@ -67,10 +67,17 @@ class FaultSpec:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise UsageError(f"--broker wants HOST:PORT, not {text!r}")
-    return host, int(port)
+    """The broker's address: HOST:PORT as the guard's flags read it, the port 1-65535 (0
+    means "any free port" to a listener, nothing to a client)."""
+    from iot_guard.settings import parse_host_port
+
+    try:
+        host, port = parse_host_port(text)
+    except ValueError as exc:
+        raise UsageError(f"--broker: {exc}") from None
+    if port == 0:
+        raise UsageError(f"--broker: port 0 is not a broker's port, in {text!r}")
+    return host, port
 
 
 def probe_broker(
@@ -174,9 +181,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.username:
             if not args.password_file:
                 raise UsageError("--username needs --password-file")
-            password = args.password_file.read_text().strip()
+            from iot_guard.tokens import read_credential_file
+
+            password = read_credential_file(args.password_file)
             credentials = (args.username, password)
-    except (UsageError, OSError) as err:
+    except (UsageError, ValueError) as err:
         print(f"iot-guard simulate: {err}", file=sys.stderr)
         return 2
     refused = probe_broker(host, port, credentials)

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from .client import AdminClient, ConnectionFailed, Refused
@@ -36,10 +35,12 @@ def client_from(args: argparse.Namespace) -> AdminClient:
     if not url:
         raise UsageError(f"give --admin URL or set {URL_ENV}")
     if args.token_file:
+        from ..tokens import read_credential_file
+
         try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"{args.token_file}: {exc.strerror or exc}") from None
+            token = read_credential_file(args.token_file)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     else:
         token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:

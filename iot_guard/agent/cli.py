@@ -66,7 +66,7 @@ def cmd_tools_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from iot_guard.tokens import TokenError, unverified_claims
+    from iot_guard.tokens import TokenError, read_credential_file, unverified_claims
 
     from .tools import agent_tool_specs
 
@@ -79,9 +79,9 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     host, port = args.guard
     policy = _load(args.policy)
     try:
-        token = Path(args.token_file).read_text().strip()
-    except OSError as exc:
-        raise _cli_error(f"{args.token_file}: {exc.strerror or exc}") from exc
+        token = read_credential_file(args.token_file)
+    except ValueError as exc:
+        raise _cli_error(str(exc)) from None
     try:
         claims = unverified_claims(token)
     except TokenError as exc:
