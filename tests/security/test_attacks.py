@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -141,9 +142,14 @@ def test_client_id_of_a_device_cannot_take_over_its_session(guarded: Guarded) ->
     device.username_pw_set(account.username, account.password)
     kicked: list[object] = []
     device.on_disconnect = lambda *a: kicked.append(a)
+    accepted = threading.Event()
+    device.on_connect = lambda *a: accepted.set()
     assert device.connect(broker.host, broker.port) == 0
     device.loop_start()
     try:
+        # connect() returns once CONNECT is sent: until the device's CONNACK is read it is
+        # not connected yet, takeover or not (a busy machine made this test fail).
+        assert accepted.wait(10), "the broker never accepted the device"
         intruder = agent(guarded, client_id="acme-therm-001")
         # A round trip through the broker on the intruder's session: by the time its
         # SUBACK arrives, a takeover would already have disconnected the device.
