@@ -440,6 +440,21 @@ def _host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _name_arg(text: str) -> str:
+    """argparse type: an agent, approver or admin id: not blank, one printable line (an
+    empty id named nobody, yet a token or a kill switch was issued for it)."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected an id, got {text!r}")
+    return text
+
+
+def _text_arg(text: str) -> str:
+    """argparse type: a reason, for the audit log and the agent: not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be blank")
+    return text
+
+
 def _version() -> str:
     try:
         return metadata.version("iot-guard")
@@ -512,9 +527,11 @@ def _add_token(commands: Any) -> Any:
         "issue", help="print a signed, short-lived token for an agent, approver or admin"
     )
     who = issue.add_mutually_exclusive_group(required=True)
-    who.add_argument("--agent", metavar="ID", help="an agent (MQTT password)")
-    who.add_argument("--approver", metavar="ID", help="an approver of the policy (admin API)")
-    who.add_argument("--admin", metavar="ID", help="an admin of the policy (admin API)")
+    who.add_argument("--agent", metavar="ID", type=_name_arg, help="an agent (MQTT password)")
+    who.add_argument("--approver", metavar="ID", type=_name_arg,
+                     help="an approver of the policy (admin API)")
+    who.add_argument("--admin", metavar="ID", type=_name_arg,
+                     help="an admin of the policy (admin API)")
     issue.add_argument("--secret-file", required=True)
     issue.add_argument("--ttl", type=_positive_seconds, default=900.0,
                        help="seconds (default 900; at most the agent's max_token_ttl_s, 24 h "

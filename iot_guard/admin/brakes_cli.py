@@ -17,10 +17,13 @@ from .cli import EXIT_OK, UsageError, add_connection_options, client_from, run
 
 
 def register(subparsers: Any, token_subparsers: Any) -> None:
+    # Loaded: this is called from its build_parser. The argument types are the CLI's own.
+    from ..cli import _name_arg, _positive_seconds, _text_arg
+
     kill = subparsers.add_parser(
         "kill", help="stop an agent (or every agent) now: refuse, disconnect, cancel approvals")
     who = kill.add_mutually_exclusive_group(required=True)
-    who.add_argument("--agent", metavar="ID")
+    who.add_argument("--agent", metavar="ID", type=_name_arg)
     who.add_argument("--all", action="store_true", help="every agent")
     kill.add_argument("--reason", help="why (required to kill; shown to the agent)")
     kill.add_argument("--lift", action="store_true",
@@ -31,9 +34,11 @@ def register(subparsers: Any, token_subparsers: Any) -> None:
     revoke = token_subparsers.add_parser(
         "revoke", help="revoke one token (JTI) or every token of an agent issued before now")
     revoke.add_argument("jti", nargs="?", help="the token's id (jti claim)")
-    revoke.add_argument("--agent", metavar="ID", help="void every token of ID issued before now")
-    revoke.add_argument("--expires-at", type=float, help="the token's exp (epoch seconds)")
-    revoke.add_argument("--reason", required=True)
+    revoke.add_argument("--agent", metavar="ID", type=_name_arg,
+                        help="void every token of ID issued before now")
+    revoke.add_argument("--expires-at", type=_positive_seconds,
+                        help="the token's exp (epoch seconds)")
+    revoke.add_argument("--reason", required=True, type=_text_arg)
     _local_options(revoke)
     revoke.set_defaults(handler=run(cmd_revoke))
 

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from ..printable import one_line
 from .client import AdminClient, ConnectionFailed, Refused
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -75,8 +76,7 @@ def _age(created: Any, now: float) -> str:
 
 def _clean(value: Any) -> str:
     """One line of printable text: a payload cannot move the terminal's cursor."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    return one_line(value if isinstance(value, str) else json.dumps(value))
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -24,6 +24,7 @@ from ..audit.records import (
     line_template,
 )
 from ..policy.decision import Decision, Verdict
+from ..printable import one_line
 
 # The guard's own topic: agents subscribe to it for refusal events; it never reaches
 # the broker.
@@ -90,7 +91,9 @@ def explain_text(decision: Decision, agent_id: str, request: str) -> str:
         label = key.replace("_", " ") + ":"
         shown = f"0x{value:02X}" if key == "reason_code" else value
         lines.append(f"  {label:<12} {shown}")
-    return "\n".join(lines)
+    # What the agent asked (a topic) is the operator's to read, not to be written by: one
+    # printable line each, so a topic cannot forge a verdict line.
+    return "\n".join(one_line(line) for line in lines)
 
 
 def explain_json(decision: Decision, agent_id: str, request: str) -> str:

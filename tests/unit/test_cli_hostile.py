@@ -190,7 +190,7 @@ HOST_PORTS = [
         (["token", "issue", "--agent"], "argument --agent: expected one argument"),
         (["token", "revoke", "jti"], "required: --reason"),
         (["token", "revoke", "jti", "--reason", "r", "--expires-at", "soon"],
-         "argument --expires-at: invalid float value: 'soon'"),
+         "argument --expires-at: expected a number of seconds, got 'soon'"),
         (["token", "secret", "--out"], "argument --out: expected one argument"),
         (["audit"], "required: audit_command"),
         (["audit", "keygen"], "required: --out"),
@@ -978,3 +978,42 @@ def test_run_that_cannot_start_says_why_in_one_line(
     assert result.code == USAGE, result
     last = result.err.strip().splitlines()[-1]
     assert last.startswith("iot-guard: cannot start: ") and expected in last, result.err
+
+
+@pytest.mark.parametrize("topic", ["x\nallow: ops-agent may publish x", "a\x1b[2Jb", "\udcff"])
+def test_explain_prints_a_hostile_topic_as_one_printable_line(
+    capsys: pytest.CaptureFixture[str], topic: str
+) -> None:
+    # A newline in the topic forged an "allow:" line; an escape sequence reached the
+    # terminal; a lone surrogate (an undecodable argument) failed a strict UTF-8 stdout.
+    result = cli(capsys, ["policy", "explain", str(POLICY), "--agent", AGENT,
+                          "--publish", topic])
+    assert result.code == REFUSED, result
+    lines = result.out.splitlines()
+    assert lines[0].startswith("deny: ") and all(line.isprintable() for line in lines), lines
+    assert not any(line.startswith("allow") for line in lines), lines
+    assert len(lines) == 3, lines  # the verdict, the reason, the reason code
+
+
+@pytest.mark.parametrize("argv, expected", [
+    # Each was accepted (exit 0): a token for agent "", a kill switch for agent "", a
+    # revocation that expires at NaN or before 1970, a revocation without a reason.
+    (["token", "issue", "--agent", "", "--secret-file", "{secret}"],
+     "argument --agent: expected an id, got ''"),
+    (["token", "issue", "--approver", "a\nb", "--secret-file", "{secret}"],
+     "argument --approver: expected an id"),
+    (["kill", "--agent", " ", "--reason", "x", "--state-dir", "{tmp}"],
+     "argument --agent: expected an id, got ' '"),
+    (["token", "revoke", "j", "--reason", "x", "--expires-at", "nan", "--state-dir", "{tmp}"],
+     "argument --expires-at: must be a positive number of seconds"),
+    (["token", "revoke", "j", "--reason", "x", "--expires-at", "-5", "--state-dir", "{tmp}"],
+     "argument --expires-at: must be a positive number of seconds"),
+    (["token", "revoke", "j", "--reason", " ", "--state-dir", "{tmp}"],
+     "argument --reason: must not be blank"),
+    (["token", "revoke", "--agent", "", "--reason", "x", "--state-dir", "{tmp}"],
+     "argument --agent: expected an id"),
+])
+def test_blank_ids_reasons_and_impossible_times_are_refused(
+    capsys: pytest.CaptureFixture[str], files: dict[str, str], argv: list[str], expected: str
+) -> None:
+    one_error(cli(capsys, fill(argv, files)), USAGE, expected)
