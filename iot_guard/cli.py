@@ -448,6 +448,17 @@ def _name_arg(text: str) -> str:
     return text
 
 
+def _whole_arg(text: str) -> int:
+    """argparse type: a whole number, 0 or more (a count, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def _text_arg(text: str) -> str:
     """argparse type: a reason, for the audit log and the agent: not blank."""
     if not text.strip():

@@ -118,7 +118,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     """Add ``tools`` and ``mcp`` to the ``iot-guard`` subcommands."""
-    from iot_guard.cli import _host_port  # loaded: this is called from its build_parser
+    # Loaded: this is called from its build_parser. The argument types are the CLI's own.
+    from iot_guard.cli import _host_port, _name_arg, _positive_seconds, _whole_arg
 
     tools = commands.add_parser(
         "tools", help="an agent's allowlist as LLM tool definitions"
@@ -127,11 +128,11 @@ def register(commands: Any) -> None:
         "export", help="print the agent's tools as OpenAI / Anthropic / MCP / JSON Schema"
     )
     export.add_argument("directory", help="policy directory")
-    export.add_argument("--agent", required=True)
+    export.add_argument("--agent", required=True, type=_name_arg)
     export.add_argument("--token-tools", help="comma-separated narrower tool list (as a token)")
     export.add_argument("--format", choices=FORMATS, default="jsonschema")
     export.add_argument(
-        "--max-enum", type=int, default=None,
+        "--max-enum", type=_whole_arg, default=None,
         help="longest list of registry names before the name pattern replaces it "
         f"(default per format: {DEFAULT_MAX_ENUM})",
     )
@@ -140,7 +141,7 @@ def register(commands: Any) -> None:
     mcp = commands.add_parser(
         "mcp", help="serve an agent's tools over MCP, run through the guard (extra: mcp)"
     )
-    mcp.add_argument("--agent", required=True)
+    mcp.add_argument("--agent", required=True, type=_name_arg)
     mcp.add_argument("--guard", required=True, type=_host_port, help="HOST:PORT of the guard")
     mcp.add_argument("--token-file", required=True,
                      help="file with the agent's token (re-read on every reconnect)")
@@ -148,13 +149,13 @@ def register(commands: Any) -> None:
     mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     mcp.add_argument("--listen", default=("127.0.0.1", 8765), type=_host_port,
                      help="HOST:PORT for --transport http (path /mcp)")
-    mcp.add_argument("--reply-timeout", type=float, default=10.0,
+    mcp.add_argument("--reply-timeout", type=_positive_seconds, default=10.0,
                      help="seconds to wait for a device's reply (default 10)")
-    mcp.add_argument("--read-timeout", type=float, default=10.0,
+    mcp.add_argument("--read-timeout", type=_positive_seconds, default=10.0,
                      help="seconds a read tool waits for a first message (default 10)")
-    mcp.add_argument("--ack-timeout", type=float, default=10.0,
+    mcp.add_argument("--ack-timeout", type=_positive_seconds, default=10.0,
                      help="seconds to wait for the guard's answer or a connection (default 10)")
-    mcp.add_argument("--token-warn", type=float, default=120.0,
+    mcp.add_argument("--token-warn", type=_positive_seconds, default=120.0,
                      help="report a token expiring within this many seconds (default 120)")
     mcp.add_argument("--reconnect-max", type=int, default=30,
                      help="longest wait between reconnect attempts, in seconds: the wait "

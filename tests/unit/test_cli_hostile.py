@@ -210,12 +210,12 @@ HOST_PORTS = [
         (["tools", "export", "{policy}", "--agent", AGENT, "--format", "yaml"],
          "argument --format: invalid choice: 'yaml'"),
         (["tools", "export", "{policy}", "--agent", AGENT, "--max-enum", "many"],
-         "argument --max-enum: invalid int value: 'many'"),
+         "argument --max-enum: expected a whole number, got 'many'"),
         (["mcp"], "required: --agent, --guard, --token-file, --policy"),
         ([*MCP, "--token-file", "t", "--transport", "carrier-pigeon"],
          "argument --transport: invalid choice: 'carrier-pigeon'"),
         ([*MCP, "--token-file", "t", "--reply-timeout", "soon"],
-         "argument --reply-timeout: invalid float value: 'soon'"),
+         "argument --reply-timeout: expected a number of seconds, got 'soon'"),
         ([*MCP, "--token-file", "t", "--reconnect-max", "1.5"],
          "argument --reconnect-max: invalid int value: '1.5'"),
         (["simulate"], "required: --broker"),
@@ -849,7 +849,6 @@ def test_audit_keys_and_logs(
     ("argv", "expected"),
     [
         (["--agent", "nobody"], "agent 'nobody' is not in the policy"),
-        (["--agent", ""], "agent '' is not in the policy"),
         (["--agent", AGENT, "--token-tools", ","], "--tools names no tool"),
     ],
 )
@@ -1014,6 +1013,27 @@ def test_explain_prints_a_hostile_topic_as_one_printable_line(
      "argument --agent: expected an id"),
 ])
 def test_blank_ids_reasons_and_impossible_times_are_refused(
+    capsys: pytest.CaptureFixture[str], files: dict[str, str], argv: list[str], expected: str
+) -> None:
+    one_error(cli(capsys, fill(argv, files)), USAGE, expected)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    # Each was accepted: a negative enum limit; an MCP server whose waits are NaN, 0 or
+    # negative (a reply "timed out" at once, or never); tools for agent "".
+    (["tools", "export", "{policy}", "--agent", AGENT, "--max-enum", "-1"],
+     "argument --max-enum: must be 0 or more, got '-1'"),
+    (["tools", "export", "{policy}", "--agent", ""], "argument --agent: expected an id"),
+    ([*MCP, "--token-file", "{token_garbage}", "--reply-timeout", "nan"],
+     "argument --reply-timeout: must be a positive number of seconds"),
+    ([*MCP, "--token-file", "{token_garbage}", "--read-timeout", "0"],
+     "argument --read-timeout: must be a positive number of seconds"),
+    ([*MCP, "--token-file", "{token_garbage}", "--ack-timeout", "-1"],
+     "argument --ack-timeout: must be a positive number of seconds"),
+    ([*MCP, "--token-file", "{token_garbage}", "--token-warn", "inf"],
+     "argument --token-warn: must be a positive number of seconds"),
+])
+def test_agent_side_limits_and_waits_are_checked(
     capsys: pytest.CaptureFixture[str], files: dict[str, str], argv: list[str], expected: str
 ) -> None:
     one_error(cli(capsys, fill(argv, files)), USAGE, expected)
