@@ -617,22 +617,17 @@ class GuardSession:
             return
         data = connack.raw
         if self.protocol_level == 5:
-            agent_connack = self._agent_connack(connack)
-            data = encode(agent_connack, 5)
-            limit = self._client_max
-            if limit is not None and len(data) > limit:
-                fitted = self._fit(agent_connack, limit)
-                if fitted is None:
-                    # No smaller CONNACK may stand in for this one (the broker's limits,
-                    # the assigned id), and the agent must get one first [MQTT-3.2.0-1]:
-                    # the session cannot start within the size the agent allows.
-                    self._refuse_connect(
-                        actions, now, ReasonCode.PACKET_TOO_LARGE,
-                        f"the CONNACK ({len(data)} bytes) exceeds the Maximum Packet Size "
-                        f"the client declared ({limit} bytes)",
-                    )
-                    return
-                data = fitted
+            data, fits = self._fit(self._agent_connack(connack))
+            if not fits:
+                # No smaller CONNACK may stand in for this one (the broker's limits, the
+                # assigned id), and the agent must get one first [MQTT-3.2.0-1]: the
+                # session cannot start within the size the agent allows.
+                self._refuse_connect(
+                    actions, now, ReasonCode.PACKET_TOO_LARGE,
+                    f"the CONNACK ({len(data)} bytes) exceeds the Maximum Packet Size "
+                    f"the client declared ({self._client_max} bytes)",
+                )
+                return
         self._to(Trigger.CONNACK_ACCEPTED)
         self._audit_session_event(actions, now, "connect", "success", "token accepted")
         actions.append(SendToAgent(data))
@@ -950,13 +945,9 @@ class GuardSession:
         properties is a few bytes)."""
         if self._state is State.CLOSED:
             return  # the session ended in this very handler (the answers-held bound)
-        data = encode(packet, self.protocol_level)
-        limit = self._client_max
-        if limit is not None and len(data) > limit:
-            fitted = self._fit(packet, limit)
-            if fitted is None:
-                return
-            data = fitted
+        data, fits = self._fit(packet)
+        if not fits:
+            return
         if self._state is State.CONNECTING and packet.__class__ is not Connack:
             # A client may send packets before its CONNACK arrives (section 3.1.4), but
             # the first packet it gets must be the CONNACK [MQTT-3.2.0-1]: the guard's
@@ -975,15 +966,22 @@ class GuardSession:
             return
         actions.append(SendToAgent(data))
 
-    def _fit(self, packet: Packet, limit: int) -> bytes | None:
-        """``packet`` encoded within ``limit`` bytes, without its reason string and user
-        properties if need be [MQTT-3.1.2-25]; None if it cannot fit."""
+    def _fit(self, packet: Packet) -> tuple[bytes, bool]:
+        """``packet`` encoded within the client's Maximum Packet Size, without its reason
+        string and user properties if need be [MQTT-3.1.2-25], and True; or, when even
+        that does not fit, its first encoding and False."""
+        data = encode(packet, self.protocol_level)
+        limit = self._client_max
+        if limit is None or len(data) <= limit:
+            return data, True
         properties = getattr(packet, "properties", None)
         if properties and any(p in properties for p in _DROPPABLE_PROPERTIES):
             for prop in _DROPPABLE_PROPERTIES:
                 properties.pop(prop, None)
-        data = encode(packet, self.protocol_level)
-        return data if len(data) <= limit else None
+            smaller = encode(packet, self.protocol_level)
+            if len(smaller) <= limit:
+                return smaller, True
+        return data, False
 
     def _reason_properties(self, reason: str) -> dict[int, object]:
         # A reason string only where the client did not ask us to leave it out
